@@ -1,0 +1,222 @@
+/*
+ * bench_util.h - small helpers shared by the benchmarks: a monotonic clock,
+ * percentiles, a description of the machine, and a text table that goes both
+ * to stdout and to the -o file.
+ *
+ * Header-only (static inline) because the Makefile builds every bench/bench_*.c
+ * as its own program linking only libkvtier.a and common/.
+ */
+#ifndef KVT_BENCH_UTIL_H
+#define KVT_BENCH_UTIL_H
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/utsname.h>
+#include <time.h>
+#include <unistd.h>
+
+static inline uint64_t bench_now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static inline int bench_cmp_u64(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+/* q-quantile of sorted v[0..n) by the nearest-rank method (q in 0..1). */
+static inline uint64_t bench_quantile(const uint64_t *v, size_t n, double q)
+{
+	size_t i;
+
+	if (n == 0)
+		return 0;
+	i = (size_t)(q * (double)n + 0.999999);
+	if (i == 0)
+		i = 1;
+	if (i > n)
+		i = n;
+	return v[i - 1];
+}
+
+/* "Intel(R) Xeon(R) ..." from /proc/cpuinfo, or "unknown". */
+static inline void bench_cpu_model(char *buf, size_t cap)
+{
+	char line[512];
+	FILE *f = fopen("/proc/cpuinfo", "r");
+
+	snprintf(buf, cap, "unknown");
+	if (!f)
+		return;
+	while (fgets(line, sizeof(line), f)) {
+		char *colon;
+
+		if (strncmp(line, "model name", 10) != 0)
+			continue;
+		colon = strchr(line, ':');
+		if (!colon)
+			break;
+		colon++;
+		while (*colon == ' ' || *colon == '\t')
+			colon++;
+		colon[strcspn(colon, "\n")] = '\0';
+		snprintf(buf, cap, "%s", colon);
+		break;
+	}
+	fclose(f);
+}
+
+/* Physical memory in GiB (rounded), 0 if unknown. */
+static inline unsigned long bench_mem_gib(void)
+{
+	long pages = sysconf(_SC_PHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
+
+	if (pages <= 0 || psz <= 0)
+		return 0;
+	return (unsigned long)(((double)pages * (double)psz) / (1024.0 * 1024 * 1024) + 0.5);
+}
+
+/*
+ * Output that goes to stdout and, when a file was given with -o, to that file
+ * too, so the printed run and the saved table are the same text.
+ */
+struct bench_out {
+	FILE *file;
+};
+
+__attribute__((format(printf, 2, 3)))
+static inline void bench_printf(struct bench_out *o, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vprintf(fmt, ap);
+	va_end(ap);
+	if (o->file) {
+		va_start(ap, fmt);
+		vfprintf(o->file, fmt, ap);
+		va_end(ap);
+	}
+}
+
+/* Open path for the table (NULL: stdout only). Returns 0 or -errno. */
+static inline int bench_out_open(struct bench_out *o, const char *path)
+{
+	o->file = NULL;
+	if (!path)
+		return 0;
+	o->file = fopen(path, "w");
+	return o->file ? 0 : -errno;
+}
+
+/* Returns 0, or -EIO if the file could not be written completely. */
+static inline int bench_out_close(struct bench_out *o)
+{
+	int rc = 0;
+
+	fflush(stdout);
+	if (o->file) {
+		if (ferror(o->file))
+			rc = -EIO;
+		if (fclose(o->file) != 0)
+			rc = -EIO;
+		o->file = NULL;
+	}
+	return rc;
+}
+
+/* "L2 2048K, L3 491520K" from sysfs (data and unified caches of CPU 0): whether a
+ * block fits in the last-level cache changes memcpy figures a lot. */
+static inline void bench_print_caches(struct bench_out *o)
+{
+	char line[256] = "", path[128], buf[64];
+
+	for (int i = 0; i < 8; i++) {
+		const char *names[3] = { "level", "type", "size" };
+		char v[3][64] = { "", "", "" }; /* level, type, size */
+		size_t len;
+
+		for (int j = 0; j < 3; j++) {
+			FILE *f;
+
+			snprintf(path, sizeof(path), "/sys/devices/system/cpu/cpu0/cache/index%d/%s",
+				 i, names[j]);
+			f = fopen(path, "r");
+			if (!f)
+				break;
+			if (fgets(buf, sizeof(buf), f)) {
+				buf[strcspn(buf, "\n")] = '\0';
+				memcpy(v[j], buf, sizeof(v[j]));
+			}
+			fclose(f);
+		}
+		if (!v[0][0] || strcmp(v[1], "Instruction") == 0)
+			continue;
+		len = strlen(line);
+		snprintf(line + len, sizeof(line) - len, "%sL%s %s", len ? ", " : "", v[0], v[2]);
+	}
+	bench_printf(o, "caches:  %s (per cache instance, CPU 0)\n", line[0] ? line : "unknown");
+}
+
+/* The load averages: other work on the machine skews every
+ * figure, so the reader should know whether there was any. */
+static inline void bench_print_load(struct bench_out *o)
+{
+	char buf[128] = "";
+	FILE *f = fopen("/proc/loadavg", "r");
+
+	if (f) {
+		if (!fgets(buf, sizeof(buf), f))
+			buf[0] = '\0';
+		fclose(f);
+	}
+	buf[strcspn(buf, "\n")] = '\0';
+	bench_printf(o, "load:    %s (/proc/loadavg: 1, 5, 15 min)\n", buf[0] ? buf : "unknown");
+}
+
+/* The machine block every result file starts with. */
+static inline void bench_print_machine(struct bench_out *o, const char *title)
+{
+	char cpu[256], date[64];
+	struct utsname u;
+	time_t t = time(NULL);
+	struct tm tm;
+
+	bench_cpu_model(cpu, sizeof(cpu));
+	if (uname(&u) != 0)
+		memset(&u, 0, sizeof(u));
+	gmtime_r(&t, &tm);
+	strftime(date, sizeof(date), "%Y-%m-%d %H:%M:%S UTC", &tm);
+	bench_printf(o, "# %s\n", title);
+	bench_printf(o, "date:    %s\n", date);
+	bench_printf(o, "cpu:     %s\n", cpu);
+	bench_printf(o, "cores:   %ld online\n", sysconf(_SC_NPROCESSORS_ONLN));
+	bench_printf(o, "memory:  %lu GiB\n", bench_mem_gib());
+	bench_printf(o, "kernel:  %s %s %s\n", u.sysname, u.release, u.machine);
+	bench_print_caches(o);
+	bench_print_load(o);
+}
+
+/* xorshift64* - a fast, deterministic pattern generator for block contents. */
+static inline uint64_t bench_rand64(uint64_t *s)
+{
+	uint64_t x = *s;
+
+	x ^= x >> 12;
+	x ^= x << 25;
+	x ^= x >> 27;
+	*s = x;
+	return x * 0x2545f4914f6cdd1dull;
+}
+
+#endif /* KVT_BENCH_UTIL_H */

@@ -1,0 +1,218 @@
+/*
+ * client.h - libkvtier's private state, shared by the files of client/ and by
+ * nothing else: the connection, the request table, operations (tickets) and
+ * regions. Nothing here is part of the public API.
+ *
+ * Model: every public call becomes one "operation" (struct kvt_op). An operation
+ * is sent as one or more wire requests (a batch is split when its encoding would
+ * exceed the daemon's max_frame); each request has its own id and sits in the
+ * request table until its reply arrives. Replies are matched by id, in whatever
+ * order they come, and decoded straight into the items of their operation.
+ * Synchronous calls are an operation that the caller waits for at once;
+ * *_start/kvt_wait keep the operation on the connection's list until waited for.
+ */
+#ifndef KVT_CLIENT_H
+#define KVT_CLIENT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kvtier.h"
+#include "proto.h"
+
+/* How long kvt_conn_open waits for connect + HELLO (there is no user timeout yet). */
+#define KVT_OPEN_TIMEOUT_MS 10000
+
+/* Largest reply frame body the library accepts; bounds the receive buffer. */
+#define KVT_MAX_REPLY_BODY (64u << 20)
+
+/* The library never keeps more requests outstanding than this, whatever the daemon
+ * allows, so the request table stays small. */
+#define KVT_MAX_INFLIGHT_CAP 4096u
+
+struct kvt_op;
+
+/* One outstanding wire request: an entry of the request table. */
+struct kvt_req {
+	uint64_t id;        /* 0 = free slot */
+	struct kvt_op *op;  /* the operation it is part of */
+	size_t first;       /* its items are op items [first, first + count) */
+	size_t count;
+};
+
+/* Decodes a reply body into op for the request's item range. Returns 0 or a
+ * request-level error to record on the operation. */
+typedef int (*kvt_reply_fn)(struct kvt_conn *c, struct kvt_op *op, const struct kvt_req *rq,
+			    const uint8_t *body, size_t len);
+
+/* Called instead of kvt_reply_fn when a request failed as a whole (status < 0),
+ * so the operation can mark the items of that request; may be NULL. */
+typedef void (*kvt_fail_fn)(struct kvt_op *op, const struct kvt_req *rq, int status);
+
+/* Encodes the body of the request covering items [first, first + count) into out
+ * (capacity cap); returns the body length or a negative error. */
+typedef int (*kvt_encode_fn)(struct kvt_conn *c, struct kvt_op *op, size_t first, size_t count,
+			     uint8_t *out, size_t cap);
+
+struct kvt_op {
+	struct kvt_op *next, *prev; /* the connection's list of unfinished + unwaited ops */
+	kvt_ticket ticket;          /* the caller's handle; from c->next_ticket */
+	uint16_t opcode;
+	size_t n;                   /* items (1 for single requests) */
+	size_t per_req;             /* items per wire request */
+	size_t sent;                /* items handed to requests so far */
+	unsigned inflight;          /* requests sent and not yet answered */
+	int err;                    /* first request-level error, 0 if none */
+	bool cut;                   /* failed by a connection break (err KVT_ECLOSED
+				     * unless it had an error already) */
+	bool partial;               /* some item failed */
+	size_t item_size;           /* wire bytes per item; 0 for single requests */
+	size_t body_len;            /* single requests: body length */
+	bool heap;                  /* allocated by *_start, freed by kvt_wait/close */
+	kvt_encode_fn encode;
+	kvt_reply_fn reply;
+	kvt_fail_fn fail;
+	int send_fd;                /* fd to pass with the first request, or -1 */
+
+	/* Operation-specific state (only the fields the opcode uses are set). */
+	kvt_put_item *put;
+	kvt_get_item *get;
+	const kvt_key *keys;
+	int *status;                /* DELETE/PIN/UNPIN: caller's per-key status, or NULL */
+	uint8_t *tiers;             /* LOOKUP: caller's tiers, or NULL */
+	size_t found;               /* LOOKUP: leading keys present (min over short requests) */
+	void *ctx;                  /* single requests: where the reply goes */
+};
+
+/* A registered region. Stays allocated until kvt_region_destroy; conn is NULL once
+ * its connection was closed (base is then already unmapped). */
+struct kvt_region {
+	struct kvt_conn *conn;
+	struct kvt_region *next, *prev; /* conn's list of live regions */
+	uint32_t id;
+	void *base;
+	size_t size;
+};
+
+struct kvt_conn {
+	int fd;                 /* -1 once broken */
+	int broken;             /* 0, or why the connection broke (reported once) */
+	int timeout_ms;         /* 0 = wait forever */
+	kvt_server_info info;
+	uint32_t inflight_limit; /* min(info.max_inflight, KVT_MAX_INFLIGHT_CAP) */
+
+	uint64_t next_id;       /* next request id; starts at 1 */
+	uint64_t next_ticket;   /* next ticket; starts at 1 */
+
+	/* Request table: open addressing keyed by id, linear probing. */
+	struct kvt_req *reqs;
+	uint32_t reqs_mask;     /* capacity - 1; capacity is a power of two */
+	uint32_t nreqs;
+
+	struct kvt_op *ops;     /* unfinished or not yet waited-for operations */
+	struct kvt_region *regions;
+
+	uint8_t *sbuf;          /* one outgoing frame */
+	size_t scap;
+	uint8_t *rbuf;          /* received bytes: [rpos, rlen) not yet parsed */
+	size_t rcap, rpos, rlen;
+
+	void *scratch;          /* reply decoding space, grown on demand */
+	size_t scratch_cap;
+};
+
+/* ---- io.c: transport --------------------------------------------------------- */
+
+/* Absolute deadline in ms on CLOCK_MONOTONIC for a call starting now, or -1 (none). */
+int64_t kvt_deadline(int timeout_ms);
+
+/* Room for a frame with a body of body_len bytes in c->sbuf; returns where the body
+ * goes (c->sbuf + KVT_HDR_SIZE) or NULL when out of memory. */
+uint8_t *kvt_io_frame_buf(struct kvt_conn *c, size_t body_len);
+
+/* Send the frame whose body kvt_io_frame_buf's buffer holds: writes the header
+ * (REPLY flag clear) and sends header + body, passing fd (>= 0) as SCM_RIGHTS with
+ * the first bytes. Replies that arrive while the socket is full are dispatched.
+ * Returns 0 or a negative error (the connection is then broken). */
+int kvt_io_send_frame(struct kvt_conn *c, uint16_t opcode, uint64_t id, size_t body_len, int fd,
+		      int64_t deadline);
+
+/* Receive and dispatch at least one frame (or find the connection broken).
+ * Returns 0 or the error that broke the connection. */
+int kvt_io_pump(struct kvt_conn *c, int64_t deadline);
+
+/* Break the connection for reason why: close the socket and fail every outstanding
+ * request and unsent operation with KVT_ECLOSED (marking them cut). The call in
+ * progress reports why instead (kvt_op_finish); later calls see KVT_ECLOSED.
+ * Idempotent (the first reason wins). */
+void kvt_conn_break(struct kvt_conn *c, int why);
+
+/* ---- request.c: request table and operations ------------------------------- */
+
+/* Table of outstanding requests; sized for the connection's inflight limit. */
+int kvt_reqs_init(struct kvt_conn *c);
+struct kvt_req *kvt_reqs_find(struct kvt_conn *c, uint64_t id);
+void kvt_reqs_remove(struct kvt_conn *c, struct kvt_req *rq);
+
+/* Prepare op (zeroing it) as a batch of n items of item_size wire bytes each; the
+ * items per request follow from max_batch and max_frame. */
+void kvt_op_init_batch(struct kvt_conn *c, struct kvt_op *op, uint16_t opcode, size_t n,
+		       size_t item_size, kvt_encode_fn encode, kvt_reply_fn reply, kvt_fail_fn fail);
+
+/* Prepare op (zeroing it) as one request with a body of body_len bytes. */
+void kvt_op_init_single(struct kvt_op *op, uint16_t opcode, size_t body_len, kvt_encode_fn encode,
+			kvt_reply_fn reply, void *ctx);
+
+/* Number of wire requests op needs. */
+size_t kvt_op_requests(const struct kvt_op *op);
+
+/* Link op into the connection and assign its ticket. */
+void kvt_op_attach(struct kvt_conn *c, struct kvt_op *op);
+void kvt_op_detach(struct kvt_conn *c, struct kvt_op *op);
+
+/* Send every request of op that fits in the free inflight slots. Returns 0 or a
+ * connection error (op->err is then set too). */
+int kvt_op_send_some(struct kvt_conn *c, struct kvt_op *op, int64_t deadline);
+
+/* Give every operation with unsent items a chance at free slots, oldest first. */
+void kvt_ops_send_pending(struct kvt_conn *c, int64_t deadline);
+
+/* true once every item was sent and answered (or the connection broke). */
+bool kvt_op_done(const struct kvt_op *op);
+
+/* Drive op to completion (sending what is left as slots free up) and return the
+ * result the synchronous call returns: op->err, else KVT_EPARTIAL if op->partial,
+ * else 0 - except that an op cut by a break that happened during this call
+ * returns the break's reason (the NOTICE status, KVT_ETIMEDOUT, ...). */
+int kvt_op_finish(struct kvt_conn *c, struct kvt_op *op, int64_t deadline);
+
+/* op's result after it is done; was_broken: the connection was broken before the
+ * current call started (then a cut op reports KVT_ECLOSED, not the reason). */
+int kvt_op_result(const struct kvt_conn *c, const struct kvt_op *op, bool was_broken);
+
+/* Attach op, run it to completion and detach it: the body of every synchronous call. */
+int kvt_op_run(struct kvt_conn *c, struct kvt_op *op);
+
+/* Dispatch a complete reply frame. Returns 0, or an error that breaks the stream. */
+int kvt_dispatch(struct kvt_conn *c, const struct kvt_hdr *h, const uint8_t *body);
+
+/* Ensure c->scratch holds at least bytes; returns it or NULL. */
+void *kvt_scratch(struct kvt_conn *c, size_t bytes);
+
+/* KVT_ECLOSED if c can take no new request, else 0. */
+int kvt_conn_usable(const struct kvt_conn *c);
+
+/* ---- region.c ------------------------------------------------------------------ */
+
+/* The region id to put on the wire for r on c: 0 (never valid, so the daemon
+ * answers KVT_EREGION for the item) if r is NULL, dead or from another connection. */
+uint32_t kvt_region_wire_id(const struct kvt_conn *c, const kvt_region *r);
+
+/* Unmap every region of c and mark it dead (kvt_conn_close). */
+void kvt_regions_release(struct kvt_conn *c);
+
+/* Map a negative errno from a system call to a KVT_E* code. */
+int kvt_from_errno(int e);
+
+#endif /* KVT_CLIENT_H */

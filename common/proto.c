@@ -1,0 +1,806 @@
+/*
+ * proto.c - kvtier wire protocol v1 codec: frame header and message bodies.
+ *
+ * Decoders are pure functions over (bytes, length) so they can be fuzzed as they
+ * are: every length is checked against the bytes present before anything is read,
+ * reserved fields must be zero, and a body must be exactly as long as its counts
+ * say. A decoder fills its output only when it succeeds. Encoders check the
+ * capacity before writing, so a failed encode leaves the buffer alone.
+ * docs/PROTOCOL.md is the specification; the offsets below follow its tables.
+ */
+#include "proto.h"
+
+#include <limits.h>
+#include <string.h>
+
+/* Fixed parts of the variable-length bodies. */
+#define HELLO_REQ_FIXED 10
+#define HELLO_REP_FIXED 42
+#define BATCH_PREFIX 8
+#define STAT_ENTRY_FIXED 8
+/* The smallest possible STATS entry: a text entry with a 1-byte name, no text. */
+#define STAT_ENTRY_MIN (STAT_ENTRY_FIXED + 1)
+#define NOTICE_FIXED 2
+
+/*
+ * Encoders report the byte count as an int: refuse anything int cannot carry as
+ * well as anything the buffer cannot hold. SIZE_MAX (an overflowed size) fails too.
+ */
+static int check_room(size_t need, size_t cap)
+{
+	if (need > cap || need > INT_MAX)
+		return KVT_EMSGSIZE;
+	return 0;
+}
+
+/*
+ * Names and messages end up in logs and on terminals: refuse control bytes (and
+ * with them NUL, which would silently cut a C string short). Bytes >= 0x80 pass
+ * so UTF-8 names work.
+ */
+static bool text_ok(const uint8_t *p, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (p[i] < 0x20 || p[i] == 0x7f)
+			return false;
+	return true;
+}
+
+/* STATS names are identifiers ("tenant.1000.bytes"): printable ASCII, no spaces. */
+static bool stat_name_ok(const uint8_t *p, size_t n)
+{
+	if (n == 0 || n > KVT_STAT_NAME_MAX)
+		return false;
+	for (size_t i = 0; i < n; i++)
+		if (p[i] <= 0x20 || p[i] >= 0x7f)
+			return false;
+	return true;
+}
+
+/* Statuses on the wire are 0 or a negative code; anything positive is garbage. */
+static bool status_ok(int32_t s)
+{
+	return s <= 0;
+}
+
+/* strnlen without needing POSIX: stops at the NUL or at max, reading no further. */
+static size_t bounded_len(const char *s, size_t max)
+{
+	size_t n = 0;
+
+	while (n < max && s[n])
+		n++;
+	return n;
+}
+
+static int32_t get_i32(const uint8_t *p)
+{
+	return (int32_t)kvt_get32(p);
+}
+
+/* ---- frame header -------------------------------------------------------- */
+
+const char *kvt_op_name(uint16_t opcode)
+{
+	switch (opcode) {
+	case KVT_OP_HELLO:
+		return "HELLO";
+	case KVT_OP_PING:
+		return "PING";
+	case KVT_OP_REGISTER:
+		return "REGISTER";
+	case KVT_OP_UNREGISTER:
+		return "UNREGISTER";
+	case KVT_OP_PUT:
+		return "PUT";
+	case KVT_OP_GET:
+		return "GET";
+	case KVT_OP_LOOKUP:
+		return "LOOKUP";
+	case KVT_OP_DELETE:
+		return "DELETE";
+	case KVT_OP_PIN:
+		return "PIN";
+	case KVT_OP_UNPIN:
+		return "UNPIN";
+	case KVT_OP_STATS:
+		return "STATS";
+	case KVT_OP_NOTICE:
+		return "NOTICE";
+	}
+	return "UNKNOWN";
+}
+
+void kvt_hdr_encode(const struct kvt_hdr *h, uint8_t out[KVT_HDR_SIZE])
+{
+	kvt_put32(out + 0, h->magic);
+	kvt_put16(out + 4, h->version);
+	kvt_put16(out + 6, h->opcode);
+	kvt_put32(out + 8, h->flags);
+	kvt_put32(out + 12, h->body_len);
+	kvt_put64(out + 16, h->request_id);
+	kvt_put32(out + 24, (uint32_t)h->status);
+	kvt_put32(out + 28, h->reserved);
+}
+
+int kvt_hdr_decode(const uint8_t in[KVT_HDR_SIZE], uint32_t max_body, struct kvt_hdr *h)
+{
+	/* Fill everything first: even a rejected header names the request to answer. */
+	h->magic = kvt_get32(in + 0);
+	h->version = kvt_get16(in + 4);
+	h->opcode = kvt_get16(in + 6);
+	h->flags = kvt_get32(in + 8);
+	h->body_len = kvt_get32(in + 12);
+	h->request_id = kvt_get64(in + 16);
+	h->status = get_i32(in + 24);
+	h->reserved = kvt_get32(in + 28);
+
+	if (h->magic != KVT_MAGIC)
+		return KVT_EBADMAGIC;
+	if (h->version < KVT_PROTO_MIN_VERSION || h->version > KVT_PROTO_MAX_VERSION)
+		return KVT_EVERSION;
+	if (h->reserved != 0)
+		return KVT_ERESERVED;
+	if (h->body_len > max_body)
+		return KVT_EMSGSIZE;
+	return 0;
+}
+
+int kvt_hdr_check_flags(const struct kvt_hdr *h, bool is_reply)
+{
+	uint32_t must = h->flags & KVT_F_MUST_MASK;
+
+	if (must & ~KVT_F_KNOWN_MUST)
+		return KVT_EFLAGS;
+	/* REPLY is must-understand: a request that claims to be a reply (or the
+	 * reverse) would be misread, so it is refused like an unknown flag. */
+	if (((must & KVT_F_REPLY) != 0) != is_reply)
+		return KVT_EFLAGS;
+	return 0;
+}
+
+/* ---- HELLO --------------------------------------------------------------- */
+
+size_t kvt_hello_req_size(uint16_t name_len)
+{
+	return HELLO_REQ_FIXED + (size_t)name_len;
+}
+
+int kvt_hello_req_encode(const struct kvt_hello_req *m, uint8_t *out, size_t cap)
+{
+	if (m->name_len > KVT_NAME_MAX)
+		return KVT_EMSGSIZE;
+	if (m->name_len && (!m->name || !text_ok((const uint8_t *)m->name, m->name_len)))
+		return KVT_EINVAL;
+	size_t need = kvt_hello_req_size(m->name_len);
+	int rc = check_room(need, cap);
+	if (rc)
+		return rc;
+	kvt_put16(out + 0, m->min_version);
+	kvt_put16(out + 2, m->max_version);
+	kvt_put32(out + 4, m->flags);
+	kvt_put16(out + 8, m->name_len);
+	if (m->name_len)
+		memcpy(out + HELLO_REQ_FIXED, m->name, m->name_len);
+	return (int)need;
+}
+
+int kvt_hello_req_decode(const uint8_t *in, size_t len, struct kvt_hello_req *m)
+{
+	if (len < HELLO_REQ_FIXED)
+		return KVT_EBADMSG;
+	uint16_t name_len = kvt_get16(in + 8);
+	if (name_len > KVT_NAME_MAX || len != kvt_hello_req_size(name_len))
+		return KVT_EBADMSG;
+	if (kvt_get32(in + 4) != 0)
+		return KVT_ERESERVED;
+	if (!text_ok(in + HELLO_REQ_FIXED, name_len))
+		return KVT_EBADMSG;
+	m->min_version = kvt_get16(in + 0);
+	m->max_version = kvt_get16(in + 2);
+	m->flags = 0;
+	m->name = (const char *)(in + HELLO_REQ_FIXED);
+	m->name_len = name_len;
+	return 0;
+}
+
+size_t kvt_hello_rep_size(uint16_t server_len)
+{
+	return HELLO_REP_FIXED + (size_t)server_len;
+}
+
+int kvt_hello_rep_encode(const struct kvt_hello_rep *m, uint8_t *out, size_t cap)
+{
+	if (m->server_len > KVT_NAME_MAX)
+		return KVT_EMSGSIZE;
+	if (m->server_len &&
+	    (!m->server || !text_ok((const uint8_t *)m->server, m->server_len)))
+		return KVT_EINVAL;
+	size_t need = kvt_hello_rep_size(m->server_len);
+	int rc = check_room(need, cap);
+	if (rc)
+		return rc;
+	kvt_put16(out + 0, m->version);
+	kvt_put16(out + 2, 0);
+	kvt_put32(out + 4, m->tenant);
+	kvt_put32(out + 8, m->max_frame);
+	kvt_put32(out + 12, m->max_inflight);
+	kvt_put32(out + 16, m->max_batch);
+	kvt_put32(out + 20, m->max_regions);
+	kvt_put64(out + 24, m->max_region_size);
+	kvt_put64(out + 32, m->max_block_size);
+	kvt_put16(out + 40, m->server_len);
+	if (m->server_len)
+		memcpy(out + HELLO_REP_FIXED, m->server, m->server_len);
+	return (int)need;
+}
+
+int kvt_hello_rep_decode(const uint8_t *in, size_t len, struct kvt_hello_rep *m)
+{
+	if (len < HELLO_REP_FIXED)
+		return KVT_EBADMSG;
+	uint16_t server_len = kvt_get16(in + 40);
+	if (server_len > KVT_NAME_MAX || len != kvt_hello_rep_size(server_len))
+		return KVT_EBADMSG;
+	if (kvt_get16(in + 2) != 0)
+		return KVT_ERESERVED;
+	if (!text_ok(in + HELLO_REP_FIXED, server_len))
+		return KVT_EBADMSG;
+	m->version = kvt_get16(in + 0);
+	m->tenant = kvt_get32(in + 4);
+	m->max_frame = kvt_get32(in + 8);
+	m->max_inflight = kvt_get32(in + 12);
+	m->max_batch = kvt_get32(in + 16);
+	m->max_regions = kvt_get32(in + 20);
+	m->max_region_size = kvt_get64(in + 24);
+	m->max_block_size = kvt_get64(in + 32);
+	m->server = (const char *)(in + HELLO_REP_FIXED);
+	m->server_len = server_len;
+	return 0;
+}
+
+/* ---- REGISTER / UNREGISTER ----------------------------------------------- */
+
+int kvt_register_req_encode(const struct kvt_register_req *m, uint8_t *out, size_t cap)
+{
+	int rc = check_room(KVT_REGISTER_REQ_SIZE, cap);
+	if (rc)
+		return rc;
+	kvt_put64(out + 0, m->size);
+	kvt_put32(out + 8, m->flags);
+	kvt_put32(out + 12, 0);
+	return KVT_REGISTER_REQ_SIZE;
+}
+
+int kvt_register_req_decode(const uint8_t *in, size_t len, struct kvt_register_req *m)
+{
+	if (len != KVT_REGISTER_REQ_SIZE)
+		return KVT_EBADMSG;
+	/* No flags are defined in v1, so the flags word is as reserved as the next. */
+	if (kvt_get32(in + 8) != 0 || kvt_get32(in + 12) != 0)
+		return KVT_ERESERVED;
+	m->size = kvt_get64(in + 0);
+	m->flags = 0;
+	return 0;
+}
+
+/* REGISTER's reply and UNREGISTER's request share one shape: u32 id, u32 reserved. */
+static int id_encode(uint32_t id, uint8_t *out, size_t cap)
+{
+	int rc = check_room(8, cap);
+	if (rc)
+		return rc;
+	kvt_put32(out + 0, id);
+	kvt_put32(out + 4, 0);
+	return 8;
+}
+
+static int id_decode(const uint8_t *in, size_t len, uint32_t *id)
+{
+	if (len != 8)
+		return KVT_EBADMSG;
+	if (kvt_get32(in + 4) != 0)
+		return KVT_ERESERVED;
+	*id = kvt_get32(in + 0);
+	return 0;
+}
+
+int kvt_register_rep_encode(const struct kvt_register_rep *m, uint8_t *out, size_t cap)
+{
+	return id_encode(m->region_id, out, cap);
+}
+
+int kvt_register_rep_decode(const uint8_t *in, size_t len, struct kvt_register_rep *m)
+{
+	return id_decode(in, len, &m->region_id);
+}
+
+int kvt_unregister_req_encode(const struct kvt_unregister_req *m, uint8_t *out, size_t cap)
+{
+	return id_encode(m->region_id, out, cap);
+}
+
+int kvt_unregister_req_decode(const uint8_t *in, size_t len, struct kvt_unregister_req *m)
+{
+	return id_decode(in, len, &m->region_id);
+}
+
+/* ---- batches ------------------------------------------------------------- */
+
+size_t kvt_batch_size(uint32_t count, size_t item_size)
+{
+	size_t items;
+
+	if (__builtin_mul_overflow((size_t)count, item_size, &items) ||
+	    items > SIZE_MAX - BATCH_PREFIX)
+		return SIZE_MAX;
+	return BATCH_PREFIX + items;
+}
+
+int kvt_batch_decode(const uint8_t *in, size_t len, size_t item_size, uint32_t max_batch,
+		     struct kvt_batch *b)
+{
+	size_t items;
+
+	if (item_size == 0)
+		return KVT_EINVAL;
+	if (len < BATCH_PREFIX)
+		return KVT_EBADMSG;
+	uint32_t count = kvt_get32(in + 0);
+	if (count > max_batch)
+		return KVT_E2BIG;
+	if (kvt_get32(in + 4) != 0)
+		return KVT_ERESERVED;
+	if (__builtin_mul_overflow((size_t)count, item_size, &items) ||
+	    items != len - BATCH_PREFIX)
+		return KVT_EBADMSG;
+	b->count = count;
+	b->flags = 0;
+	b->items = in + BATCH_PREFIX;
+	b->item_size = item_size;
+	return 0;
+}
+
+int kvt_batch_prefix_encode(uint32_t count, uint8_t *out, size_t cap)
+{
+	int rc = check_room(BATCH_PREFIX, cap);
+	if (rc)
+		return rc;
+	kvt_put32(out + 0, count);
+	kvt_put32(out + 4, 0);
+	return BATCH_PREFIX;
+}
+
+void kvt_key_encode(const kvt_key *k, uint8_t out[KVT_KEY_SIZE])
+{
+	memcpy(out, k->b, KVT_KEY_SIZE);
+}
+
+void kvt_key_decode(const uint8_t in[KVT_KEY_SIZE], kvt_key *k)
+{
+	memcpy(k->b, in, KVT_KEY_SIZE);
+}
+
+void kvt_desc_encode(const kvt_block_desc *d, uint8_t out[KVT_DESC_SIZE])
+{
+	kvt_put16(out + 0, d->dtype);
+	kvt_put16(out + 2, d->layout);
+	kvt_put16(out + 4, d->layers);
+	kvt_put16(out + 6, d->reserved0);
+	kvt_put32(out + 8, d->tokens);
+	kvt_put32(out + 12, d->reserved1);
+}
+
+int kvt_desc_decode(const uint8_t in[KVT_DESC_SIZE], kvt_block_desc *d)
+{
+	if (kvt_get16(in + 6) != 0 || kvt_get32(in + 12) != 0)
+		return KVT_ERESERVED;
+	d->dtype = kvt_get16(in + 0);
+	d->layout = kvt_get16(in + 2);
+	d->layers = kvt_get16(in + 4);
+	d->reserved0 = 0;
+	d->tokens = kvt_get32(in + 8);
+	d->reserved1 = 0;
+	return 0;
+}
+
+void kvt_put_item_encode(const struct kvt_put_wire *it, uint8_t out[KVT_PUT_ITEM_SIZE])
+{
+	kvt_key_encode(&it->key, out + 0);
+	kvt_key_encode(&it->parent, out + 16);
+	kvt_put32(out + 32, it->region_id);
+	kvt_put32(out + 36, 0);
+	kvt_put64(out + 40, it->offset);
+	kvt_put64(out + 48, it->length);
+	kvt_desc_encode(&it->desc, out + 56);
+}
+
+int kvt_put_item_decode(const uint8_t in[KVT_PUT_ITEM_SIZE], struct kvt_put_wire *it)
+{
+	kvt_block_desc desc;
+
+	if (kvt_get32(in + 36) != 0)
+		return KVT_ERESERVED;
+	int rc = kvt_desc_decode(in + 56, &desc);
+	if (rc)
+		return rc;
+	kvt_key_decode(in + 0, &it->key);
+	kvt_key_decode(in + 16, &it->parent);
+	it->region_id = kvt_get32(in + 32);
+	it->offset = kvt_get64(in + 40);
+	it->length = kvt_get64(in + 48);
+	it->desc = desc;
+	return 0;
+}
+
+void kvt_get_item_encode(const struct kvt_get_wire *it, uint8_t out[KVT_GET_ITEM_SIZE])
+{
+	kvt_key_encode(&it->key, out + 0);
+	kvt_put32(out + 16, it->region_id);
+	kvt_put32(out + 20, 0);
+	kvt_put64(out + 24, it->offset);
+	kvt_put64(out + 32, it->capacity);
+}
+
+int kvt_get_item_decode(const uint8_t in[KVT_GET_ITEM_SIZE], struct kvt_get_wire *it)
+{
+	if (kvt_get32(in + 20) != 0)
+		return KVT_ERESERVED;
+	kvt_key_decode(in + 0, &it->key);
+	it->region_id = kvt_get32(in + 16);
+	it->offset = kvt_get64(in + 24);
+	it->capacity = kvt_get64(in + 32);
+	return 0;
+}
+
+/*
+ * Replies to batches start with the same 8-byte prefix as requests; the count
+ * must be the one the caller asked for (a reply for a different batch is garbage).
+ */
+static int reply_prefix_check(const uint8_t *in, size_t len, uint32_t count, size_t item_size)
+{
+	if (len < BATCH_PREFIX || kvt_get32(in + 0) != count)
+		return KVT_EBADMSG;
+	if (kvt_get32(in + 4) != 0)
+		return KVT_ERESERVED;
+	if (len != kvt_batch_size(count, item_size))
+		return KVT_EBADMSG;
+	return 0;
+}
+
+/* ---- per-item status replies (PUT, DELETE, PIN, UNPIN) ------------------- */
+
+size_t kvt_status_rep_size(uint32_t count)
+{
+	return kvt_batch_size(count, 4);
+}
+
+int kvt_status_rep_encode(const int32_t *status, uint32_t count, uint8_t *out, size_t cap)
+{
+	if (count && !status)
+		return KVT_EINVAL;
+	size_t need = kvt_status_rep_size(count);
+	int rc = check_room(need, cap);
+	if (rc)
+		return rc;
+	kvt_put32(out + 0, count);
+	kvt_put32(out + 4, 0);
+	for (uint32_t i = 0; i < count; i++)
+		kvt_put32(out + BATCH_PREFIX + 4 * (size_t)i, (uint32_t)status[i]);
+	return (int)need;
+}
+
+int kvt_status_rep_decode(const uint8_t *in, size_t len, uint32_t count, int32_t *status)
+{
+	int rc = reply_prefix_check(in, len, count, 4);
+	if (rc)
+		return rc;
+	const uint8_t *p = in + BATCH_PREFIX;
+	for (uint32_t i = 0; i < count; i++)
+		if (!status_ok(get_i32(p + 4 * (size_t)i)))
+			return KVT_EBADMSG;
+	if (status)
+		for (uint32_t i = 0; i < count; i++)
+			status[i] = get_i32(p + 4 * (size_t)i);
+	return 0;
+}
+
+/* ---- GET reply ----------------------------------------------------------- */
+
+size_t kvt_get_rep_size(uint32_t count)
+{
+	return kvt_batch_size(count, KVT_GET_RESULT_SIZE);
+}
+
+int kvt_get_rep_encode(const struct kvt_get_result *r, uint32_t count, uint8_t *out, size_t cap)
+{
+	if (count && !r)
+		return KVT_EINVAL;
+	size_t need = kvt_get_rep_size(count);
+	int rc = check_room(need, cap);
+	if (rc)
+		return rc;
+	kvt_put32(out + 0, count);
+	kvt_put32(out + 4, 0);
+	for (uint32_t i = 0; i < count; i++) {
+		uint8_t *p = out + BATCH_PREFIX + (size_t)i * KVT_GET_RESULT_SIZE;
+		kvt_put32(p + 0, (uint32_t)r[i].status);
+		kvt_put32(p + 4, 0);
+		kvt_put64(p + 8, r[i].length);
+		kvt_desc_encode(&r[i].desc, p + 16);
+	}
+	return (int)need;
+}
+
+int kvt_get_rep_decode(const uint8_t *in, size_t len, uint32_t count, struct kvt_get_result *r)
+{
+	kvt_block_desc desc;
+	int rc = reply_prefix_check(in, len, count, KVT_GET_RESULT_SIZE);
+	if (rc)
+		return rc;
+	/* Check every result before writing any, so a failed decode leaves r alone. */
+	for (uint32_t i = 0; i < count; i++) {
+		const uint8_t *p = in + BATCH_PREFIX + (size_t)i * KVT_GET_RESULT_SIZE;
+		if (kvt_get32(p + 4) != 0)
+			return KVT_ERESERVED;
+		rc = kvt_desc_decode(p + 16, &desc);
+		if (rc)
+			return rc;
+		if (!status_ok(get_i32(p + 0)))
+			return KVT_EBADMSG;
+	}
+	if (!r)
+		return 0;
+	for (uint32_t i = 0; i < count; i++) {
+		const uint8_t *p = in + BATCH_PREFIX + (size_t)i * KVT_GET_RESULT_SIZE;
+		r[i].status = get_i32(p + 0);
+		r[i].length = kvt_get64(p + 8);
+		kvt_desc_decode(p + 16, &r[i].desc);
+	}
+	return 0;
+}
+
+/* ---- LOOKUP reply -------------------------------------------------------- */
+
+size_t kvt_lookup_rep_size(uint32_t found)
+{
+	return kvt_batch_size(found, 1);
+}
+
+int kvt_lookup_rep_encode(uint32_t found, const uint8_t *tiers, uint8_t *out, size_t cap)
+{
+	if (found && !tiers)
+		return KVT_EINVAL;
+	size_t need = kvt_lookup_rep_size(found);
+	int rc = check_room(need, cap);
+	if (rc)
+		return rc;
+	kvt_put32(out + 0, found);
+	kvt_put32(out + 4, 0);
+	if (found)
+		memcpy(out + BATCH_PREFIX, tiers, found);
+	return (int)need;
+}
+
+int kvt_lookup_rep_decode(const uint8_t *in, size_t len, uint32_t asked, uint32_t *found,
+			  uint8_t *tiers)
+{
+	if (len < BATCH_PREFIX)
+		return KVT_EBADMSG;
+	uint32_t n = kvt_get32(in + 0);
+	/* More present keys than were asked about cannot be right, and tiers[] is
+	 * only asked entries long. */
+	if (n > asked)
+		return KVT_EBADMSG;
+	if (kvt_get32(in + 4) != 0)
+		return KVT_ERESERVED;
+	if (len != kvt_lookup_rep_size(n))
+		return KVT_EBADMSG;
+	for (uint32_t i = 0; i < n; i++)
+		if (in[BATCH_PREFIX + i] > KVT_TIER_NVME)
+			return KVT_EBADMSG;
+	*found = n;
+	if (tiers && n)
+		memcpy(tiers, in + BATCH_PREFIX, n);
+	return 0;
+}
+
+/* ---- STATS reply --------------------------------------------------------- */
+
+void kvt_stats_writer_init(struct kvt_stats_writer *w, uint8_t *buf, size_t cap)
+{
+	/* The prefix is written by finish; len starts past it even when cap is
+	 * smaller, so every add fails and finish reports 0. */
+	w->buf = buf;
+	w->cap = cap;
+	w->len = BATCH_PREFIX;
+	w->count = 0;
+}
+
+static int stats_writer_add(struct kvt_stats_writer *w, uint8_t kind, const char *name,
+			    const uint8_t *value, size_t value_len)
+{
+	size_t name_len = name ? strlen(name) : 0;
+
+	if (!stat_name_ok((const uint8_t *)name, name_len))
+		return KVT_EINVAL;
+	size_t need = STAT_ENTRY_FIXED + name_len + value_len;
+	if (w->len > w->cap || need > w->cap - w->len || w->count == UINT32_MAX)
+		return KVT_EMSGSIZE;
+	uint8_t *p = w->buf + w->len;
+	p[0] = kind;
+	p[1] = 0;
+	kvt_put16(p + 2, (uint16_t)name_len);
+	kvt_put32(p + 4, (uint32_t)value_len);
+	memcpy(p + STAT_ENTRY_FIXED, name, name_len);
+	if (value_len)
+		memcpy(p + STAT_ENTRY_FIXED + name_len, value, value_len);
+	w->len += need;
+	w->count++;
+	return 0;
+}
+
+int kvt_stats_writer_u64(struct kvt_stats_writer *w, const char *name, uint64_t value)
+{
+	uint8_t v[8];
+
+	kvt_put64(v, value);
+	return stats_writer_add(w, KVT_STAT_U64, name, v, sizeof(v));
+}
+
+int kvt_stats_writer_text(struct kvt_stats_writer *w, const char *name, const char *text)
+{
+	if (!text)
+		text = "";
+	size_t text_len = bounded_len(text, KVT_STAT_TEXT_MAX + 1);
+	if (text_len > KVT_STAT_TEXT_MAX || !text_ok((const uint8_t *)text, text_len))
+		return KVT_EINVAL;
+	return stats_writer_add(w, KVT_STAT_TEXT, name, (const uint8_t *)text, text_len);
+}
+
+size_t kvt_stats_writer_finish(struct kvt_stats_writer *w)
+{
+	if (w->len > w->cap)
+		return 0;
+	kvt_put32(w->buf + 0, w->count);
+	kvt_put32(w->buf + 4, 0);
+	return w->len;
+}
+
+/* Parse and check the entry at p (p < len) into *e; *next receives the offset
+ * just past it. */
+static int stats_entry_parse(const uint8_t *in, size_t len, size_t p, struct kvt_stat_entry *e,
+			     size_t *next)
+{
+	if (len - p < STAT_ENTRY_FIXED)
+		return KVT_EBADMSG;
+	const uint8_t *q = in + p;
+	uint8_t kind = q[0];
+	uint16_t name_len = kvt_get16(q + 2);
+	uint32_t value_len = kvt_get32(q + 4);
+	if (q[1] != 0)
+		return KVT_ERESERVED;
+	if (kind == KVT_STAT_U64) {
+		if (value_len != 8)
+			return KVT_EBADMSG;
+	} else if (kind == KVT_STAT_TEXT) {
+		if (value_len > KVT_STAT_TEXT_MAX)
+			return KVT_EBADMSG;
+	} else {
+		return KVT_EBADMSG;
+	}
+	/* Both lengths are small now, so the sum cannot wrap. */
+	if (name_len > KVT_STAT_NAME_MAX ||
+	    (size_t)name_len + value_len > len - p - STAT_ENTRY_FIXED)
+		return KVT_EBADMSG;
+	const uint8_t *name = q + STAT_ENTRY_FIXED;
+	const uint8_t *value = name + name_len;
+	if (!stat_name_ok(name, name_len))
+		return KVT_EBADMSG;
+	if (kind == KVT_STAT_TEXT && !text_ok(value, value_len))
+		return KVT_EBADMSG;
+
+	e->kind = kind;
+	e->name = (const char *)name;
+	e->name_len = name_len;
+	if (kind == KVT_STAT_U64) {
+		e->value = kvt_get64(value);
+		e->text = NULL;
+		e->text_len = 0;
+	} else {
+		e->value = 0;
+		e->text = (const char *)value;
+		e->text_len = value_len;
+	}
+	*next = p + STAT_ENTRY_FIXED + name_len + value_len;
+	return 0;
+}
+
+/*
+ * Check the whole reply: prefix, every entry, and exactly the declared number of
+ * them. Done once, before the first entry is handed out, so a caller never acts
+ * on part of a reply that turns out to be malformed further on.
+ */
+int kvt_stats_rep_count(const uint8_t *in, size_t len, uint32_t *count)
+{
+	struct kvt_stat_entry e;
+
+	if (len < BATCH_PREFIX)
+		return KVT_EBADMSG;
+	if (kvt_get32(in + 4) != 0)
+		return KVT_ERESERVED;
+	uint32_t declared = kvt_get32(in + 0), seen = 0;
+	/* Cheap bound first: a count the body could not possibly hold. */
+	if (declared > (len - BATCH_PREFIX) / STAT_ENTRY_MIN)
+		return KVT_EBADMSG;
+	for (size_t p = BATCH_PREFIX; p < len; seen++) {
+		if (seen == declared)
+			return KVT_EBADMSG; /* bytes after the last declared entry */
+		int rc = stats_entry_parse(in, len, p, &e, &p);
+		if (rc)
+			return rc;
+	}
+	if (seen != declared)
+		return KVT_EBADMSG;
+	*count = declared;
+	return 0;
+}
+
+int kvt_stats_rep_next(const uint8_t *in, size_t len, size_t *pos, struct kvt_stat_entry *e)
+{
+	size_t p = *pos;
+
+	if (p == 0) {
+		uint32_t count;
+		int rc = kvt_stats_rep_count(in, len, &count);
+		if (rc)
+			return rc;
+		p = BATCH_PREFIX;
+	}
+	/* A position the caller made up is still checked, never trusted. */
+	if (p < BATCH_PREFIX || p > len)
+		return KVT_EBADMSG;
+	if (p == len) {
+		*pos = p;
+		return 0;
+	}
+	int rc = stats_entry_parse(in, len, p, e, &p);
+	if (rc)
+		return rc;
+	*pos = p;
+	return 1;
+}
+
+/* ---- NOTICE -------------------------------------------------------------- */
+
+int kvt_notice_encode(const char *msg, uint8_t *out, size_t cap)
+{
+	/* A notice is the last word before a close: never fail over its text.
+	 * Long messages are cut at KVT_NOTICE_MAX and control bytes become '?'. */
+	if (!msg)
+		msg = "";
+	size_t n = bounded_len(msg, KVT_NOTICE_MAX);
+	int rc = check_room(NOTICE_FIXED + n, cap);
+	if (rc)
+		return rc;
+	kvt_put16(out, (uint16_t)n);
+	for (size_t i = 0; i < n; i++) {
+		uint8_t c = (uint8_t)msg[i];
+		out[NOTICE_FIXED + i] = text_ok(&c, 1) ? c : '?';
+	}
+	return (int)(NOTICE_FIXED + n);
+}
+
+int kvt_notice_decode(const uint8_t *in, size_t len, const char **msg, uint16_t *msg_len)
+{
+	if (len < NOTICE_FIXED)
+		return KVT_EBADMSG;
+	uint16_t n = kvt_get16(in);
+	if (n > KVT_NOTICE_MAX || len != NOTICE_FIXED + (size_t)n)
+		return KVT_EBADMSG;
+	if (!text_ok(in + NOTICE_FIXED, n))
+		return KVT_EBADMSG;
+	*msg = (const char *)(in + NOTICE_FIXED);
+	*msg_len = n;
+	return 0;
+}

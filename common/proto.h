@@ -1,0 +1,294 @@
+/*
+ * proto.h - kvtier wire protocol v1: frame header and message bodies.
+ *
+ * Pure encode/decode over byte buffers, shared by kvtierd and libkvtier. No I/O,
+ * no allocation: decoders validate every length against the bytes present and
+ * against the caller's limits, and return views into the buffer. docs/PROTOCOL.md
+ * is the specification; this file implements it.
+ */
+#ifndef KVT_PROTO_H
+#define KVT_PROTO_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kvtier.h"
+
+/* ---- frame header ------------------------------------------------------- */
+
+#define KVT_MAGIC 0x5054564bu /* bytes 'K' 'V' 'T' 'P' on the wire */
+#define KVT_PROTO_MIN_VERSION 1
+#define KVT_PROTO_MAX_VERSION 1
+#define KVT_HDR_SIZE 32
+
+/* Flags bits 0..15 must be understood (reject if unknown); bits 16..31 may be ignored. */
+#define KVT_F_REPLY (1u << 0)
+#define KVT_F_MUST_MASK 0x0000ffffu
+#define KVT_F_KNOWN_MUST KVT_F_REPLY
+
+enum kvt_opcode {
+	KVT_OP_HELLO = 1,
+	KVT_OP_PING = 2,
+	KVT_OP_REGISTER = 3,
+	KVT_OP_UNREGISTER = 4,
+	KVT_OP_PUT = 5,
+	KVT_OP_GET = 6,
+	KVT_OP_LOOKUP = 7,
+	KVT_OP_DELETE = 8,
+	KVT_OP_PIN = 9,
+	KVT_OP_UNPIN = 10,
+	KVT_OP_STATS = 11,
+	/* Sent by the daemon only, request id 0, just before it closes the
+	 * connection for a stream-level reason (status says which). */
+	KVT_OP_NOTICE = 255,
+};
+
+struct kvt_hdr {
+	uint32_t magic;
+	uint16_t version;
+	uint16_t opcode;
+	uint32_t flags;
+	uint32_t body_len;
+	uint64_t request_id;
+	int32_t status;
+	uint32_t reserved;
+};
+
+/* Name of an opcode ("PUT"), or "UNKNOWN". */
+const char *kvt_op_name(uint16_t opcode);
+
+void kvt_hdr_encode(const struct kvt_hdr *h, uint8_t out[KVT_HDR_SIZE]);
+
+/*
+ * Decode and check a header: magic, version (KVT_EVERSION if outside
+ * [KVT_PROTO_MIN_VERSION, KVT_PROTO_MAX_VERSION]), reserved == 0 (KVT_ERESERVED),
+ * body_len <= max_body (KVT_EMSGSIZE). Fills *h in every case where the 32 bytes
+ * were present, so a caller can still answer with the request id. Returns 0 or the
+ * error; KVT_EBADMAGIC is the only one after which nothing in *h can be trusted.
+ * Unknown opcodes and flags are for the dispatcher to judge (kvt_hdr_check_flags).
+ */
+int kvt_hdr_decode(const uint8_t in[KVT_HDR_SIZE], uint32_t max_body, struct kvt_hdr *h);
+
+/* KVT_EFLAGS if h sets a must-understand flag this version does not know, or if the
+ * REPLY bit does not match is_reply (whether the frame should be a reply); else 0. */
+int kvt_hdr_check_flags(const struct kvt_hdr *h, bool is_reply);
+
+/* ---- message bodies ------------------------------------------------------ */
+
+#define KVT_NAME_MAX 64 /* client/server name strings in HELLO */
+
+struct kvt_hello_req {
+	uint16_t min_version;
+	uint16_t max_version;
+	uint32_t flags; /* reserved, 0 */
+	const char *name; /* view into the buffer, not NUL-terminated */
+	uint16_t name_len;
+};
+
+struct kvt_hello_rep {
+	uint16_t version;
+	uint32_t tenant;
+	uint32_t max_frame;
+	uint32_t max_inflight;
+	uint32_t max_batch;
+	uint32_t max_regions;
+	uint64_t max_region_size;
+	uint64_t max_block_size;
+	const char *server; /* view, not NUL-terminated */
+	uint16_t server_len;
+};
+
+struct kvt_register_req {
+	uint64_t size;
+	uint32_t flags; /* reserved, 0 */
+};
+
+struct kvt_register_rep {
+	uint32_t region_id;
+};
+
+struct kvt_unregister_req {
+	uint32_t region_id;
+};
+
+/* Wire sizes of batch items. */
+#define KVT_KEY_SIZE 16
+#define KVT_DESC_SIZE 16
+#define KVT_PUT_ITEM_SIZE 72
+#define KVT_GET_ITEM_SIZE 40
+#define KVT_GET_RESULT_SIZE 32
+
+struct kvt_put_wire {
+	kvt_key key;
+	kvt_key parent;
+	uint32_t region_id;
+	uint64_t offset;
+	uint64_t length;
+	kvt_block_desc desc;
+};
+
+struct kvt_get_wire {
+	kvt_key key;
+	uint32_t region_id;
+	uint64_t offset;
+	uint64_t capacity;
+};
+
+struct kvt_get_result {
+	int32_t status;
+	uint64_t length;
+	kvt_block_desc desc;
+};
+
+/*
+ * A decoded batch request: count items of item_size bytes starting at items.
+ * Use the *_item_decode helpers to read item i. Every batch body is
+ * u32 count, u32 flags (reserved, 0), then count fixed-size items.
+ */
+struct kvt_batch {
+	uint32_t count;
+	uint32_t flags;
+	const uint8_t *items;
+	size_t item_size;
+};
+
+/*
+ * Encoders write into out (capacity cap) and return the number of bytes written,
+ * or KVT_EMSGSIZE if cap is too small. *_size helpers give the exact body size.
+ */
+size_t kvt_hello_req_size(uint16_t name_len);
+int kvt_hello_req_encode(const struct kvt_hello_req *m, uint8_t *out, size_t cap);
+int kvt_hello_req_decode(const uint8_t *in, size_t len, struct kvt_hello_req *m);
+
+size_t kvt_hello_rep_size(uint16_t server_len);
+int kvt_hello_rep_encode(const struct kvt_hello_rep *m, uint8_t *out, size_t cap);
+int kvt_hello_rep_decode(const uint8_t *in, size_t len, struct kvt_hello_rep *m);
+
+#define KVT_REGISTER_REQ_SIZE 16
+#define KVT_REGISTER_REP_SIZE 8
+#define KVT_UNREGISTER_REQ_SIZE 8
+int kvt_register_req_encode(const struct kvt_register_req *m, uint8_t *out, size_t cap);
+int kvt_register_req_decode(const uint8_t *in, size_t len, struct kvt_register_req *m);
+int kvt_register_rep_encode(const struct kvt_register_rep *m, uint8_t *out, size_t cap);
+int kvt_register_rep_decode(const uint8_t *in, size_t len, struct kvt_register_rep *m);
+int kvt_unregister_req_encode(const struct kvt_unregister_req *m, uint8_t *out, size_t cap);
+int kvt_unregister_req_decode(const uint8_t *in, size_t len, struct kvt_unregister_req *m);
+
+/* Batches: PUT (put_wire items), GET (get_wire items), and key batches for
+ * LOOKUP, DELETE, PIN, UNPIN. decode checks count <= max_batch (KVT_E2BIG),
+ * flags == 0 (KVT_ERESERVED), and len == 8 + count * item_size exactly (KVT_EBADMSG). */
+size_t kvt_batch_size(uint32_t count, size_t item_size);
+int kvt_batch_decode(const uint8_t *in, size_t len, size_t item_size, uint32_t max_batch,
+		     struct kvt_batch *b);
+/* Write the 8-byte batch prefix (count, flags=0). Returns 8 or KVT_EMSGSIZE. */
+int kvt_batch_prefix_encode(uint32_t count, uint8_t *out, size_t cap);
+
+void kvt_put_item_encode(const struct kvt_put_wire *it, uint8_t out[KVT_PUT_ITEM_SIZE]);
+/* KVT_ERESERVED if a reserved field of the item or its descriptor is not zero. */
+int kvt_put_item_decode(const uint8_t in[KVT_PUT_ITEM_SIZE], struct kvt_put_wire *it);
+void kvt_get_item_encode(const struct kvt_get_wire *it, uint8_t out[KVT_GET_ITEM_SIZE]);
+int kvt_get_item_decode(const uint8_t in[KVT_GET_ITEM_SIZE], struct kvt_get_wire *it);
+void kvt_key_encode(const kvt_key *k, uint8_t out[KVT_KEY_SIZE]);
+void kvt_key_decode(const uint8_t in[KVT_KEY_SIZE], kvt_key *k);
+void kvt_desc_encode(const kvt_block_desc *d, uint8_t out[KVT_DESC_SIZE]);
+int kvt_desc_decode(const uint8_t in[KVT_DESC_SIZE], kvt_block_desc *d);
+
+/* Status replies (PUT, DELETE, PIN, UNPIN): u32 count, u32 reserved, count x i32. */
+size_t kvt_status_rep_size(uint32_t count);
+int kvt_status_rep_encode(const int32_t *status, uint32_t count, uint8_t *out, size_t cap);
+/* Decodes into status[0..count); count must match the reply's count (KVT_EBADMSG). */
+int kvt_status_rep_decode(const uint8_t *in, size_t len, uint32_t count, int32_t *status);
+
+/* GET reply: u32 count, u32 reserved, count x 32-byte results. */
+size_t kvt_get_rep_size(uint32_t count);
+int kvt_get_rep_encode(const struct kvt_get_result *r, uint32_t count, uint8_t *out, size_t cap);
+int kvt_get_rep_decode(const uint8_t *in, size_t len, uint32_t count, struct kvt_get_result *r);
+
+/* LOOKUP reply: u32 found, u32 reserved, found x u8 tier. found must be <= asked. */
+size_t kvt_lookup_rep_size(uint32_t found);
+int kvt_lookup_rep_encode(uint32_t found, const uint8_t *tiers, uint8_t *out, size_t cap);
+int kvt_lookup_rep_decode(const uint8_t *in, size_t len, uint32_t asked, uint32_t *found,
+			  uint8_t *tiers);
+
+/* STATS request: u32 flags (0). Reply: u32 count, u32 reserved, then count entries of
+ * u8 kind (1 = u64, 2 = text), u8 reserved, u16 name_len, u32 value_len, name, value. */
+#define KVT_STATS_REQ_SIZE 4
+#define KVT_STAT_U64 1
+#define KVT_STAT_TEXT 2
+#define KVT_STAT_NAME_MAX 128
+#define KVT_STAT_TEXT_MAX 1024
+
+struct kvt_stat_entry {
+	uint8_t kind;
+	const char *name; /* view */
+	uint16_t name_len;
+	uint64_t value;   /* KVT_STAT_U64 */
+	const char *text; /* KVT_STAT_TEXT, view */
+	uint32_t text_len;
+};
+
+/* Incremental STATS reply writer: init reserves the 8-byte prefix, add appends an
+ * entry (KVT_EMSGSIZE when it does not fit; the writer is unchanged then),
+ * finish writes the count and returns the body length. */
+struct kvt_stats_writer {
+	uint8_t *buf;
+	size_t cap;
+	size_t len;
+	uint32_t count;
+};
+void kvt_stats_writer_init(struct kvt_stats_writer *w, uint8_t *buf, size_t cap);
+int kvt_stats_writer_u64(struct kvt_stats_writer *w, const char *name, uint64_t value);
+int kvt_stats_writer_text(struct kvt_stats_writer *w, const char *name, const char *text);
+size_t kvt_stats_writer_finish(struct kvt_stats_writer *w);
+
+/* Iterate a STATS reply: *pos starts at 0; returns 1 and fills *e while entries remain,
+ * 0 at the end, or KVT_EBADMSG/KVT_ERESERVED. kvt_stats_rep_count validates the whole
+ * body and returns the declared count. */
+int kvt_stats_rep_count(const uint8_t *in, size_t len, uint32_t *count);
+int kvt_stats_rep_next(const uint8_t *in, size_t len, size_t *pos, struct kvt_stat_entry *e);
+
+/* NOTICE body: u16 len, message bytes (<= 256). */
+#define KVT_NOTICE_MAX 256
+int kvt_notice_encode(const char *msg, uint8_t *out, size_t cap);
+int kvt_notice_decode(const uint8_t *in, size_t len, const char **msg, uint16_t *msg_len);
+
+/* ---- little-endian helpers ---------------------------------------------- */
+
+static inline void kvt_put16(uint8_t *p, uint16_t v)
+{
+	p[0] = (uint8_t)v;
+	p[1] = (uint8_t)(v >> 8);
+}
+
+static inline void kvt_put32(uint8_t *p, uint32_t v)
+{
+	p[0] = (uint8_t)v;
+	p[1] = (uint8_t)(v >> 8);
+	p[2] = (uint8_t)(v >> 16);
+	p[3] = (uint8_t)(v >> 24);
+}
+
+static inline void kvt_put64(uint8_t *p, uint64_t v)
+{
+	kvt_put32(p, (uint32_t)v);
+	kvt_put32(p + 4, (uint32_t)(v >> 32));
+}
+
+static inline uint16_t kvt_get16(const uint8_t *p)
+{
+	return (uint16_t)(p[0] | (p[1] << 8));
+}
+
+static inline uint32_t kvt_get32(const uint8_t *p)
+{
+	return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) |
+	       ((uint32_t)p[3] << 24);
+}
+
+static inline uint64_t kvt_get64(const uint8_t *p)
+{
+	return (uint64_t)kvt_get32(p) | ((uint64_t)kvt_get32(p + 4) << 32);
+}
+
+#endif /* KVT_PROTO_H */

@@ -1,0 +1,793 @@
+/*
+ * dispatch.c - request handlers: HELLO, PING, REGISTER/UNREGISTER, PUT, GET,
+ * LOOKUP, DELETE, PIN/UNPIN, STATS. Metadata work happens here on the loop
+ * thread; byte copies go to the workers as one job per request, and the reply is
+ * sent from the job's completion, so a request is answered only when every byte
+ * of every successful item is in place.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "server.h"
+
+/* ---- regions ------------------------------------------------------------- */
+
+void region_put(struct region *r)
+{
+	if (--r->refs)
+		return;
+	munmap(r->base, r->size);
+	free(r);
+}
+
+/* Ids count up from 1 per connection and are never reused, so a stale id never
+ * finds a later region. Live regions are few (max_regions); the most recent hit is
+ * remembered because batches name the same region item after item. */
+static struct region *region_find(struct conn *c, uint32_t id)
+{
+	if (id == 0)
+		return NULL;
+	if (c->last_region && c->last_region->id == id)
+		return c->last_region;
+	for (uint32_t i = 0; i < c->nregion_slots; i++) {
+		struct region *r = c->regions[i];
+		if (r && r->id == id) {
+			c->last_region = r;
+			return r;
+		}
+	}
+	return NULL;
+}
+
+static int region_add(struct conn *c, struct region *r)
+{
+	if (c->region_next == UINT32_MAX)
+		return KVT_EMFILE;
+	uint32_t slot = c->nregion_slots;
+	for (uint32_t i = 0; i < c->nregion_slots; i++)
+		if (!c->regions[i]) {
+			slot = i;
+			break;
+		}
+	if (slot == c->nregion_slots) {
+		uint32_t n = c->nregion_slots ? c->nregion_slots * 2 : 4;
+		struct region **nr = realloc(c->regions, n * sizeof(*nr));
+		if (!nr)
+			return KVT_ENOMEM;
+		memset(nr + c->nregion_slots, 0, (n - c->nregion_slots) * sizeof(*nr));
+		c->regions = nr;
+		c->nregion_slots = n;
+	}
+	r->id = ++c->region_next;
+	r->slot = slot;
+	c->regions[slot] = r;
+	c->nregions++;
+	return 0;
+}
+
+static void region_remove(struct conn *c, struct region *r)
+{
+	c->regions[r->slot] = NULL;
+	if (c->last_region == r)
+		c->last_region = NULL;
+	c->nregions--;
+	r->unregistered = true;
+	region_put(r);
+}
+
+/* Bytes [off, off+len) lie inside the region (no overflow). */
+static bool region_contains(const struct region *r, uint64_t off, uint64_t len)
+{
+	return off <= r->size && len <= r->size - off;
+}
+
+/* ---- pins: open addressing on the block pointer, backward-shift delete --- */
+
+static size_t pin_hash(const struct t1_block *b, size_t cap)
+{
+	uint64_t x = (uint64_t)(uintptr_t)b;
+	x ^= x >> 33;
+	x *= 0xff51afd7ed558ccdull;
+	x ^= x >> 33;
+	return (size_t)x & (cap - 1);
+}
+
+static struct pin_entry *pin_lookup(struct conn *c, const struct t1_block *b)
+{
+	if (!c->pins_cap)
+		return NULL;
+	for (size_t i = pin_hash(b, c->pins_cap);; i = (i + 1) & (c->pins_cap - 1)) {
+		if (!c->pins[i].block)
+			return NULL;
+		if (c->pins[i].block == b)
+			return &c->pins[i];
+	}
+}
+
+static int pin_grow(struct conn *c)
+{
+	size_t ncap = c->pins_cap ? c->pins_cap * 2 : 16;
+	struct pin_entry *np = calloc(ncap, sizeof(*np));
+	if (!np)
+		return KVT_ENOMEM;
+	for (size_t i = 0; i < c->pins_cap; i++) {
+		if (!c->pins[i].block)
+			continue;
+		size_t j = pin_hash(c->pins[i].block, ncap);
+		while (np[j].block)
+			j = (j + 1) & (ncap - 1);
+		np[j] = c->pins[i];
+	}
+	free(c->pins);
+	c->pins = np;
+	c->pins_cap = ncap;
+	return 0;
+}
+
+static int pin_add(struct conn *c, struct t1_block *b)
+{
+	struct pin_entry *e = pin_lookup(c, b);
+	if (e) {
+		e->count++;
+		return 0;
+	}
+	if ((c->npins + 1) * 4 > c->pins_cap * 3) {
+		int rc = pin_grow(c);
+		if (rc)
+			return rc;
+	}
+	size_t i = pin_hash(b, c->pins_cap);
+	while (c->pins[i].block)
+		i = (i + 1) & (c->pins_cap - 1);
+	c->pins[i] = (struct pin_entry){ b, 1 };
+	c->npins++;
+	return 0;
+}
+
+static void pin_erase(struct conn *c, struct pin_entry *e)
+{
+	size_t mask = c->pins_cap - 1;
+	size_t i = (size_t)(e - c->pins);
+	c->pins[i].block = NULL;
+	c->npins--;
+	for (size_t j = (i + 1) & mask; c->pins[j].block; j = (j + 1) & mask) {
+		size_t home = pin_hash(c->pins[j].block, c->pins_cap);
+		/* Move j back into the hole if its home is not between the hole and j. */
+		if (((j - home) & mask) >= ((j - i) & mask)) {
+			c->pins[i] = c->pins[j];
+			c->pins[j].block = NULL;
+			i = j;
+		}
+	}
+}
+
+void conn_release_all(struct conn *c)
+{
+	struct t1 *t = c->srv->t1;
+	for (size_t i = 0; i < c->pins_cap; i++) {
+		if (!c->pins[i].block)
+			continue;
+		for (uint32_t k = 0; k < c->pins[i].count; k++)
+			t1_unpin(t, c->pins[i].block);
+	}
+	free(c->pins);
+	c->pins = NULL;
+	c->pins_cap = c->npins = 0;
+	for (uint32_t i = 0; i < c->nregion_slots; i++)
+		if (c->regions[i])
+			region_remove(c, c->regions[i]);
+}
+
+/* ---- replies -------------------------------------------------------------- */
+
+static void reply_status(struct conn *c, const struct kvt_hdr *h, int status)
+{
+	conn_reply(c, h->opcode, h->request_id, status, NULL, 0);
+}
+
+static void reply_item_status(struct conn *c, uint16_t op, uint64_t id, const int32_t *st,
+			      uint32_t n)
+{
+	size_t len = kvt_status_rep_size(n);
+	uint8_t *buf = malloc(len);
+	if (!buf) {
+		conn_reply(c, op, id, KVT_ENOMEM, NULL, 0);
+		return;
+	}
+	kvt_status_rep_encode(st, n, buf, len);
+	conn_reply(c, op, id, 0, buf, len);
+	free(buf);
+}
+
+/* ---- HELLO, PING ---------------------------------------------------------- */
+
+static void do_hello(struct conn *c, const struct kvt_hdr *h, const uint8_t *body)
+{
+	struct kvtd_config *cfg = c->srv->cfg;
+	struct kvt_hello_req req;
+	int rc = kvt_hello_req_decode(body, h->body_len, &req);
+	if (rc) {
+		reply_status(c, h, rc);
+		return;
+	}
+	if (c->hello_done) {
+		reply_status(c, h, KVT_EPROTO);
+		return;
+	}
+	if (req.min_version > KVT_PROTO_MAX_VERSION || req.max_version < KVT_PROTO_MIN_VERSION ||
+	    req.min_version > req.max_version) {
+		log_info("conn %llu: no common protocol version (client %u..%u, daemon %u..%u)",
+			 (unsigned long long)c->serial, req.min_version, req.max_version,
+			 KVT_PROTO_MIN_VERSION, KVT_PROTO_MAX_VERSION);
+		c->closing = true;
+		c->closing_since_ms = now_ms();
+		reply_status(c, h, KVT_EVERSION);
+		return;
+	}
+	const char *name = "kvtierd " KVT_VERSION_STRING;
+	struct kvt_hello_rep rep = {
+		.version = req.max_version < KVT_PROTO_MAX_VERSION ? req.max_version
+								   : KVT_PROTO_MAX_VERSION,
+		.tenant = c->tenant,
+		.max_frame = cfg->max_frame,
+		.max_inflight = cfg->max_inflight,
+		.max_batch = cfg->max_batch,
+		.max_regions = cfg->max_regions,
+		.max_region_size = cfg->max_region_size,
+		.max_block_size = cfg->max_block_size,
+		.server = name,
+		.server_len = (uint16_t)strlen(name),
+	};
+	uint8_t buf[256];
+	rc = kvt_hello_rep_encode(&rep, buf, sizeof(buf));
+	if (rc < 0) {
+		reply_status(c, h, rc);
+		return;
+	}
+	c->hello_done = true;
+	log_debug("conn %llu: hello from \"%.*s\" (pid %d), protocol v%u",
+		  (unsigned long long)c->serial, (int)req.name_len, req.name, (int)c->pid,
+		  rep.version);
+	conn_reply(c, h->opcode, h->request_id, 0, buf, (size_t)rc);
+}
+
+/* ---- REGISTER, UNREGISTER ------------------------------------------------- */
+
+static int register_region(struct conn *c, const struct kvt_hdr *h, const uint8_t *body, int fd,
+			   uint32_t *id)
+{
+	struct kvtd_config *cfg = c->srv->cfg;
+	struct kvt_register_req req;
+	int rc = kvt_register_req_decode(body, h->body_len, &req);
+	if (rc)
+		return rc;
+	if (fd < 0)
+		return KVT_ENOFD;
+	if (req.size == 0)
+		return KVT_EINVAL;
+	if (req.size > cfg->max_region_size || req.size > SIZE_MAX)
+		return KVT_EMSGSIZE;
+	if (c->nregions >= cfg->max_regions)
+		return KVT_EMFILE;
+	/* Without F_SEAL_SHRINK the client could truncate the memfd under a copy and
+	 * the daemon would take SIGBUS; regular files and pipes have no seals at all. */
+	int seals = fcntl(fd, F_GET_SEALS);
+	if (seals < 0 || !(seals & F_SEAL_SHRINK))
+		return KVT_ESEALS;
+	struct stat st;
+	if (fstat(fd, &st) < 0)
+		return KVT_EBADF;
+	if ((uint64_t)st.st_size < req.size)
+		return KVT_ERANGE;
+	void *base = mmap(NULL, (size_t)req.size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	if (base == MAP_FAILED)
+		return errno == EPERM || errno == EACCES ? KVT_EACCES : KVT_ENOMEM;
+	struct region *r = calloc(1, sizeof(*r));
+	if (!r) {
+		munmap(base, (size_t)req.size);
+		return KVT_ENOMEM;
+	}
+	r->base = base;
+	r->size = req.size;
+	r->refs = 1; /* the registration itself */
+	rc = region_add(c, r);
+	if (rc) {
+		munmap(base, (size_t)req.size);
+		free(r);
+		return rc;
+	}
+	*id = r->id;
+	return 0;
+}
+
+static void do_register(struct conn *c, const struct kvt_hdr *h, const uint8_t *body, int fd)
+{
+	uint32_t id = 0;
+	int rc = register_region(c, h, body, fd, &id);
+	if (fd >= 0)
+		close(fd);
+	if (rc) {
+		reply_status(c, h, rc);
+		return;
+	}
+	uint8_t buf[KVT_REGISTER_REP_SIZE];
+	struct kvt_register_rep rep = { .region_id = id };
+	kvt_register_rep_encode(&rep, buf, sizeof(buf));
+	log_debug("conn %llu: region %#x registered", (unsigned long long)c->serial, id);
+	conn_reply(c, h->opcode, h->request_id, 0, buf, sizeof(buf));
+}
+
+static void do_unregister(struct conn *c, const struct kvt_hdr *h, const uint8_t *body)
+{
+	struct kvt_unregister_req req;
+	int rc = kvt_unregister_req_decode(body, h->body_len, &req);
+	if (rc) {
+		reply_status(c, h, rc);
+		return;
+	}
+	struct region *r = region_find(c, req.region_id);
+	if (!r) {
+		reply_status(c, h, KVT_EREGION);
+		return;
+	}
+	region_remove(c, r);
+	reply_status(c, h, 0);
+}
+
+/* ---- PUT and GET: one copy job per request -------------------------------- */
+
+struct xfer {
+	struct job job;
+	struct conn *c;
+	uint16_t op;
+	uint64_t id;
+	uint32_t count;
+	int32_t *status;              /* PUT */
+	struct kvt_get_result *res;   /* GET */
+	struct t1_block **blocks;     /* reserved (PUT) or referenced (GET) per item */
+	struct region **regions;      /* region referenced per item */
+	struct copy_seg *segs;
+	size_t nsegs, segs_cap;
+};
+
+static void xfer_free(struct xfer *x)
+{
+	free(x->status);
+	free(x->res);
+	free(x->blocks);
+	free(x->regions);
+	free(x->segs);
+	free(x);
+}
+
+static struct xfer *xfer_new(struct conn *c, const struct kvt_hdr *h, uint32_t count)
+{
+	struct xfer *x = calloc(1, sizeof(*x));
+	if (!x)
+		return NULL;
+	x->c = c;
+	x->op = h->opcode;
+	x->id = h->request_id;
+	x->count = count;
+	size_t n = count ? count : 1;
+	x->blocks = calloc(n, sizeof(*x->blocks));
+	x->regions = calloc(n, sizeof(*x->regions));
+	if (h->opcode == KVT_OP_PUT)
+		x->status = calloc(n, sizeof(*x->status));
+	else
+		x->res = calloc(n, sizeof(*x->res));
+	if (!x->blocks || !x->regions || (!x->status && !x->res)) {
+		xfer_free(x);
+		return NULL;
+	}
+	return x;
+}
+
+/* Copy segments from (or to) a block's extents, in order, to contiguous memory. */
+static int add_block_segs(struct xfer *x, struct t1_block *b, uint8_t *mem, bool to_block)
+{
+	size_t n;
+	const struct t1_extent *ext = t1_block_extents(b, &n);
+	uint64_t left = t1_block_len(b);
+	for (size_t i = 0; i < n && left; i++) {
+		uint64_t len = ext[i].len < left ? ext[i].len : left;
+		int rc = to_block ? copy_segs_add(&x->segs, &x->nsegs, &x->segs_cap, ext[i].ptr,
+						  mem, (size_t)len)
+				  : copy_segs_add(&x->segs, &x->nsegs, &x->segs_cap, mem,
+						  ext[i].ptr, (size_t)len);
+		if (rc)
+			return KVT_ENOMEM;
+		mem += len;
+		left -= len;
+	}
+	return 0;
+}
+
+/* Undo everything an xfer took, for a request that cannot be submitted. */
+static void xfer_unwind(struct xfer *x)
+{
+	struct t1 *t = x->c->srv->t1;
+	for (uint32_t i = 0; i < x->count; i++) {
+		if (x->blocks[i]) {
+			if (x->op == KVT_OP_PUT)
+				t1_abort(t, x->blocks[i]);
+			else
+				t1_block_unref(t, x->blocks[i]);
+		}
+		if (x->regions[i])
+			region_put(x->regions[i]);
+	}
+	xfer_free(x);
+}
+
+static void xfer_done(struct job *j)
+{
+	struct xfer *x = j->arg;
+	struct conn *c = x->c;
+	struct server *s = c->srv;
+	struct t1 *t = s->t1;
+	struct tenant_counters *tc = tenant_counters(s, c->tenant);
+	for (uint32_t i = 0; i < x->count; i++) {
+		struct t1_block *b = x->blocks[i];
+		if (b && x->op == KVT_OP_PUT) {
+			/* A writer that died before its answer gets no block: nothing it
+			 * did not see acknowledged is kept. */
+			if (c->dead) {
+				t1_abort(t, b);
+			} else {
+				uint64_t len = t1_block_len(b);
+				t1_commit(t, b);
+				s->bytes_in += len;
+				if (tc)
+					tc->bytes_in += len;
+			}
+		} else if (b) {
+			uint64_t len = t1_block_len(b);
+			t1_block_unref(t, b);
+			s->bytes_out += len;
+			if (tc)
+				tc->bytes_out += len;
+		}
+		if (x->regions[i])
+			region_put(x->regions[i]);
+	}
+	c->inflight--;
+	if (!c->dead) {
+		if (x->op == KVT_OP_PUT) {
+			reply_item_status(c, x->op, x->id, x->status, x->count);
+		} else {
+			size_t len = kvt_get_rep_size(x->count);
+			uint8_t *buf = malloc(len);
+			if (buf) {
+				kvt_get_rep_encode(x->res, x->count, buf, len);
+				conn_reply(c, x->op, x->id, 0, buf, len);
+				free(buf);
+			} else {
+				conn_reply(c, x->op, x->id, KVT_ENOMEM, NULL, 0);
+			}
+		}
+		conn_update_events(c);
+	}
+	xfer_free(x);
+	conn_put(c);
+}
+
+static void xfer_submit(struct xfer *x)
+{
+	struct conn *c = x->c;
+	x->job.segs = x->segs;
+	x->job.nsegs = x->nsegs;
+	x->job.done = xfer_done;
+	x->job.arg = x;
+	c->refs++;
+	c->inflight++;
+	workers_submit(c->srv->workers, &x->job);
+}
+
+static int map_reserve_error(int rc)
+{
+	switch (rc) {
+	case -EEXIST: return KVT_EBUSY; /* another request is writing that block now */
+	case -EFBIG: return KVT_EFBIG;
+	case -EDQUOT: return KVT_EDQUOT;
+	case -ENOSPC: return KVT_ENOSPC;
+	case -ENOMEM: return KVT_ENOMEM;
+	default: return KVT_EIO;
+	}
+}
+
+/* A reserved field set in any item makes the whole request malformed: it is
+ * refused before anything is reserved or copied. */
+static int batch_check_items(const struct kvt_batch *bt, uint16_t op)
+{
+	for (uint32_t i = 0; i < bt->count; i++) {
+		const uint8_t *raw = bt->items + (size_t)i * bt->item_size;
+		int rc;
+		if (op == KVT_OP_PUT) {
+			struct kvt_put_wire it;
+			rc = kvt_put_item_decode(raw, &it);
+		} else {
+			struct kvt_get_wire it;
+			rc = kvt_get_item_decode(raw, &it);
+		}
+		if (rc)
+			return rc;
+	}
+	return 0;
+}
+
+static int put_item(struct xfer *x, uint32_t i, const uint8_t *raw)
+{
+	struct conn *c = x->c;
+	struct server *s = c->srv;
+	struct kvt_put_wire it;
+	int rc = kvt_put_item_decode(raw, &it);
+	if (rc)
+		return rc;
+	struct region *r = region_find(c, it.region_id);
+	if (!r)
+		return KVT_EREGION;
+	if (!region_contains(r, it.offset, it.length))
+		return KVT_ERANGE;
+	if (it.length == 0 || kvt_key_is_zero(&it.key))
+		return KVT_EINVAL;
+	if (it.length > s->cfg->max_block_size)
+		return KVT_EFBIG;
+	struct t1_key tk = { .tenant = c->tenant, .key = it.key };
+	struct t1_block *b = t1_find(s->t1, &tk);
+	if (b) { /* immutable: already there is success */
+		t1_touch(s->t1, b);
+		return 0;
+	}
+	rc = t1_reserve(s->t1, &tk, &it.parent, it.length, &it.desc, &b);
+	if (rc)
+		return map_reserve_error(rc);
+	x->blocks[i] = b;
+	x->regions[i] = r;
+	r->refs++;
+	if (add_block_segs(x, b, r->base + it.offset, true))
+		return KVT_ENOMEM;
+	return 0;
+}
+
+static void do_put(struct conn *c, const struct kvt_hdr *h, const uint8_t *body)
+{
+	struct kvt_batch bt;
+	int rc = kvt_batch_decode(body, h->body_len, KVT_PUT_ITEM_SIZE, c->srv->cfg->max_batch,
+				  &bt);
+	if (!rc)
+		rc = batch_check_items(&bt, h->opcode);
+	if (rc) {
+		reply_status(c, h, rc);
+		return;
+	}
+	struct xfer *x = xfer_new(c, h, bt.count);
+	if (!x) {
+		reply_status(c, h, KVT_ENOMEM);
+		return;
+	}
+	for (uint32_t i = 0; i < bt.count; i++) {
+		x->status[i] = put_item(x, i, bt.items + (size_t)i * KVT_PUT_ITEM_SIZE);
+		if (x->status[i] == KVT_ENOMEM) {
+			xfer_unwind(x);
+			reply_status(c, h, KVT_ENOMEM);
+			return;
+		}
+	}
+	xfer_submit(x);
+}
+
+static int get_item(struct xfer *x, uint32_t i, const uint8_t *raw)
+{
+	struct conn *c = x->c;
+	struct server *s = c->srv;
+	struct kvt_get_wire it;
+	int rc = kvt_get_item_decode(raw, &it);
+	if (rc)
+		return rc;
+	struct region *r = region_find(c, it.region_id);
+	if (!r)
+		return KVT_EREGION;
+	if (!region_contains(r, it.offset, it.capacity))
+		return KVT_ERANGE;
+	struct t1_key tk = { .tenant = c->tenant, .key = it.key };
+	struct t1_block *b = t1_find(s->t1, &tk);
+	struct tenant_counters *tc = tenant_counters(s, c->tenant);
+	if (!b) {
+		s->misses++;
+		if (tc)
+			tc->misses++;
+		return KVT_ENOENT;
+	}
+	s->hits++;
+	if (tc)
+		tc->hits++;
+	x->res[i].length = t1_block_len(b);
+	if (t1_block_len(b) > it.capacity)
+		return KVT_ENOBUFS;
+	x->res[i].desc = *t1_block_desc(b);
+	t1_block_ref(s->t1, b);
+	x->blocks[i] = b;
+	x->regions[i] = r;
+	r->refs++;
+	if (add_block_segs(x, b, r->base + it.offset, false))
+		return KVT_ENOMEM;
+	return 0;
+}
+
+static void do_get(struct conn *c, const struct kvt_hdr *h, const uint8_t *body)
+{
+	struct kvt_batch bt;
+	int rc = kvt_batch_decode(body, h->body_len, KVT_GET_ITEM_SIZE, c->srv->cfg->max_batch,
+				  &bt);
+	if (!rc)
+		rc = batch_check_items(&bt, h->opcode);
+	if (rc) {
+		reply_status(c, h, rc);
+		return;
+	}
+	struct xfer *x = xfer_new(c, h, bt.count);
+	if (!x) {
+		reply_status(c, h, KVT_ENOMEM);
+		return;
+	}
+	for (uint32_t i = 0; i < bt.count; i++) {
+		x->res[i].status = get_item(x, i, bt.items + (size_t)i * KVT_GET_ITEM_SIZE);
+		if (x->res[i].status == KVT_ENOMEM) {
+			xfer_unwind(x);
+			reply_status(c, h, KVT_ENOMEM);
+			return;
+		}
+	}
+	/* Engines read chains head first; touching them tail first leaves the head
+	 * the most recently used, so pressure takes tails before heads. */
+	for (uint32_t i = bt.count; i-- > 0;)
+		if (x->blocks[i])
+			t1_touch(c->srv->t1, x->blocks[i]);
+	xfer_submit(x);
+}
+
+/* ---- LOOKUP, DELETE, PIN, UNPIN ------------------------------------------ */
+
+static void do_lookup(struct conn *c, const struct kvt_hdr *h, const uint8_t *body)
+{
+	struct kvt_batch bt;
+	int rc = kvt_batch_decode(body, h->body_len, KVT_KEY_SIZE, c->srv->cfg->max_batch, &bt);
+	if (rc) {
+		reply_status(c, h, rc);
+		return;
+	}
+	uint32_t found = 0;
+	while (found < bt.count) {
+		struct t1_key tk = { .tenant = c->tenant };
+		kvt_key_decode(bt.items + (size_t)found * KVT_KEY_SIZE, &tk.key);
+		if (!t1_find(c->srv->t1, &tk))
+			break;
+		found++;
+	}
+	size_t len = kvt_lookup_rep_size(found);
+	uint8_t *buf = malloc(len + found);
+	if (!buf) {
+		reply_status(c, h, KVT_ENOMEM);
+		return;
+	}
+	uint8_t *tiers = buf + len;
+	memset(tiers, KVT_TIER_HOST, found);
+	kvt_lookup_rep_encode(found, tiers, buf, len);
+	conn_reply(c, h->opcode, h->request_id, 0, buf, len);
+	free(buf);
+}
+
+static int key_op(struct conn *c, uint16_t op, const kvt_key *key)
+{
+	struct t1 *t = c->srv->t1;
+	struct t1_key tk = { .tenant = c->tenant, .key = *key };
+	if (op == KVT_OP_DELETE) {
+		int rc = t1_delete(t, &tk);
+		return rc == -EBUSY ? KVT_EPINNED : rc == -ENOENT ? KVT_ENOENT : rc ? KVT_EIO : 0;
+	}
+	struct t1_block *b = t1_find(t, &tk);
+	if (!b)
+		return KVT_ENOENT;
+	if (op == KVT_OP_PIN) {
+		int rc = pin_add(c, b);
+		if (rc)
+			return rc;
+		t1_pin(t, b);
+		return 0;
+	}
+	struct pin_entry *e = pin_lookup(c, b);
+	if (!e)
+		return KVT_ENOENT; /* not pinned by this connection */
+	t1_unpin(t, b);
+	if (--e->count == 0)
+		pin_erase(c, e);
+	return 0;
+}
+
+static void do_key_batch(struct conn *c, const struct kvt_hdr *h, const uint8_t *body)
+{
+	struct kvt_batch bt;
+	int rc = kvt_batch_decode(body, h->body_len, KVT_KEY_SIZE, c->srv->cfg->max_batch, &bt);
+	if (rc) {
+		reply_status(c, h, rc);
+		return;
+	}
+	int32_t *st = malloc((bt.count ? bt.count : 1) * sizeof(*st));
+	if (!st) {
+		reply_status(c, h, KVT_ENOMEM);
+		return;
+	}
+	for (uint32_t i = 0; i < bt.count; i++) {
+		kvt_key k;
+		kvt_key_decode(bt.items + (size_t)i * KVT_KEY_SIZE, &k);
+		st[i] = key_op(c, h->opcode, &k);
+	}
+	reply_item_status(c, h->opcode, h->request_id, st, bt.count);
+	free(st);
+}
+
+static void do_stats(struct conn *c, const struct kvt_hdr *h, const uint8_t *body)
+{
+	if (h->body_len != KVT_STATS_REQ_SIZE) {
+		reply_status(c, h, KVT_EBADMSG);
+		return;
+	}
+	if (kvt_get32(body) != 0) {
+		reply_status(c, h, KVT_ERESERVED);
+		return;
+	}
+	uint8_t *buf = malloc(STATS_BUF_SIZE);
+	if (!buf) {
+		reply_status(c, h, KVT_ENOMEM);
+		return;
+	}
+	size_t len = stats_build(c, buf, STATS_BUF_SIZE);
+	conn_reply(c, h->opcode, h->request_id, 0, buf, len);
+	free(buf);
+}
+
+/* ---- dispatch ------------------------------------------------------------- */
+
+void dispatch_frame(struct conn *c, const struct kvt_hdr *h, const uint8_t *body,
+		    uint64_t frame_start)
+{
+	/* A REGISTER takes its fd first, whatever happens next, so it is never
+	 * mistaken for a stray one and never leaks. */
+	int fd = h->opcode == KVT_OP_REGISTER ? conn_take_fd(c, frame_start) : -1;
+	int rc = kvt_hdr_check_flags(h, false);
+	if (!rc && h->status != 0)
+		rc = KVT_ERESERVED;
+	if (!rc && !c->hello_done && h->opcode != KVT_OP_HELLO)
+		rc = KVT_ENOHELLO;
+	if (!rc && c->inflight >= c->srv->cfg->max_inflight)
+		rc = KVT_EINFLIGHT;
+	if (rc) {
+		if (fd >= 0)
+			close(fd);
+		reply_status(c, h, rc);
+		return;
+	}
+	switch (h->opcode) {
+	case KVT_OP_HELLO: do_hello(c, h, body); break;
+	case KVT_OP_PING:
+		reply_status(c, h, h->body_len ? KVT_EBADMSG : 0);
+		break;
+	case KVT_OP_REGISTER: do_register(c, h, body, fd); break;
+	case KVT_OP_UNREGISTER: do_unregister(c, h, body); break;
+	case KVT_OP_PUT: do_put(c, h, body); break;
+	case KVT_OP_GET: do_get(c, h, body); break;
+	case KVT_OP_LOOKUP: do_lookup(c, h, body); break;
+	case KVT_OP_DELETE:
+	case KVT_OP_PIN:
+	case KVT_OP_UNPIN: do_key_batch(c, h, body); break;
+	case KVT_OP_STATS: do_stats(c, h, body); break;
+	default: reply_status(c, h, KVT_EOPCODE); break;
+	}
+}

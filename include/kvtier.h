@@ -1,0 +1,419 @@
+/*
+ * kvtier.h - the public interface of libkvtier, the client library of kvtierd.
+ *
+ * An inference engine links libkvtier to page attention KV blocks in and out of
+ * the kvtier daemon. Bulk bytes never cross the socket: the engine registers
+ * shared memory regions once, then asks the daemon to copy blocks between its
+ * tiers and those regions.
+ *
+ * Conventions, for every function below unless its comment says otherwise:
+ *  - Functions that act return 0 on success and a negative KVT_E* code on failure.
+ *    errno is never used to report errors and is left unspecified.
+ *  - Predicates return bool.
+ *  - A kvt_conn and everything made from it (regions, tickets) may be used by one
+ *    thread at a time. Different connections are independent and may be used from
+ *    different threads concurrently. The key, error and version helpers are pure
+ *    and thread-safe.
+ *  - Pointers passed in are borrowed for the duration of the call, except where a
+ *    function says it keeps them (the *_start functions keep their item arrays
+ *    until kvt_wait returns for that ticket).
+ *  - Ownership of anything returned through an out-parameter passes to the caller
+ *    only on success; on failure the out-parameter is left untouched.
+ */
+#ifndef KVTIER_H
+#define KVTIER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define KVT_VERSION_MAJOR 0
+#define KVT_VERSION_MINOR 1
+#define KVT_VERSION_PATCH 0
+#define KVT_VERSION_STRING "0.1.0"
+
+/* Highest wire-protocol version this library speaks (see docs/PROTOCOL.md). */
+#define KVT_PROTOCOL_VERSION 1
+
+/* Where clients look for the daemon when no path is given and $KVTIER_SOCKET is unset. */
+#define KVT_DEFAULT_SOCKET "/run/kvtier/kvtierd.sock"
+
+/* ------------------------------------------------------------------------ */
+/* Errors                                                                     */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * Every error code, once: X(name, value, message).
+ * Codes that mean what an errno means carry Linux's generic errno value, negated.
+ * Codes specific to kvtier live in their own band, -1000 and below. The same
+ * numbers travel in the protocol's status field and print in memstat.
+ */
+#define KVT_ERRNO_MAP(X)                                                            \
+	X(OK, 0, "success")                                                         \
+	X(EPERM, -1, "operation not permitted")                                     \
+	X(ENOENT, -2, "no such block")                                              \
+	X(EINTR, -4, "interrupted")                                                 \
+	X(EIO, -5, "input/output error")                                            \
+	X(E2BIG, -7, "batch has too many items")                                    \
+	X(EBADF, -9, "bad file descriptor")                                         \
+	X(EAGAIN, -11, "resource temporarily unavailable")                          \
+	X(ENOMEM, -12, "out of memory")                                             \
+	X(EACCES, -13, "permission denied")                                         \
+	X(EBUSY, -16, "resource busy")                                              \
+	X(EEXIST, -17, "already exists")                                            \
+	X(EINVAL, -22, "invalid argument")                                          \
+	X(EMFILE, -24, "too many open files")                                       \
+	X(EFBIG, -27, "block larger than the tier can hold")                        \
+	X(ENOSPC, -28, "no space left in the tier")                                 \
+	X(ERANGE, -34, "offset or length outside the region")                       \
+	X(ENOSYS, -38, "function not implemented")                                  \
+	X(EPROTO, -71, "protocol error")                                            \
+	X(EBADMSG, -74, "malformed message")                                        \
+	X(EMSGSIZE, -90, "message too long")                                        \
+	X(EOPNOTSUPP, -95, "operation not supported")                               \
+	X(ECONNRESET, -104, "connection reset by peer")                             \
+	X(ENOBUFS, -105, "destination buffer too small")                            \
+	X(ETIMEDOUT, -110, "timed out")                                             \
+	X(ECONNREFUSED, -111, "connection refused")                                 \
+	X(EDQUOT, -122, "tenant quota exceeded")                                    \
+	X(ECANCELED, -125, "operation canceled")                                    \
+	X(EBADMAGIC, -1001, "bad frame magic")                                      \
+	X(EVERSION, -1002, "unsupported protocol version")                          \
+	X(EOPCODE, -1003, "unknown opcode")                                         \
+	X(EFLAGS, -1004, "unknown must-understand flag")                            \
+	X(ENOHELLO, -1005, "HELLO must be the first request")                       \
+	X(EREGION, -1006, "unknown region id")                                      \
+	X(ENOFD, -1007, "REGISTER arrived without a file descriptor")              \
+	X(ESTRAYFD, -1008, "file descriptor arrived without a REGISTER")            \
+	X(ESEALS, -1009, "region memfd is not sealed against shrinking")            \
+	X(EINFLIGHT, -1010, "too many requests in flight on this connection")       \
+	X(EPINNED, -1011, "block is pinned")                                        \
+	X(ESHUTDOWN, -1012, "daemon is shutting down")                              \
+	X(ECONNLIMIT, -1013, "too many connections")                                \
+	X(ERESERVED, -1014, "reserved field is not zero")                           \
+	X(EPARTIAL, -1015, "some items of the batch failed; see per-item status")   \
+	X(ECLOSED, -1016, "connection closed by the daemon")                        \
+	X(EIDLE, -1017, "connection idle for too long")                             \
+	X(ETICKET, -1018, "unknown or already completed ticket")
+
+enum kvt_error {
+#define KVT_ERR_ENUM_(name, value, msg) KVT_##name = (value),
+	KVT_ERRNO_MAP(KVT_ERR_ENUM_)
+#undef KVT_ERR_ENUM_
+};
+
+/* A static, human-readable message for an error code; never NULL
+ * ("unknown error" for codes not in the table). Thread-safe. */
+const char *kvt_strerror(int err);
+
+/* The code's symbolic name without the KVT_ prefix ("ENOENT", "EBADMAGIC"),
+ * or "UNKNOWN". Static; thread-safe. */
+const char *kvt_errname(int err);
+
+/* The library's version string, e.g. "0.1.0". Static. */
+const char *kvt_version(void);
+
+/* ------------------------------------------------------------------------ */
+/* Keys                                                                       */
+/* ------------------------------------------------------------------------ */
+
+/* A 128-bit block key. All-zero means "no key" (e.g. no parent). */
+typedef struct kvt_key {
+	uint8_t b[16];
+} kvt_key;
+
+/*
+ * Everything that makes KV bytes incompatible. Two engines must produce the same
+ * salt if and only if their KV blocks are interchangeable. Strings are borrowed
+ * for the call; NULL strings are treated as "". The tenant is not part of it:
+ * the daemon salts every key with the caller's tenant itself.
+ */
+typedef struct kvt_salt_params {
+	const char *model_id;        /* e.g. "meta-llama/Llama-3.1-8B-Instruct"; required */
+	const char *weights_version; /* revision or checksum of the weights */
+	const char *kv_dtype;        /* "bf16", "fp8_e4m3", ... incl. quantisation */
+	const char *layout;          /* engine's KV layout name, e.g. "vllm-nhd" */
+	const char *adapter;         /* LoRA/adapter id, "" for none */
+	uint32_t tp_rank;            /* tensor-parallel rank of this shard */
+	uint32_t tp_size;            /* tensor-parallel world size (0 treated as 1) */
+	uint32_t block_tokens;       /* tokens per block; required, > 0 */
+} kvt_salt_params;
+
+/*
+ * Derive the model salt from p into *salt. Deterministic across processes,
+ * machines and library versions of the same KVT_KEY_SCHEME.
+ * Returns 0, or KVT_EINVAL if p, salt or p->model_id is NULL, p->model_id is empty,
+ * p->block_tokens is 0, or p->tp_rank >= p->tp_size (a tp_size of 0 counts as 1).
+ */
+int kvt_key_salt(const kvt_salt_params *p, kvt_key *salt);
+
+/* Version of the key derivation; bumped only if kvt_key_salt/kvt_key_chain change. */
+#define KVT_KEY_SCHEME 1
+
+/*
+ * Key of the next block of a chain: H(salt, parent, tokens). parent is NULL (or
+ * the zero key) for the first block. tokens holds ntokens token ids (ntokens may
+ * be 0; tokens may then be NULL). Writes *out; never fails. Thread-safe.
+ */
+void kvt_key_chain(const kvt_key *salt, const kvt_key *parent, const uint32_t *tokens,
+		   size_t ntokens, kvt_key *out);
+
+/* true if every byte of k is zero. */
+bool kvt_key_is_zero(const kvt_key *k);
+
+/* true if a and b are the same key. */
+bool kvt_key_equal(const kvt_key *a, const kvt_key *b);
+
+/* Format k as 32 lowercase hex digits plus NUL into buf (at least 33 bytes). Returns buf. */
+char *kvt_key_format(const kvt_key *k, char *buf);
+
+/* ------------------------------------------------------------------------ */
+/* Block descriptor                                                           */
+/* ------------------------------------------------------------------------ */
+
+enum kvt_dtype {
+	KVT_DTYPE_UNSPEC = 0,
+	KVT_DTYPE_F32 = 1,
+	KVT_DTYPE_F16 = 2,
+	KVT_DTYPE_BF16 = 3,
+	KVT_DTYPE_FP8_E4M3 = 4,
+	KVT_DTYPE_FP8_E5M2 = 5,
+	KVT_DTYPE_INT8 = 6,
+};
+
+/* What the bytes of a block are, so codecs and GPU copies can treat them right.
+ * Stored with the block and returned by GET unchanged. Reserved fields must be 0. */
+typedef struct kvt_block_desc {
+	uint16_t dtype;   /* enum kvt_dtype */
+	uint16_t layout;  /* engine-defined layout id */
+	uint16_t layers;  /* number of layers in the block */
+	uint16_t reserved0;
+	uint32_t tokens;  /* tokens covered by the block */
+	uint32_t reserved1;
+} kvt_block_desc;
+
+/* Tiers, as reported by LOOKUP and STATS. */
+enum kvt_tier {
+	KVT_TIER_HBM = 0,  /* daemon's GPU pool */
+	KVT_TIER_HOST = 1, /* host RAM arena */
+	KVT_TIER_NVME = 2, /* NVMe segment store */
+};
+
+/* ------------------------------------------------------------------------ */
+/* Connections                                                                */
+/* ------------------------------------------------------------------------ */
+
+typedef struct kvt_conn kvt_conn;
+
+/* What the daemon said in its HELLO reply. */
+typedef struct kvt_server_info {
+	uint16_t version;         /* negotiated protocol version */
+	uint32_t tenant;          /* the tenant this connection acts as */
+	uint32_t max_frame;       /* largest frame (header + body) the daemon accepts */
+	uint32_t max_inflight;    /* requests one connection may have outstanding */
+	uint32_t max_batch;       /* items in one PUT/GET/LOOKUP/... batch */
+	uint32_t max_regions;     /* regions one connection may register */
+	uint64_t max_region_size; /* bytes in one region */
+	uint64_t max_block_size;  /* bytes in one block */
+	char server[64];          /* daemon name and version, NUL-terminated */
+} kvt_server_info;
+
+/*
+ * Connect to the daemon at path (NULL: $KVTIER_SOCKET, else KVT_DEFAULT_SOCKET)
+ * and negotiate the protocol with HELLO. On success *out owns the connection;
+ * release it with kvt_conn_close.
+ * Returns 0; KVT_EINVAL (path too long or out NULL); KVT_ECONNREFUSED/KVT_ENOENT/
+ * KVT_EACCES (socket not reachable); KVT_EVERSION (no common protocol version);
+ * KVT_ECONNLIMIT (daemon at its connection limit); KVT_ETIMEDOUT; KVT_ENOMEM;
+ * KVT_EPROTO/KVT_EBADMSG (daemon answered nonsense).
+ */
+int kvt_conn_open(const char *path, kvt_conn **out);
+
+/*
+ * Close the connection. Regions registered through it are unregistered and
+ * unmapped (the daemon reclaims them and any pins when the socket closes);
+ * kvt_region handles made from it become invalid and must not be used, except
+ * that kvt_region_destroy on them is still allowed and only frees the handle.
+ * Outstanding tickets are abandoned. NULL-safe.
+ */
+void kvt_conn_close(kvt_conn *c);
+
+/* The daemon's HELLO answer. Valid until kvt_conn_close(c). */
+const kvt_server_info *kvt_conn_server(const kvt_conn *c);
+
+/*
+ * Limit how long any call on c waits for the daemon, in milliseconds (0 = wait
+ * forever, the default). A call that times out returns KVT_ETIMEDOUT and the
+ * connection is then broken (every later call returns KVT_ECLOSED), because the
+ * stream position is no longer known.
+ */
+void kvt_conn_set_timeout(kvt_conn *c, int timeout_ms);
+
+/* Round trip with the daemon. Returns 0 or a connection error. */
+int kvt_ping(kvt_conn *c);
+
+/* ------------------------------------------------------------------------ */
+/* Regions                                                                    */
+/* ------------------------------------------------------------------------ */
+
+typedef struct kvt_region kvt_region;
+
+/*
+ * Create size bytes of shared memory (a sealed memfd), map it into this process
+ * and register it with the daemon. The memory is zero-filled. *out owns it;
+ * release with kvt_region_destroy before or after kvt_conn_close.
+ * Returns 0; KVT_EINVAL (size 0); KVT_EMSGSIZE (size over max_region_size);
+ * KVT_EMFILE (over max_regions); KVT_ENOMEM; a connection error.
+ */
+int kvt_region_create(kvt_conn *c, size_t size, kvt_region **out);
+
+/*
+ * Register memory the caller already has: fd must be a memfd of at least size
+ * bytes sealed with F_SEAL_SHRINK (the daemon refuses others with KVT_ESEALS).
+ * The library maps it itself; the caller keeps ownership of fd (the library
+ * dups what it needs). Errors as kvt_region_create, plus KVT_EBADF.
+ */
+int kvt_region_register(kvt_conn *c, int fd, size_t size, kvt_region **out);
+
+/* Start of the region's mapping in this process; valid until destroy. */
+void *kvt_region_base(const kvt_region *r);
+
+/* Size of the region in bytes. */
+size_t kvt_region_size(const kvt_region *r);
+
+/* The daemon's id for the region (as used on the wire). */
+uint32_t kvt_region_id(const kvt_region *r);
+
+/*
+ * Unregister (if its connection is still open) and unmap the region, and free
+ * the handle. Transfers into the region must have completed. NULL-safe.
+ * Returns 0, or the daemon's error for UNREGISTER (the handle is freed anyway).
+ */
+int kvt_region_destroy(kvt_region *r);
+
+/* ------------------------------------------------------------------------ */
+/* Blocks                                                                     */
+/* ------------------------------------------------------------------------ */
+
+/* One block to store: bytes [offset, offset+length) of region. */
+typedef struct kvt_put_item {
+	kvt_key key;
+	kvt_key parent;          /* previous block of the chain, or zero */
+	const kvt_region *region;
+	uint64_t offset;
+	uint64_t length;         /* 1 .. max_block_size */
+	kvt_block_desc desc;
+	int status;              /* out: 0 stored (or already present), or KVT_E* */
+} kvt_put_item;
+
+/* One block to fetch into region at offset, at most capacity bytes. */
+typedef struct kvt_get_item {
+	kvt_key key;
+	const kvt_region *region;
+	uint64_t offset;
+	uint64_t capacity;
+	int status;              /* out: 0, KVT_ENOENT, KVT_ENOBUFS (length says how much is needed), ... */
+	uint64_t length;         /* out: the block's length when known */
+	kvt_block_desc desc;     /* out: the block's descriptor when status is 0 */
+} kvt_get_item;
+
+/*
+ * Store n blocks (n <= max_batch). The bytes are copied by the daemon before it
+ * answers; the region may be reused as soon as this returns. Blocks are
+ * immutable: putting a key that is present succeeds without copying.
+ * Returns 0 if every item's status is 0; KVT_EPARTIAL if some failed (see each
+ * item's status: KVT_EREGION, KVT_ERANGE, KVT_EINVAL, KVT_EFBIG, KVT_ENOSPC,
+ * KVT_EDQUOT, ...); or a request-level error (then item statuses are unspecified).
+ */
+int kvt_block_put(kvt_conn *c, kvt_put_item *items, size_t n);
+
+/*
+ * Fetch n blocks into the given regions. Every item with status 0 has all of its
+ * bytes in place when this returns; no item is ever partially reported as done.
+ * Returns 0 if every item's status is 0, KVT_EPARTIAL if some failed (a miss is
+ * KVT_ENOENT), or a request-level error.
+ */
+int kvt_block_get(kvt_conn *c, kvt_get_item *items, size_t n);
+
+/*
+ * How many leading keys of the chain keys[0..n) are present. *found receives that
+ * count; if tiers is not NULL, tiers[i] (i < *found) receives the enum kvt_tier
+ * the block is in. Returns 0 or a request-level error.
+ */
+int kvt_block_lookup(kvt_conn *c, const kvt_key *keys, size_t n, size_t *found,
+		     uint8_t *tiers);
+
+/*
+ * Delete, pin or unpin n blocks; status[i] receives each key's result (status may
+ * be NULL). Pins belong to the connection: they are released by unpin or when the
+ * connection closes. A pinned block is never evicted and cannot be deleted
+ * (KVT_EPINNED). Pinning twice from one connection counts twice.
+ * Returns 0, KVT_EPARTIAL (see status), or a request-level error.
+ */
+int kvt_block_delete(kvt_conn *c, const kvt_key *keys, size_t n, int *status);
+int kvt_block_pin(kvt_conn *c, const kvt_key *keys, size_t n, int *status);
+int kvt_block_unpin(kvt_conn *c, const kvt_key *keys, size_t n, int *status);
+
+/* ------------------------------------------------------------------------ */
+/* Pipelining                                                                 */
+/* ------------------------------------------------------------------------ */
+
+typedef uint64_t kvt_ticket;
+
+/*
+ * Send a PUT or GET and return at once with a ticket; the daemon answers
+ * requests in any order. The items array is kept by the library and must stay
+ * valid and unchanged until kvt_wait returns for the ticket (which fills the
+ * items' out fields). At most max_inflight tickets may be outstanding.
+ * Returns 0 (and *ticket), KVT_EAGAIN (max_inflight outstanding), KVT_E2BIG, or a
+ * connection error.
+ */
+int kvt_block_put_start(kvt_conn *c, kvt_put_item *items, size_t n, kvt_ticket *ticket);
+int kvt_block_get_start(kvt_conn *c, kvt_get_item *items, size_t n, kvt_ticket *ticket);
+
+/*
+ * Wait for ticket to complete; returns what the synchronous call would have
+ * returned. KVT_ETICKET if the ticket is unknown or was already waited for.
+ */
+int kvt_wait(kvt_conn *c, kvt_ticket ticket);
+
+/* ------------------------------------------------------------------------ */
+/* Statistics                                                                 */
+/* ------------------------------------------------------------------------ */
+
+typedef struct kvt_stats kvt_stats;
+
+/*
+ * Fetch the daemon's statistics: a list of named values, numeric or text, named
+ * like "t1.used_bytes" or "tenant.1000.bytes" (docs/PROTOCOL.md lists them).
+ * A connection sees its own tenant's figures; the daemon's own uid and root see
+ * every tenant. *out owns the snapshot; free with kvt_stats_free.
+ */
+int kvt_stats_get(kvt_conn *c, kvt_stats **out);
+
+/* Number of entries in the snapshot. */
+size_t kvt_stats_count(const kvt_stats *s);
+
+/*
+ * Entry i (< count): *name, and either *value (numeric entry; *text = NULL) or
+ * *text (text entry; *value = 0). Pointers stay valid until kvt_stats_free.
+ * Returns 0 or KVT_ERANGE.
+ */
+int kvt_stats_entry(const kvt_stats *s, size_t i, const char **name, uint64_t *value,
+		    const char **text);
+
+/* true and *value if a numeric entry called name exists. */
+bool kvt_stats_find(const kvt_stats *s, const char *name, uint64_t *value);
+
+/* Free a snapshot. NULL-safe. */
+void kvt_stats_free(kvt_stats *s);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* KVTIER_H */

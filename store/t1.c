@@ -1,0 +1,680 @@
+/*
+ * t1.c - the host-RAM tier: composes the arena (arena.c), the chunk allocator
+ * (alloc.c), the block index (index.c), the eviction policy (policy.h) and the
+ * per-tenant accounting (tenant.c) into the block store that t1.h promises.
+ *
+ * A block's life: t1_reserve makes it PENDING (indexed, so a second reserve of the
+ * key fails, but invisible to t1_find), t1_commit makes it COMMITTED (visible and
+ * known to the policy), and delete, eviction or abort unlink it. An unlinked block
+ * whose bytes a worker still holds (refs > 0) becomes DEAD: it keeps its chunks and
+ * its tenant's byte count until the last t1_block_unref frees it.
+ *
+ * Space checks are done before anything is evicted: t1 keeps the bytes that eviction
+ * could take right now (committed, unpinned, unreferenced), globally and per tenant,
+ * so a reserve that cannot succeed fails without destroying cached blocks, and one
+ * that can succeed is sure to find its victims.
+ */
+#include "t1.h"
+
+#include <assert.h>
+#include <errno.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "alloc.h"
+#include "arena.h"
+#include "index.h"
+#include "policy.h"
+#include "tenant.h"
+
+#define T1_DEFAULT_CHUNK (64u << 10)
+#define T1_MIN_CHUNK 4096u
+#define T1_MAX_CHUNK (1u << 30)
+
+enum blk_state {
+	BLK_PENDING,
+	BLK_COMMITTED,
+	BLK_DEAD, /* unlinked, waiting for its last unref */
+};
+
+struct t1_block {
+	struct index_node inode;
+	struct policy_node pnode;
+	struct tenant *tenant;
+	kvt_key parent_key;
+	/* Chain links: parent is the resident block this one counts in (found by
+	 * parent_key when this one was reserved); children are those counting in this
+	 * one. Kept as pointers, not keys, so that a parent leaving first can detach its
+	 * children and a later block under the same key is never miscounted. */
+	struct t1_block *parent;
+	struct t1_block *first_child;
+	struct t1_block *sib_prev, *sib_next;
+	uint32_t nchildren;
+	/* DEAD blocks, so that t1_close can find them. */
+	struct t1_block *dead_prev, *dead_next;
+	uint64_t len;
+	uint64_t nchunks;
+	kvt_block_desc desc;
+	uint32_t refs;
+	uint32_t pins;
+	enum blk_state state;
+	size_t nextents;
+	struct t1_extent ext[];
+};
+
+struct t1 {
+	struct arena arena;
+	struct alloc alloc;
+	struct alloc_runs runs; /* scratch for alloc_get */
+	struct index index;
+	struct policy *policy;
+	struct tenant_table tenants;
+	struct t1_block *dead;
+	uint64_t chunk;
+	unsigned chunk_shift;
+	uint64_t capacity;
+	uint64_t default_quota;
+	uint64_t evictable; /* chunk-rounded bytes of evictable blocks */
+	uint64_t blocks, pending, pinned;
+	uint64_t evictions, evicted_bytes, evict_nontail, alloc_failures, extents;
+};
+
+static struct t1_block *from_inode(struct index_node *n)
+{
+	return (struct t1_block *)((char *)n - offsetof(struct t1_block, inode));
+}
+
+static const struct t1_block *from_pnode(const struct policy_node *n)
+{
+	return (const struct t1_block *)((const char *)n - offsetof(struct t1_block, pnode));
+}
+
+static struct t1_block *from_pnode_mut(struct policy_node *n)
+{
+	return (struct t1_block *)((char *)n - offsetof(struct t1_block, pnode));
+}
+
+static bool key_is_zero(const kvt_key *k)
+{
+	static const kvt_key zero;
+	return memcmp(k->b, zero.b, sizeof(zero.b)) == 0;
+}
+
+static uint64_t block_bytes(const struct t1 *t, const struct t1_block *b)
+{
+	return b->nchunks << t->chunk_shift;
+}
+
+static uint64_t tenant_quota(const struct t1 *t, const struct tenant *tn)
+{
+	return tn->quota_set ? tn->quota : t->default_quota;
+}
+
+/* ---- evictable accounting --------------------------------------------------- */
+
+/* Pinned blocks are taken out of the policy while pinned: pins are held for as long
+ * as a connection likes, and victim searches should not walk over them every time.
+ * Unpinning puts the block back as the most recent (it was in use until then). */
+static bool in_policy(const struct t1_block *b)
+{
+	return b->state == BLK_COMMITTED && b->pins == 0;
+}
+
+static bool is_evictable(const struct t1_block *b)
+{
+	return b->state == BLK_COMMITTED && b->pins == 0 && b->refs == 0;
+}
+
+/* Call after changing b's state, pins or refs, with what is_evictable said before. */
+static void account(struct t1 *t, struct t1_block *b, bool was)
+{
+	bool now = is_evictable(b);
+	if (now == was)
+		return;
+	uint64_t bytes = block_bytes(t, b);
+	if (now) {
+		t->evictable += bytes;
+		b->tenant->evictable += bytes;
+	} else {
+		t->evictable -= bytes;
+		b->tenant->evictable -= bytes;
+	}
+}
+
+/* ---- chains ------------------------------------------------------------------ */
+
+/* The indexed block (pending or committed) of tenant named parent, or NULL. */
+static struct t1_block *find_parent(struct t1 *t, uint32_t tenant, const kvt_key *parent)
+{
+	if (!parent || key_is_zero(parent))
+		return NULL;
+	struct t1_key pk = { .tenant = tenant, .key = *parent };
+	struct index_node *n = index_find(&t->index, &pk);
+	return n ? from_inode(n) : NULL;
+}
+
+/*
+ * Hold (or release) a ref on p and all its ancestors while room is made for a new
+ * child of p. A block is only useful behind its whole prefix, so making room for it
+ * must never evict that prefix: when nothing else can go, the reserve fails and the
+ * prefix stays, rather than hollowing the chain out from the middle. Refs (rather
+ * than a mark) keep the evictable counters, and so the up-front checks, exact.
+ */
+static void hold_chain(struct t1 *t, struct t1_block *p, bool hold)
+{
+	for (; p; p = p->parent) {
+		bool was = is_evictable(p);
+		if (hold)
+			p->refs++;
+		else
+			p->refs--;
+		account(t, p, was);
+	}
+}
+
+static void chain_link(struct t1_block *b, struct t1_block *p)
+{
+	if (!p)
+		return;
+	b->parent = p;
+	b->sib_prev = NULL;
+	b->sib_next = p->first_child;
+	if (p->first_child)
+		p->first_child->sib_prev = b;
+	p->first_child = b;
+	p->nchildren++;
+}
+
+static void chain_unlink(struct t1_block *b)
+{
+	struct t1_block *p = b->parent;
+	if (p) {
+		if (b->sib_prev)
+			b->sib_prev->sib_next = b->sib_next;
+		else
+			p->first_child = b->sib_next;
+		if (b->sib_next)
+			b->sib_next->sib_prev = b->sib_prev;
+		p->nchildren--;
+		b->parent = NULL;
+		b->sib_prev = b->sib_next = NULL;
+	}
+	/* Orphan the children: they stay, but no longer count in anything. */
+	struct t1_block *c = b->first_child;
+	while (c) {
+		struct t1_block *next = c->sib_next;
+		c->parent = NULL;
+		c->sib_prev = c->sib_next = NULL;
+		c = next;
+	}
+	b->first_child = NULL;
+	b->nchildren = 0;
+}
+
+/* ---- block lifetime ---------------------------------------------------------- */
+
+/* Give the chunks back and free the struct. b is unlinked and unreferenced. */
+static void block_free(struct t1 *t, struct t1_block *b)
+{
+	for (size_t i = 0; i < b->nextents; i++) {
+		uint64_t start = (uint64_t)(b->ext[i].ptr - t->arena.base) >> t->chunk_shift;
+		uint64_t n = (b->ext[i].len + t->chunk - 1) >> t->chunk_shift;
+		alloc_put(&t->alloc, start, n);
+	}
+	t->extents -= b->nextents;
+	struct tenant *tn = b->tenant;
+	tn->bytes -= block_bytes(t, b);
+	tn->users--;
+	tenant_put_if_idle(&t->tenants, tn);
+	free(b);
+}
+
+/* Take b out of the index, the policy and its chain; it becomes DEAD. Pins only
+ * survive to here through t1_abort of a pinned pending block, and go with it. */
+static void block_unlink(struct t1 *t, struct t1_block *b)
+{
+	bool was = is_evictable(b);
+	index_remove(&t->index, &b->inode);
+	if (in_policy(b))
+		policy_remove(t->policy, &b->pnode);
+	if (b->state == BLK_COMMITTED) {
+		t->blocks--;
+		b->tenant->blocks--;
+	} else {
+		t->pending--;
+	}
+	chain_unlink(b);
+	if (b->pins) {
+		b->pins = 0;
+		t->pinned--;
+	}
+	b->state = BLK_DEAD;
+	account(t, b, was);
+}
+
+/* After block_unlink: free now, or when the last reader lets go. */
+static void block_drop(struct t1 *t, struct t1_block *b)
+{
+	if (b->refs == 0) {
+		block_free(t, b);
+		return;
+	}
+	b->dead_prev = NULL;
+	b->dead_next = t->dead;
+	if (t->dead)
+		t->dead->dead_prev = b;
+	t->dead = b;
+}
+
+static void dead_remove(struct t1 *t, struct t1_block *b)
+{
+	if (b->dead_prev)
+		b->dead_prev->dead_next = b->dead_next;
+	else
+		t->dead = b->dead_next;
+	if (b->dead_next)
+		b->dead_next->dead_prev = b->dead_prev;
+}
+
+/* ---- eviction ---------------------------------------------------------------- */
+
+static enum policy_class classify_block(const struct t1_block *b)
+{
+	if (!is_evictable(b))
+		return POLICY_KEEP;
+	return b->nchildren ? POLICY_NONTAIL : POLICY_TAIL;
+}
+
+static enum policy_class classify_any(const struct policy_node *n, void *arg)
+{
+	(void)arg;
+	return classify_block(from_pnode(n));
+}
+
+static enum policy_class classify_tenant(const struct policy_node *n, void *arg)
+{
+	const struct t1_block *b = from_pnode(n);
+	if (b->tenant != arg)
+		return POLICY_KEEP;
+	return classify_block(b);
+}
+
+/* Evict one block chosen by the policy; false if it found none. */
+static bool evict_one(struct t1 *t, policy_classify_fn classify, void *arg)
+{
+	bool nontail = false;
+	struct policy_node *n = policy_victim(t->policy, classify, arg, &nontail);
+	if (!n)
+		return false;
+	struct t1_block *b = from_pnode_mut(n);
+	assert(is_evictable(b));
+	t->evictions++;
+	t->evicted_bytes += block_bytes(t, b);
+	if (nontail)
+		t->evict_nontail++;
+	block_unlink(t, b);
+	block_free(t, b);
+	return true;
+}
+
+/*
+ * Make room for bytes (= nchunks chunks) of tenant tn: first evict tn's own blocks
+ * while tn would be over its quota, then anyone's while the arena is short. The
+ * checks up front use the evictable counters, so nothing is evicted for a reserve
+ * that would fail anyway.
+ */
+static int make_room(struct t1 *t, struct tenant *tn, uint64_t bytes, uint64_t nchunks)
+{
+	uint64_t quota = tenant_quota(t, tn);
+	if (quota) {
+		if (bytes > quota)
+			return -EDQUOT;
+		if (tn->bytes + bytes > quota && tn->bytes + bytes - quota > tn->evictable)
+			return -EDQUOT;
+	}
+	uint64_t free_bytes = alloc_free_chunks(&t->alloc) << t->chunk_shift;
+	if (free_bytes + t->evictable < bytes)
+		return -ENOSPC;
+
+	while (quota && tn->bytes + bytes > quota)
+		if (!evict_one(t, classify_tenant, tn))
+			return -EDQUOT; /* the counters lied; fail rather than overrun */
+	while (alloc_free_chunks(&t->alloc) < nchunks)
+		if (!evict_one(t, classify_any, NULL))
+			return -ENOSPC;
+	return 0;
+}
+
+/* ---- open / close ------------------------------------------------------------ */
+
+int t1_open(const struct t1_config *cfg, struct t1 **out, struct t1_report *rep)
+{
+	struct t1_report local;
+	if (!rep)
+		rep = &local;
+	memset(rep, 0, sizeof(*rep));
+	if (!cfg || !out)
+		return -EINVAL;
+
+	uint64_t chunk = cfg->chunk_size ? cfg->chunk_size : T1_DEFAULT_CHUNK;
+	if (chunk < T1_MIN_CHUNK || chunk > T1_MAX_CHUNK || (chunk & (chunk - 1)))
+		return -EINVAL;
+	if (cfg->hugepages > T1_AUTO || cfg->mlock > T1_AUTO)
+		return -EINVAL;
+	uint64_t nchunks = cfg->capacity / chunk;
+	if (nchunks == 0)
+		return -EINVAL;
+
+	struct t1 *t = calloc(1, sizeof(*t));
+	if (!t)
+		return -ENOMEM;
+	t->chunk = chunk;
+	t->chunk_shift = (unsigned)__builtin_ctzll(chunk);
+	t->capacity = nchunks * chunk;
+	t->default_quota = cfg->default_quota;
+
+	int rc = alloc_init(&t->alloc, nchunks);
+	if (rc < 0)
+		goto out_free;
+	rc = index_init(&t->index, nchunks < 4096 ? (size_t)nchunks : 4096);
+	if (rc < 0)
+		goto out_alloc;
+	struct policy_config pc = { .evict_scan = cfg->evict_scan };
+	rc = policy_lru_create(&pc, &t->policy);
+	if (rc < 0)
+		goto out_index;
+	rc = arena_map(&t->arena, t->capacity, cfg->hugepages, cfg->mlock, rep);
+	if (rc < 0)
+		goto out_policy;
+	*out = t;
+	return 0;
+
+out_policy:
+	policy_destroy(t->policy);
+out_index:
+	index_destroy(&t->index);
+out_alloc:
+	alloc_destroy(&t->alloc);
+out_free:
+	free(t);
+	return rc;
+}
+
+static void free_indexed(struct index_node *n, void *arg)
+{
+	(void)arg;
+	free(from_inode(n));
+}
+
+void t1_close(struct t1 *t)
+{
+	if (!t)
+		return;
+	index_foreach(&t->index, free_indexed, NULL);
+	while (t->dead) {
+		struct t1_block *b = t->dead;
+		t->dead = b->dead_next;
+		free(b);
+	}
+	policy_destroy(t->policy);
+	index_destroy(&t->index);
+	tenant_table_destroy(&t->tenants);
+	alloc_runs_free(&t->runs);
+	alloc_destroy(&t->alloc);
+	arena_unmap(&t->arena);
+	free(t);
+}
+
+/* ---- two-phase insert --------------------------------------------------------- */
+
+int t1_reserve(struct t1 *t, const struct t1_key *key, const kvt_key *parent, uint64_t len,
+	       const kvt_block_desc *desc, struct t1_block **out)
+{
+	if (len == 0 || len > t->capacity)
+		return -EFBIG;
+	if (index_find(&t->index, key))
+		return -EEXIST;
+
+	uint64_t nchunks = (len + t->chunk - 1) >> t->chunk_shift;
+	uint64_t bytes = nchunks << t->chunk_shift;
+	struct t1_block *p = NULL;
+	struct tenant *tn;
+	int rc = tenant_get(&t->tenants, key->tenant, &tn);
+	if (rc < 0)
+		goto out_count;
+	/* Hold the record across evictions of this tenant's blocks; on success the
+	 * hold becomes the new block's. */
+	tn->users++;
+	rc = index_reserve(&t->index, 1);
+	if (rc < 0)
+		goto out_tenant;
+	p = find_parent(t, key->tenant, parent);
+	hold_chain(t, p, true);
+	rc = make_room(t, tn, bytes, nchunks);
+	if (rc < 0)
+		goto out_chain;
+	rc = alloc_get(&t->alloc, nchunks, &t->runs);
+	if (rc < 0)
+		goto out_chain;
+
+	size_t nruns = t->runs.n;
+	struct t1_block *b = malloc(sizeof(*b) + nruns * sizeof(b->ext[0]));
+	if (!b) {
+		rc = -ENOMEM;
+		goto out_runs;
+	}
+	memset(b, 0, sizeof(*b));
+	b->inode.key = *key;
+	b->tenant = tn;
+	if (parent)
+		b->parent_key = *parent;
+	b->len = len;
+	b->nchunks = nchunks;
+	if (desc)
+		b->desc = *desc;
+	b->state = BLK_PENDING;
+	b->nextents = nruns;
+	uint64_t left = len;
+	for (size_t i = 0; i < nruns; i++) {
+		uint64_t run_bytes = t->runs.v[i].len << t->chunk_shift;
+		b->ext[i].ptr = t->arena.base + (t->runs.v[i].start << t->chunk_shift);
+		b->ext[i].len = run_bytes < left ? run_bytes : left;
+		left -= b->ext[i].len;
+	}
+
+	chain_link(b, p);
+	hold_chain(t, p, false);
+	rc = index_insert(&t->index, &b->inode);
+	assert(rc == 0); /* room reserved, key checked absent */
+	(void)rc;
+	tn->bytes += bytes;
+	t->pending++;
+	t->extents += nruns;
+	*out = b;
+	return 0;
+
+out_runs:
+	for (size_t i = 0; i < t->runs.n; i++)
+		alloc_put(&t->alloc, t->runs.v[i].start, t->runs.v[i].len);
+out_chain:
+	hold_chain(t, p, false);
+out_tenant:
+	tn->users--;
+	tenant_put_if_idle(&t->tenants, tn);
+out_count:
+	t->alloc_failures++;
+	return rc;
+}
+
+void t1_commit(struct t1 *t, struct t1_block *b)
+{
+	assert(b->state == BLK_PENDING);
+	if (b->state != BLK_PENDING)
+		return;
+	bool was = is_evictable(b);
+	b->state = BLK_COMMITTED;
+	t->pending--;
+	t->blocks++;
+	b->tenant->blocks++;
+	if (in_policy(b))
+		policy_insert(t->policy, &b->pnode);
+	account(t, b, was);
+}
+
+void t1_abort(struct t1 *t, struct t1_block *b)
+{
+	assert(b->state == BLK_PENDING);
+	if (b->state != BLK_PENDING)
+		return;
+	block_unlink(t, b);
+	block_drop(t, b);
+}
+
+/* ---- lookups, access, readers, pins -------------------------------------------- */
+
+struct t1_block *t1_find(struct t1 *t, const struct t1_key *key)
+{
+	struct index_node *n = index_find(&t->index, key);
+	if (!n)
+		return NULL;
+	struct t1_block *b = from_inode(n);
+	return b->state == BLK_COMMITTED ? b : NULL;
+}
+
+void t1_touch(struct t1 *t, struct t1_block *b)
+{
+	if (in_policy(b))
+		policy_access(t->policy, &b->pnode);
+}
+
+void t1_block_ref(struct t1 *t, struct t1_block *b)
+{
+	bool was = is_evictable(b);
+	b->refs++;
+	account(t, b, was);
+}
+
+void t1_block_unref(struct t1 *t, struct t1_block *b)
+{
+	assert(b->refs > 0);
+	if (b->refs == 0)
+		return;
+	bool was = is_evictable(b);
+	b->refs--;
+	if (b->state == BLK_DEAD) {
+		if (b->refs == 0) {
+			dead_remove(t, b);
+			block_free(t, b);
+		}
+		return;
+	}
+	account(t, b, was);
+}
+
+void t1_pin(struct t1 *t, struct t1_block *b)
+{
+	if (b->state == BLK_DEAD)
+		return; /* unreachable through t1_find; nothing to protect */
+	bool was = is_evictable(b);
+	if (in_policy(b))
+		policy_remove(t->policy, &b->pnode);
+	if (b->pins++ == 0)
+		t->pinned++;
+	account(t, b, was);
+}
+
+int t1_unpin(struct t1 *t, struct t1_block *b)
+{
+	if (b->pins == 0)
+		return -ENOENT;
+	bool was = is_evictable(b);
+	if (--b->pins == 0) {
+		t->pinned--;
+		if (in_policy(b))
+			policy_insert(t->policy, &b->pnode);
+	}
+	account(t, b, was);
+	return 0;
+}
+
+int t1_delete(struct t1 *t, const struct t1_key *key)
+{
+	struct t1_block *b = t1_find(t, key);
+	if (!b)
+		return -ENOENT;
+	if (b->pins)
+		return -EBUSY;
+	block_unlink(t, b);
+	block_drop(t, b);
+	return 0;
+}
+
+/* ---- accessors ------------------------------------------------------------------ */
+
+uint64_t t1_block_len(const struct t1_block *b)
+{
+	return b->len;
+}
+
+const kvt_block_desc *t1_block_desc(const struct t1_block *b)
+{
+	return &b->desc;
+}
+
+const struct t1_extent *t1_block_extents(const struct t1_block *b, size_t *n)
+{
+	*n = b->nextents;
+	return b->ext;
+}
+
+const struct t1_key *t1_block_key(const struct t1_block *b)
+{
+	return &b->inode.key;
+}
+
+/* ---- quotas and stats ------------------------------------------------------------ */
+
+int t1_set_quota(struct t1 *t, uint32_t tenant, uint64_t bytes)
+{
+	struct tenant *tn;
+	int rc = tenant_get(&t->tenants, tenant, &tn);
+	if (rc < 0)
+		return rc;
+	tn->quota_set = true;
+	tn->quota = bytes;
+	return 0;
+}
+
+void t1_get_stats(const struct t1 *t, struct t1_stats *s)
+{
+	memset(s, 0, sizeof(*s));
+	s->capacity = t->capacity;
+	s->free_chunks = alloc_free_chunks(&t->alloc);
+	s->used = t->capacity - (s->free_chunks << t->chunk_shift);
+	s->blocks = t->blocks;
+	s->pending = t->pending;
+	s->pinned = t->pinned;
+	s->evictions = t->evictions;
+	s->evicted_bytes = t->evicted_bytes;
+	s->evict_nontail = t->evict_nontail;
+	s->alloc_failures = t->alloc_failures;
+	s->extents = t->extents;
+	s->chunk_size = t->chunk;
+	s->largest_free_run = alloc_largest_free_run(&t->alloc);
+}
+
+void t1_foreach_tenant(const struct t1 *t, void (*fn)(const struct t1_tenant_stats *, void *),
+		       void *arg)
+{
+	for (size_t i = 0; i < t->tenants.n; i++) {
+		const struct tenant *tn = t->tenants.v[i];
+		struct t1_tenant_stats ts = {
+			.tenant = tn->id,
+			.bytes = tn->bytes,
+			.blocks = tn->blocks,
+			.quota = tenant_quota(t, tn),
+		};
+		fn(&ts, arg);
+	}
+}

@@ -1,0 +1,147 @@
+/*
+ * t1.h - the host-RAM tier: one arena, an extent allocator, an index of blocks
+ * keyed by (tenant, key), eviction through a policy, pins, refs and quotas.
+ *
+ * Single-threaded by contract: every function is called from the daemon's event
+ * loop thread. Worker threads only touch the bytes of blocks the loop has
+ * referenced for them (t1_block_ref) and never the metadata.
+ */
+#ifndef KVT_T1_H
+#define KVT_T1_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kvtier.h"
+
+enum t1_mode { T1_OFF = 0, T1_ON = 1, T1_AUTO = 2 };
+
+struct t1_config {
+	uint64_t capacity;      /* arena bytes; rounded down to a whole number of chunks */
+	uint32_t chunk_size;    /* allocation unit, power of two >= 4096 (default 64 KiB) */
+	enum t1_mode hugepages; /* ON: MAP_HUGETLB or fail; AUTO: try it, then THP advice */
+	enum t1_mode mlock;     /* ON: mlock or fail; AUTO: mlock if RLIMIT_MEMLOCK allows */
+	uint64_t default_quota; /* per-tenant byte quota, 0 = none */
+	uint32_t evict_scan;    /* LRU entries examined to find a chain tail (default 64) */
+};
+
+/* How the arena came out, for the daemon to log and report. */
+struct t1_report {
+	bool hugetlb;   /* explicit huge pages (MAP_HUGETLB) */
+	bool thp;       /* transparent huge pages advised */
+	bool locked;    /* mlock succeeded */
+	int lock_error; /* -errno of the failed mlock, or 0 */
+	int huge_error; /* -errno of the failed MAP_HUGETLB, or 0 */
+};
+
+/* A block's identity inside the daemon: the client's key salted with its tenant. */
+struct t1_key {
+	uint32_t tenant;
+	kvt_key key;
+};
+
+/* One contiguous piece of a block's bytes in the arena. */
+struct t1_extent {
+	uint8_t *ptr;
+	uint64_t len;
+};
+
+struct t1;
+struct t1_block;
+
+/* Open the arena. Returns 0, -EINVAL (bad config), -ENOMEM, or the mmap/mlock errno
+ * when the config says ON and it failed. *rep may be NULL; when given it is filled
+ * also on failure (huge_error / lock_error say why). chunk_size 0 = 64 KiB,
+ * evict_scan 0 = 64. */
+int t1_open(const struct t1_config *cfg, struct t1 **out, struct t1_report *rep);
+/* Free everything. Blocks still referenced by workers must be done. NULL-safe. */
+void t1_close(struct t1 *t);
+
+/*
+ * Two-phase insert. t1_reserve allocates len bytes for key (evicting unpinned,
+ * unreferenced blocks through the policy, this tenant's first when it is over its
+ * quota) and returns a pending block that lookups do not see yet. The caller fills
+ * the extents, then t1_commit makes it visible, or t1_abort frees it.
+ * parent (may be NULL or a zero key) lets eviction prefer chain tails: the block counts
+ * as a child of the (same tenant's) block with that key if one is indexed, pending or
+ * committed, at reserve time - so reserve a chain head first, commit in any order.
+ * Making room never evicts the new block's own ancestors (its parent, the parent's
+ * parent, ...): a block is useless without its prefix, so when only they could go the
+ * reserve fails and the prefix stays.
+ * Quota usage is chunk-rounded bytes of the tenant's pending, committed and
+ * deleted-but-still-referenced blocks. Whether there is room is decided before
+ * anything is evicted: a reserve that fails -EDQUOT or -ENOSPC evicts nothing.
+ * Returns 0; -EEXIST (committed or pending block with that key); -EFBIG (len > capacity
+ * or 0); -EDQUOT (the tenant's quota cannot be met); -ENOSPC (not enough evictable space);
+ * -ENOMEM.
+ */
+int t1_reserve(struct t1 *t, const struct t1_key *key, const kvt_key *parent, uint64_t len,
+	       const kvt_block_desc *desc, struct t1_block **out);
+void t1_commit(struct t1 *t, struct t1_block *b);
+/* Abort a pending block: it leaves the index at once (drops its pins, if any); its
+ * chunks are freed now, or at the last unref if a worker holds a ref. */
+void t1_abort(struct t1 *t, struct t1_block *b);
+
+/* The committed block with that key, or NULL. Does not count as an access. */
+struct t1_block *t1_find(struct t1 *t, const struct t1_key *key);
+
+/* Record an access (moves the block in the policy). */
+void t1_touch(struct t1 *t, struct t1_block *b);
+
+/* Readers: a referenced block is never evicted and its bytes stay valid, even if it is
+ * deleted meanwhile (then it is freed at the last unref). */
+void t1_block_ref(struct t1 *t, struct t1_block *b);
+void t1_block_unref(struct t1 *t, struct t1_block *b);
+
+/* Pins: counted; a pinned block is never evicted nor deleted. unpin of an unpinned block
+ * returns -ENOENT. A pinned block is out of the eviction order; its last unpin puts it
+ * back as the most recently used. t1 does not know who pinned: the daemon keeps each
+ * connection's pins and unpins them when the connection closes. */
+void t1_pin(struct t1 *t, struct t1_block *b);
+int t1_unpin(struct t1 *t, struct t1_block *b);
+
+/* Delete a committed block. Returns 0, -ENOENT, or -EBUSY (pinned; KVT_EPINNED on the wire). */
+int t1_delete(struct t1 *t, const struct t1_key *key);
+
+/* Block accessors. */
+uint64_t t1_block_len(const struct t1_block *b);
+const kvt_block_desc *t1_block_desc(const struct t1_block *b);
+const struct t1_extent *t1_block_extents(const struct t1_block *b, size_t *n);
+const struct t1_key *t1_block_key(const struct t1_block *b);
+
+/* Per-tenant quota override; 0 = no quota for this tenant, whatever default_quota says.
+ * Applies to later reserves (a tenant already over it is brought back under it by the
+ * next reserve's evictions). Returns 0 or -ENOMEM. */
+int t1_set_quota(struct t1 *t, uint32_t tenant, uint64_t bytes);
+
+struct t1_stats {
+	uint64_t capacity;
+	uint64_t used;         /* bytes in committed + pending blocks (rounded to chunks),
+				* and in deleted blocks still referenced */
+	uint64_t blocks;       /* committed blocks */
+	uint64_t pending;      /* reserved, not yet committed */
+	uint64_t pinned;       /* blocks with pins */
+	uint64_t evictions;
+	uint64_t evicted_bytes; /* chunk-rounded */
+	uint64_t evict_nontail; /* evictions that had to take a block with resident children */
+	uint64_t alloc_failures; /* reserves that failed -ENOSPC, -EDQUOT or -ENOMEM */
+	uint64_t extents;      /* extents over all blocks (contiguity: extents / blocks) */
+	uint64_t chunk_size;
+	uint64_t free_chunks;
+	uint64_t largest_free_run; /* chunks */
+};
+void t1_get_stats(const struct t1 *t, struct t1_stats *s);
+
+struct t1_tenant_stats {
+	uint32_t tenant;
+	uint64_t bytes;  /* as counted against the quota (see t1_reserve) */
+	uint64_t blocks; /* committed */
+	uint64_t quota;  /* in force: the override, else default_quota; 0 = none */
+};
+/* Call fn for every tenant that holds space or has a quota override, in ascending
+ * tenant order. fn must not change t. */
+void t1_foreach_tenant(const struct t1 *t, void (*fn)(const struct t1_tenant_stats *, void *),
+		       void *arg);
+
+#endif /* KVT_T1_H */

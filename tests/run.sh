@@ -1,0 +1,97 @@
+#!/bin/sh
+# run.sh - runs every test program (tests/test_*, tests/itest_*) of one or more
+# build directories, each under a time limit, prints their PASS/FAIL/SKIP lines
+# prefixed with the build's variant ([asan] for a directory ending in asan), and
+# ends with one line "N passed, N failed, N skipped". Exits non-zero if anything
+# failed. A program that crashes or times out counts as one more failure, since
+# the cases it never reached printed nothing.
+#
+# usage: sh tests/run.sh BUILD_DIR [BUILD_DIR...]
+# env:   KVT_PROG_TIMEOUT  seconds per program (default 600)
+set -u
+
+if [ $# -lt 1 ]; then
+	echo "usage: sh tests/run.sh BUILD_DIR [BUILD_DIR...]" >&2
+	exit 2
+fi
+
+limit=${KVT_PROG_TIMEOUT:-600}
+passed=0
+failed=0
+skipped=0
+
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/kvt-run.XXXXXX") || exit 2
+trap 'rm -rf "$tmp"' EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# Prefix every line of stdin with "[variant] " (a last line without a newline too).
+prefix() {
+	while IFS= read -r line || [ -n "$line" ]; do
+		printf '[%s] %s\n' "$1" "$line"
+	done
+}
+
+count() {
+	n=$(grep -c "^$1 " "$2" 2>/dev/null) || n=0
+	echo "$n"
+}
+
+for dir in "$@"; do
+	dir=${dir%/}
+	case $dir in
+	*asan) variant=asan ;;
+	*) variant=$(basename "$dir") ;;
+	esac
+	if ! bindir=$(cd "$dir/bin" 2>/dev/null && pwd); then
+		printf '[%s] FAIL %s: no bin directory (not built?)\n' "$variant" "$dir"
+		failed=$((failed + 1))
+		continue
+	fi
+	ran=0
+	for prog in "$dir"/tests/test_* "$dir"/tests/itest_*; do
+		if [ ! -f "$prog" ] || [ ! -x "$prog" ]; then
+			continue # an unmatched glob, or not a program
+		fi
+		ran=$((ran + 1))
+		name=$(basename "$prog")
+		out=$tmp/out
+		rcfile=$tmp/rc
+		: >"$out"
+		echo 0 >"$rcfile"
+		{
+			KVT_BIN_DIR=$bindir \
+			ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+			UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+				timeout -k 10 "$limit" "$prog" </dev/null 2>&1
+			echo $? >"$rcfile"
+		} | tee "$out" | prefix "$variant"
+		rc=$(cat "$rcfile")
+		p=$(count PASS "$out")
+		f=$(count FAIL "$out")
+		s=$(count SKIP "$out")
+		# Exit 0, or 1 with the failures reported, is a program that finished.
+		# Anything else (a crash, a timeout, exit 1 without saying why) loses
+		# the lines of the cases it never ran: count it as one more failure.
+		if [ "$rc" -ne 0 ] && { [ "$rc" -ne 1 ] || [ "$f" -eq 0 ]; }; then
+			why=""
+			if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
+				why=" (timed out after ${limit} s)"
+			elif [ "$rc" -gt 128 ]; then
+				why=" (signal $((rc - 128)))"
+			fi
+			printf '[%s] FAIL %s: exited %s%s\n' "$variant" "$name" "$rc" "$why"
+			f=$((f + 1))
+		fi
+		passed=$((passed + p))
+		failed=$((failed + f))
+		skipped=$((skipped + s))
+	done
+	if [ "$ran" -eq 0 ]; then
+		printf '[%s] FAIL %s: no test programs in %s/tests\n' "$variant" "$dir" "$dir"
+		failed=$((failed + 1))
+	fi
+done
+
+echo "$passed passed, $failed failed, $skipped skipped"
+[ "$failed" -eq 0 ]

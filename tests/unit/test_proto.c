@@ -1,0 +1,1430 @@
+/*
+ * test_proto.c - unit tests for the wire codec (common/proto.c): every message
+ * round-trips, the header is little-endian byte for byte, every malformed shape
+ * is refused with the right code, and 200k mutated frames go through every
+ * decoder with the fuzz oracle checking each verdict (under ASan in `make test`).
+ */
+#include "test.h"
+
+#include "proto.h"
+
+/* The same oracle the libFuzzer target uses, failing through CHECK and naming
+ * the mutation iteration (-1: outside the loop) so a failure can be replayed. */
+static long g_iter = -1;
+#define FUZZ_ORACLE_ONLY
+#define FUZZ_CHECK(cond) CHECK_MSG(cond, "oracle: %s (mutation iteration %ld)", #cond, g_iter)
+#include "../fuzz/fuzz_proto.c"
+
+/* ---- helpers ------------------------------------------------------------- */
+
+/* A decoder reduced to (bytes, length) -> verdict, for the truncation loops. */
+typedef int (*dec_fn)(const uint8_t *in, size_t len);
+
+/* Run dec on an exact-size heap copy, so ASan catches a read past the end. */
+static int dec_exact(dec_fn dec, const uint8_t *in, size_t len)
+{
+	uint8_t *copy = malloc(len ? len : 1);
+	CHECK(copy != NULL);
+	if (len)
+		memcpy(copy, in, len);
+	int rc = dec(copy, len);
+	free(copy);
+	return rc;
+}
+
+/* Every strict prefix of a valid body is refused with want, and so is the body
+ * with one extra byte. */
+static void check_truncations(dec_fn dec, const uint8_t *valid, size_t len, int want)
+{
+	uint8_t *longer = malloc(len + 1);
+	CHECK(longer != NULL);
+	CHECK_RC(dec_exact(dec, valid, len), 0);
+	for (size_t l = 0; l < len; l++) {
+		int rc = dec_exact(dec, valid, l);
+		CHECK_MSG(rc == want, "prefix of %zu/%zu bytes: %d (%s), want %s", l, len, rc,
+			  kvt_errname(rc), kvt_errname(want));
+	}
+	memcpy(longer, valid, len);
+	longer[len] = 0;
+	CHECK_RC(dec_exact(dec, longer, len + 1), want);
+	free(longer);
+}
+
+/* Set each byte of the field [off, off+n) non-zero in turn: want every time. */
+static void check_reserved(dec_fn dec, const uint8_t *valid, size_t len, size_t off, size_t n,
+			   int want)
+{
+	uint8_t *copy = malloc(len);
+	CHECK(copy != NULL);
+	for (size_t i = off; i < off + n; i++) {
+		memcpy(copy, valid, len);
+		copy[i] = 0x01;
+		CHECK_RC(dec_exact(dec, copy, len), want);
+		copy[i] = 0x80;
+		CHECK_RC(dec_exact(dec, copy, len), want);
+	}
+	free(copy);
+}
+
+static kvt_key key_n(uint8_t n)
+{
+	kvt_key k;
+	for (int i = 0; i < 16; i++)
+		k.b[i] = (uint8_t)(n * 16 + i + 1);
+	return k;
+}
+
+static kvt_block_desc desc_n(uint16_t n)
+{
+	kvt_block_desc d = { .dtype = KVT_DTYPE_BF16, .layout = (uint16_t)(7 + n),
+			     .layers = (uint16_t)(32 + n), .tokens = 16u + n };
+	return d;
+}
+
+static bool desc_eq(const kvt_block_desc *a, const kvt_block_desc *b)
+{
+	return a->dtype == b->dtype && a->layout == b->layout && a->layers == b->layers &&
+	       a->reserved0 == b->reserved0 && a->tokens == b->tokens &&
+	       a->reserved1 == b->reserved1;
+}
+
+/* Decoder wrappers (for dec_fn). */
+static uint32_t g_count;     /* count/asked passed to reply decoders */
+static uint32_t g_max_batch; /* max_batch passed to kvt_batch_decode */
+static size_t g_item_size;
+
+static int dec_hello_req(const uint8_t *in, size_t len)
+{
+	struct kvt_hello_req m;
+	return kvt_hello_req_decode(in, len, &m);
+}
+
+static int dec_hello_rep(const uint8_t *in, size_t len)
+{
+	struct kvt_hello_rep m;
+	return kvt_hello_rep_decode(in, len, &m);
+}
+
+static int dec_register_req(const uint8_t *in, size_t len)
+{
+	struct kvt_register_req m;
+	return kvt_register_req_decode(in, len, &m);
+}
+
+static int dec_register_rep(const uint8_t *in, size_t len)
+{
+	struct kvt_register_rep m;
+	return kvt_register_rep_decode(in, len, &m);
+}
+
+static int dec_unregister_req(const uint8_t *in, size_t len)
+{
+	struct kvt_unregister_req m;
+	return kvt_unregister_req_decode(in, len, &m);
+}
+
+static int dec_batch(const uint8_t *in, size_t len)
+{
+	struct kvt_batch b;
+	return kvt_batch_decode(in, len, g_item_size, g_max_batch, &b);
+}
+
+static int dec_status_rep(const uint8_t *in, size_t len)
+{
+	return kvt_status_rep_decode(in, len, g_count, NULL);
+}
+
+static int dec_get_rep(const uint8_t *in, size_t len)
+{
+	return kvt_get_rep_decode(in, len, g_count, NULL);
+}
+
+static int dec_lookup_rep(const uint8_t *in, size_t len)
+{
+	uint32_t found;
+	return kvt_lookup_rep_decode(in, len, g_count, &found, NULL);
+}
+
+/* Walk a whole STATS reply: the count of entries, or the first error. */
+static int dec_stats(const uint8_t *in, size_t len)
+{
+	uint32_t count;
+	struct kvt_stat_entry e;
+	size_t pos = 0;
+	int rc;
+
+	rc = kvt_stats_rep_count(in, len, &count);
+	if (rc)
+		return rc;
+	while ((rc = kvt_stats_rep_next(in, len, &pos, &e)) == 1)
+		;
+	return rc;
+}
+
+static int dec_notice(const uint8_t *in, size_t len)
+{
+	const char *msg;
+	uint16_t n;
+	return kvt_notice_decode(in, len, &msg, &n);
+}
+
+/* ---- header -------------------------------------------------------------- */
+
+static const struct kvt_hdr sample_hdr = {
+	.magic = KVT_MAGIC,
+	.version = 1,
+	.opcode = KVT_OP_LOOKUP,
+	.flags = KVT_F_REPLY | (1u << 16),
+	.body_len = 0x24,
+	.request_id = 0x0102030405060708ull,
+	.status = KVT_ENOENT,
+	.reserved = 0,
+};
+
+/* The same header written out by hand, byte by byte. */
+static const uint8_t sample_hdr_bytes[KVT_HDR_SIZE] = {
+	'K',  'V',  'T',  'P',			/* magic 0x5054564b */
+	0x01, 0x00,				/* version 1 */
+	0x07, 0x00,				/* opcode LOOKUP */
+	0x01, 0x00, 0x01, 0x00,			/* flags REPLY | bit 16 */
+	0x24, 0x00, 0x00, 0x00,			/* body_len 36 */
+	0x08, 0x07, 0x06, 0x05, 0x04, 0x03, 0x02, 0x01, /* request_id */
+	0xfe, 0xff, 0xff, 0xff,			/* status -2 */
+	0x00, 0x00, 0x00, 0x00,			/* reserved */
+};
+
+TEST(hdr_roundtrip)
+{
+	struct kvt_hdr h = sample_hdr, back;
+	uint8_t buf[KVT_HDR_SIZE];
+
+	h.status = INT32_MIN;
+	h.request_id = UINT64_MAX;
+	h.body_len = 1234;
+	kvt_hdr_encode(&h, buf);
+	CHECK_RC(kvt_hdr_decode(buf, 1u << 20, &back), 0);
+	CHECK_EQ(back.magic, KVT_MAGIC);
+	CHECK_EQ(back.version, 1);
+	CHECK_EQ(back.opcode, KVT_OP_LOOKUP);
+	CHECK_EQ(back.flags, h.flags);
+	CHECK_EQ(back.body_len, 1234);
+	CHECK(back.request_id == UINT64_MAX);
+	CHECK_EQ(back.status, INT32_MIN);
+	CHECK_EQ(back.reserved, 0);
+}
+
+TEST(hdr_bytes_are_little_endian)
+{
+	uint8_t buf[KVT_HDR_SIZE];
+	struct kvt_hdr h;
+
+	memset(buf, 0xaa, sizeof(buf));
+	kvt_hdr_encode(&sample_hdr, buf);
+	for (int i = 0; i < KVT_HDR_SIZE; i++)
+		CHECK_MSG(buf[i] == sample_hdr_bytes[i], "byte %d is %#x, want %#x", i, buf[i],
+			  sample_hdr_bytes[i]);
+	CHECK_RC(kvt_hdr_decode(sample_hdr_bytes, 0x24, &h), 0);
+	CHECK_EQ(h.magic, KVT_MAGIC);
+	CHECK_EQ(h.version, 1);
+	CHECK_EQ(h.opcode, KVT_OP_LOOKUP);
+	CHECK_EQ(h.flags, 0x00010001);
+	CHECK_EQ(h.body_len, 0x24);
+	CHECK(h.request_id == 0x0102030405060708ull);
+	CHECK_EQ(h.status, KVT_ENOENT);
+	CHECK_EQ(h.reserved, 0);
+}
+
+TEST(hdr_bad_magic_still_fills_header)
+{
+	uint8_t buf[KVT_HDR_SIZE];
+	struct kvt_hdr h;
+	static const uint8_t big_endian_magic[4] = { 'P', 'T', 'V', 'K' };
+
+	memcpy(buf, sample_hdr_bytes, sizeof(buf));
+	memcpy(buf, big_endian_magic, 4);
+	CHECK_RC(kvt_hdr_decode(buf, UINT32_MAX, &h), KVT_EBADMAGIC);
+	for (int i = 0; i < 4; i++) {
+		memcpy(buf, sample_hdr_bytes, sizeof(buf));
+		buf[i] ^= 0x20;
+		CHECK_RC(kvt_hdr_decode(buf, UINT32_MAX, &h), KVT_EBADMAGIC);
+	}
+	/* Bad magic wins over every other fault. */
+	memset(buf, 0xff, sizeof(buf));
+	CHECK_RC(kvt_hdr_decode(buf, 0, &h), KVT_EBADMAGIC);
+}
+
+TEST(hdr_bad_version)
+{
+	static const uint16_t bad[] = { 0, 2, 0x100, 0xffff };
+	uint8_t buf[KVT_HDR_SIZE];
+	struct kvt_hdr h;
+
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		memcpy(buf, sample_hdr_bytes, sizeof(buf));
+		kvt_put16(buf + 4, bad[i]);
+		memset(&h, 0, sizeof(h));
+		CHECK_RC(kvt_hdr_decode(buf, UINT32_MAX, &h), KVT_EVERSION);
+		/* The caller can still answer this request id. */
+		CHECK(h.request_id == sample_hdr.request_id);
+		CHECK_EQ(h.version, bad[i]);
+	}
+}
+
+TEST(hdr_reserved_nonzero)
+{
+	uint8_t buf[KVT_HDR_SIZE];
+	struct kvt_hdr h;
+
+	for (int i = 28; i < 32; i++) {
+		memcpy(buf, sample_hdr_bytes, sizeof(buf));
+		buf[i] = 1;
+		CHECK_RC(kvt_hdr_decode(buf, UINT32_MAX, &h), KVT_ERESERVED);
+		CHECK(h.request_id == sample_hdr.request_id);
+	}
+}
+
+TEST(hdr_body_len_over_max)
+{
+	uint8_t buf[KVT_HDR_SIZE];
+	struct kvt_hdr h = sample_hdr;
+	const uint32_t max = 1024 * 1024 - KVT_HDR_SIZE;
+
+	h.body_len = max;
+	kvt_hdr_encode(&h, buf);
+	CHECK_RC(kvt_hdr_decode(buf, max, &h), 0);
+	h.body_len = max + 1;
+	kvt_hdr_encode(&h, buf);
+	CHECK_RC(kvt_hdr_decode(buf, max, &h), KVT_EMSGSIZE);
+	CHECK(h.request_id == sample_hdr.request_id);
+	h.body_len = UINT32_MAX;
+	kvt_hdr_encode(&h, buf);
+	CHECK_RC(kvt_hdr_decode(buf, max, &h), KVT_EMSGSIZE);
+	CHECK_RC(kvt_hdr_decode(buf, UINT32_MAX, &h), 0);
+	h.body_len = 1;
+	kvt_hdr_encode(&h, buf);
+	CHECK_RC(kvt_hdr_decode(buf, 0, &h), KVT_EMSGSIZE);
+}
+
+TEST(hdr_flags_must_understand)
+{
+	struct kvt_hdr h = sample_hdr;
+
+	h.flags = KVT_F_REPLY;
+	CHECK_RC(kvt_hdr_check_flags(&h, true), 0);
+	CHECK_RC(kvt_hdr_check_flags(&h, false), KVT_EFLAGS);
+	h.flags = 0;
+	CHECK_RC(kvt_hdr_check_flags(&h, false), 0);
+	CHECK_RC(kvt_hdr_check_flags(&h, true), KVT_EFLAGS);
+	for (int bit = 1; bit < 16; bit++) {
+		h.flags = 1u << bit;
+		CHECK_RC(kvt_hdr_check_flags(&h, false), KVT_EFLAGS);
+		h.flags |= KVT_F_REPLY;
+		CHECK_RC(kvt_hdr_check_flags(&h, true), KVT_EFLAGS);
+	}
+	for (int bit = 16; bit < 32; bit++) {
+		h.flags = 1u << bit;
+		CHECK_RC(kvt_hdr_check_flags(&h, false), 0);
+		h.flags |= KVT_F_REPLY;
+		CHECK_RC(kvt_hdr_check_flags(&h, true), 0);
+	}
+	h.flags = 0xffff0000u;
+	CHECK_RC(kvt_hdr_check_flags(&h, false), 0);
+}
+
+TEST(op_names)
+{
+	static const struct {
+		uint16_t op;
+		const char *name;
+	} ops[] = {
+		{ KVT_OP_HELLO, "HELLO" },   { KVT_OP_PING, "PING" },
+		{ KVT_OP_REGISTER, "REGISTER" }, { KVT_OP_UNREGISTER, "UNREGISTER" },
+		{ KVT_OP_PUT, "PUT" },	     { KVT_OP_GET, "GET" },
+		{ KVT_OP_LOOKUP, "LOOKUP" }, { KVT_OP_DELETE, "DELETE" },
+		{ KVT_OP_PIN, "PIN" },	     { KVT_OP_UNPIN, "UNPIN" },
+		{ KVT_OP_STATS, "STATS" },   { KVT_OP_NOTICE, "NOTICE" },
+		{ 0, "UNKNOWN" },	     { 12, "UNKNOWN" },
+		{ 254, "UNKNOWN" },	     { 0xffff, "UNKNOWN" },
+	};
+	for (size_t i = 0; i < sizeof(ops) / sizeof(ops[0]); i++)
+		CHECK_MSG(strcmp(kvt_op_name(ops[i].op), ops[i].name) == 0, "op %u: %s",
+			  ops[i].op, kvt_op_name(ops[i].op));
+}
+
+/* ---- HELLO --------------------------------------------------------------- */
+
+static const char name64[] = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+TEST(hello_req_roundtrip)
+{
+	static const char *const names[] = { "vllm-worker-3", "", name64, "caf\xc3\xa9" };
+	uint8_t buf[128];
+
+	for (size_t i = 0; i < 4; i++) {
+		struct kvt_hello_req m = { .min_version = 1, .max_version = 7, .name = names[i],
+					   .name_len = (uint16_t)strlen(names[i]) };
+		struct kvt_hello_req back;
+		int n = kvt_hello_req_encode(&m, buf, sizeof(buf));
+		CHECK_EQ(n, 10 + m.name_len);
+		CHECK_EQ(kvt_hello_req_size(m.name_len), (size_t)n);
+		CHECK_EQ(kvt_get16(buf + 8), m.name_len);
+		CHECK_RC(kvt_hello_req_decode(buf, (size_t)n, &back), 0);
+		CHECK_EQ(back.min_version, 1);
+		CHECK_EQ(back.max_version, 7);
+		CHECK_EQ(back.flags, 0);
+		CHECK_EQ(back.name_len, m.name_len);
+		CHECK(back.name == (const char *)buf + 10);
+		CHECK(memcmp(back.name, names[i], m.name_len) == 0);
+	}
+}
+
+TEST(hello_req_malformed)
+{
+	struct kvt_hello_req m = { .min_version = 1, .max_version = 1, .name = "engine",
+				   .name_len = 6 };
+	uint8_t buf[128], big[128];
+	int n = kvt_hello_req_encode(&m, buf, sizeof(buf));
+	CHECK_EQ(n, 16);
+
+	check_truncations(dec_hello_req, buf, (size_t)n, KVT_EBADMSG);
+	check_reserved(dec_hello_req, buf, (size_t)n, 4, 4, KVT_ERESERVED);
+	/* name_len one off either way */
+	memcpy(big, buf, (size_t)n);
+	kvt_put16(big + 8, 5);
+	CHECK_RC(dec_exact(dec_hello_req, big, (size_t)n), KVT_EBADMSG);
+	kvt_put16(big + 8, 7);
+	CHECK_RC(dec_exact(dec_hello_req, big, (size_t)n), KVT_EBADMSG);
+	/* a 65-byte name, even in a body of the right length */
+	memset(big, 'a', sizeof(big));
+	memcpy(big, buf, 10);
+	kvt_put16(big + 8, KVT_NAME_MAX + 1);
+	CHECK_RC(dec_exact(dec_hello_req, big, 10 + KVT_NAME_MAX + 1), KVT_EBADMSG);
+	kvt_put16(big + 8, KVT_NAME_MAX);
+	CHECK_RC(dec_exact(dec_hello_req, big, 10 + KVT_NAME_MAX), 0);
+	kvt_put16(big + 8, 0xffff);
+	CHECK_RC(dec_exact(dec_hello_req, big, sizeof(big)), KVT_EBADMSG);
+	/* control bytes in the name */
+	memcpy(big, buf, (size_t)n);
+	big[12] = '\n';
+	CHECK_RC(dec_exact(dec_hello_req, big, (size_t)n), KVT_EBADMSG);
+	big[12] = 0;
+	CHECK_RC(dec_exact(dec_hello_req, big, (size_t)n), KVT_EBADMSG);
+
+	/* encoder refuses what the decoder would */
+	struct kvt_hello_req e = m;
+	char longname[KVT_NAME_MAX + 2];
+	memset(longname, 'x', sizeof(longname));
+	e.name = longname;
+	e.name_len = KVT_NAME_MAX + 1;
+	CHECK_RC(kvt_hello_req_encode(&e, buf, sizeof(buf)), KVT_EMSGSIZE);
+	e.name = NULL;
+	e.name_len = 3;
+	CHECK_RC(kvt_hello_req_encode(&e, buf, sizeof(buf)), KVT_EINVAL);
+	e.name = "a\tb";
+	CHECK_RC(kvt_hello_req_encode(&e, buf, sizeof(buf)), KVT_EINVAL);
+	e.name = NULL;
+	e.name_len = 0;
+	CHECK_EQ(kvt_hello_req_encode(&e, buf, sizeof(buf)), 10);
+}
+
+static struct kvt_hello_rep sample_hello_rep(void)
+{
+	struct kvt_hello_rep m = {
+		.version = 1,
+		.tenant = 1000,
+		.max_frame = 1u << 20,
+		.max_inflight = 64,
+		.max_batch = 4096,
+		.max_regions = 64,
+		.max_region_size = 64ull << 30,
+		.max_block_size = 1ull << 30,
+		.server = "kvtierd 0.1.0",
+		.server_len = 13,
+	};
+	return m;
+}
+
+TEST(hello_rep_roundtrip)
+{
+	struct kvt_hello_rep m = sample_hello_rep(), back;
+	uint8_t buf[128];
+
+	int n = kvt_hello_rep_encode(&m, buf, sizeof(buf));
+	CHECK_EQ(n, 42 + 13);
+	CHECK_EQ(kvt_hello_rep_size(13), 55);
+	CHECK_RC(kvt_hello_rep_decode(buf, (size_t)n, &back), 0);
+	CHECK_EQ(back.version, 1);
+	CHECK_EQ(back.tenant, 1000);
+	CHECK_EQ(back.max_frame, 1u << 20);
+	CHECK_EQ(back.max_inflight, 64);
+	CHECK_EQ(back.max_batch, 4096);
+	CHECK_EQ(back.max_regions, 64);
+	CHECK(back.max_region_size == 64ull << 30);
+	CHECK(back.max_block_size == 1ull << 30);
+	CHECK_EQ(back.server_len, 13);
+	CHECK(memcmp(back.server, "kvtierd 0.1.0", 13) == 0);
+	/* fixed offsets from docs/PROTOCOL.md */
+	CHECK_EQ(kvt_get32(buf + 4), 1000);
+	CHECK(kvt_get64(buf + 24) == 64ull << 30);
+	CHECK_EQ(kvt_get16(buf + 40), 13);
+
+	m.server = NULL;
+	m.server_len = 0;
+	n = kvt_hello_rep_encode(&m, buf, sizeof(buf));
+	CHECK_EQ(n, 42);
+	CHECK_RC(kvt_hello_rep_decode(buf, 42, &back), 0);
+	CHECK_EQ(back.server_len, 0);
+}
+
+TEST(hello_rep_malformed)
+{
+	struct kvt_hello_rep m = sample_hello_rep();
+	uint8_t buf[128], big[128];
+	int n = kvt_hello_rep_encode(&m, buf, sizeof(buf));
+	CHECK(n > 0);
+
+	check_truncations(dec_hello_rep, buf, (size_t)n, KVT_EBADMSG);
+	check_reserved(dec_hello_rep, buf, (size_t)n, 2, 2, KVT_ERESERVED);
+	memcpy(big, buf, (size_t)n);
+	kvt_put16(big + 40, 12);
+	CHECK_RC(dec_exact(dec_hello_rep, big, (size_t)n), KVT_EBADMSG);
+	kvt_put16(big + 40, 14);
+	CHECK_RC(dec_exact(dec_hello_rep, big, (size_t)n), KVT_EBADMSG);
+	memset(big, 'a', sizeof(big));
+	memcpy(big, buf, 42);
+	kvt_put16(big + 40, KVT_NAME_MAX + 1);
+	CHECK_RC(dec_exact(dec_hello_rep, big, 42 + KVT_NAME_MAX + 1), KVT_EBADMSG);
+	memcpy(big, buf, (size_t)n);
+	big[45] = 0x7f;
+	CHECK_RC(dec_exact(dec_hello_rep, big, (size_t)n), KVT_EBADMSG);
+
+	struct kvt_hello_rep e = m;
+	e.server = name64;
+	e.server_len = KVT_NAME_MAX + 1; /* refused before anything is read */
+	CHECK_RC(kvt_hello_rep_encode(&e, buf, sizeof(buf)), KVT_EMSGSIZE);
+	e.server_len = KVT_NAME_MAX;
+	CHECK_EQ(kvt_hello_rep_encode(&e, buf, sizeof(buf)), 42 + KVT_NAME_MAX);
+}
+
+/* ---- REGISTER / UNREGISTER ----------------------------------------------- */
+
+TEST(register_roundtrip)
+{
+	uint8_t buf[32];
+	struct kvt_register_req rq = { .size = 0x123456789abcull }, rq2;
+	struct kvt_register_rep rp = { .region_id = 0xdeadbeef }, rp2;
+	struct kvt_unregister_req ur = { .region_id = 42 }, ur2;
+
+	CHECK_EQ(kvt_register_req_encode(&rq, buf, sizeof(buf)), KVT_REGISTER_REQ_SIZE);
+	CHECK(kvt_get64(buf) == 0x123456789abcull);
+	CHECK_RC(kvt_register_req_decode(buf, KVT_REGISTER_REQ_SIZE, &rq2), 0);
+	CHECK(rq2.size == rq.size);
+	CHECK_EQ(rq2.flags, 0);
+
+	CHECK_EQ(kvt_register_rep_encode(&rp, buf, sizeof(buf)), KVT_REGISTER_REP_SIZE);
+	CHECK_RC(kvt_register_rep_decode(buf, KVT_REGISTER_REP_SIZE, &rp2), 0);
+	CHECK_EQ(rp2.region_id, 0xdeadbeef);
+
+	CHECK_EQ(kvt_unregister_req_encode(&ur, buf, sizeof(buf)), KVT_UNREGISTER_REQ_SIZE);
+	CHECK_RC(kvt_unregister_req_decode(buf, KVT_UNREGISTER_REQ_SIZE, &ur2), 0);
+	CHECK_EQ(ur2.region_id, 42);
+}
+
+TEST(register_malformed)
+{
+	uint8_t buf[32];
+	struct kvt_register_req rq = { .size = 4096 };
+	struct kvt_register_rep rp = { .region_id = 1 };
+	struct kvt_unregister_req ur = { .region_id = 1 };
+
+	kvt_register_req_encode(&rq, buf, sizeof(buf));
+	check_truncations(dec_register_req, buf, KVT_REGISTER_REQ_SIZE, KVT_EBADMSG);
+	check_reserved(dec_register_req, buf, KVT_REGISTER_REQ_SIZE, 8, 8, KVT_ERESERVED);
+	rq.flags = 1; /* encoded as given, refused by the decoder */
+	kvt_register_req_encode(&rq, buf, sizeof(buf));
+	CHECK_RC(dec_exact(dec_register_req, buf, KVT_REGISTER_REQ_SIZE), KVT_ERESERVED);
+
+	kvt_register_rep_encode(&rp, buf, sizeof(buf));
+	check_truncations(dec_register_rep, buf, KVT_REGISTER_REP_SIZE, KVT_EBADMSG);
+	check_reserved(dec_register_rep, buf, KVT_REGISTER_REP_SIZE, 4, 4, KVT_ERESERVED);
+
+	kvt_unregister_req_encode(&ur, buf, sizeof(buf));
+	check_truncations(dec_unregister_req, buf, KVT_UNREGISTER_REQ_SIZE, KVT_EBADMSG);
+	check_reserved(dec_unregister_req, buf, KVT_UNREGISTER_REQ_SIZE, 4, 4, KVT_ERESERVED);
+}
+
+/* ---- batches ------------------------------------------------------------- */
+
+/* A PUT body of n items into buf; returns its length. */
+static size_t build_put(uint8_t *buf, size_t cap, uint32_t n)
+{
+	CHECK(kvt_batch_size(n, KVT_PUT_ITEM_SIZE) <= cap);
+	CHECK_EQ(kvt_batch_prefix_encode(n, buf, cap), 8);
+	for (uint32_t i = 0; i < n; i++) {
+		struct kvt_put_wire it = {
+			.key = key_n((uint8_t)i),
+			.parent = i ? key_n((uint8_t)(i - 1)) : (kvt_key){ { 0 } },
+			.region_id = 1 + i,
+			.offset = (uint64_t)i << 33,
+			.length = 65536 + i,
+			.desc = desc_n((uint16_t)i),
+		};
+		kvt_put_item_encode(&it, buf + 8 + (size_t)i * KVT_PUT_ITEM_SIZE);
+	}
+	return kvt_batch_size(n, KVT_PUT_ITEM_SIZE);
+}
+
+static size_t build_get(uint8_t *buf, size_t cap, uint32_t n)
+{
+	CHECK(kvt_batch_size(n, KVT_GET_ITEM_SIZE) <= cap);
+	CHECK_EQ(kvt_batch_prefix_encode(n, buf, cap), 8);
+	for (uint32_t i = 0; i < n; i++) {
+		struct kvt_get_wire it = {
+			.key = key_n((uint8_t)i),
+			.region_id = 7,
+			.offset = 4096ull * i,
+			.capacity = UINT64_MAX - i,
+		};
+		kvt_get_item_encode(&it, buf + 8 + (size_t)i * KVT_GET_ITEM_SIZE);
+	}
+	return kvt_batch_size(n, KVT_GET_ITEM_SIZE);
+}
+
+static size_t build_keys(uint8_t *buf, size_t cap, uint32_t n)
+{
+	CHECK(kvt_batch_size(n, KVT_KEY_SIZE) <= cap);
+	CHECK_EQ(kvt_batch_prefix_encode(n, buf, cap), 8);
+	for (uint32_t i = 0; i < n; i++) {
+		kvt_key k = key_n((uint8_t)i);
+		kvt_key_encode(&k, buf + 8 + (size_t)i * KVT_KEY_SIZE);
+	}
+	return kvt_batch_size(n, KVT_KEY_SIZE);
+}
+
+TEST(put_batch_roundtrip)
+{
+	uint8_t buf[8 + 5 * KVT_PUT_ITEM_SIZE];
+	struct kvt_batch b;
+	size_t len = build_put(buf, sizeof(buf), 5);
+
+	CHECK_EQ(len, 8 + 5 * 72);
+	CHECK_RC(kvt_batch_decode(buf, len, KVT_PUT_ITEM_SIZE, 5, &b), 0);
+	CHECK_EQ(b.count, 5);
+	CHECK_EQ(b.flags, 0);
+	CHECK(b.items == buf + 8);
+	CHECK_EQ(b.item_size, KVT_PUT_ITEM_SIZE);
+	for (uint32_t i = 0; i < 5; i++) {
+		struct kvt_put_wire it;
+		const uint8_t *p = b.items + i * KVT_PUT_ITEM_SIZE;
+		CHECK_RC(kvt_put_item_decode(p, &it), 0);
+		kvt_key k = key_n((uint8_t)i);
+		kvt_block_desc d = desc_n((uint16_t)i);
+		CHECK(kvt_key_equal(&it.key, &k));
+		CHECK(i ? !kvt_key_is_zero(&it.parent) : kvt_key_is_zero(&it.parent));
+		CHECK_EQ(it.region_id, 1 + i);
+		CHECK(it.offset == (uint64_t)i << 33);
+		CHECK(it.length == 65536 + i);
+		CHECK(desc_eq(&it.desc, &d));
+		/* documented offsets */
+		CHECK_EQ(kvt_get32(p + 32), 1 + i);
+		CHECK(kvt_get64(p + 48) == 65536 + i);
+		CHECK_EQ(kvt_get16(p + 56), KVT_DTYPE_BF16);
+		CHECK_EQ(kvt_get32(p + 64), 16 + i);
+	}
+}
+
+TEST(get_batch_roundtrip)
+{
+	uint8_t buf[8 + 3 * KVT_GET_ITEM_SIZE];
+	struct kvt_batch b;
+	size_t len = build_get(buf, sizeof(buf), 3);
+
+	CHECK_EQ(len, 8 + 3 * 40);
+	CHECK_RC(kvt_batch_decode(buf, len, KVT_GET_ITEM_SIZE, 4096, &b), 0);
+	CHECK_EQ(b.count, 3);
+	for (uint32_t i = 0; i < 3; i++) {
+		struct kvt_get_wire it;
+		const uint8_t *p = b.items + i * KVT_GET_ITEM_SIZE;
+		CHECK_RC(kvt_get_item_decode(p, &it), 0);
+		kvt_key k = key_n((uint8_t)i);
+		CHECK(kvt_key_equal(&it.key, &k));
+		CHECK_EQ(it.region_id, 7);
+		CHECK(it.offset == 4096ull * i);
+		CHECK(it.capacity == UINT64_MAX - i);
+		CHECK(kvt_get64(p + 24) == 4096ull * i);
+	}
+}
+
+TEST(key_batch_roundtrip)
+{
+	uint8_t buf[8 + 4 * KVT_KEY_SIZE];
+	struct kvt_batch b;
+	size_t len = build_keys(buf, sizeof(buf), 4);
+
+	CHECK_RC(kvt_batch_decode(buf, len, KVT_KEY_SIZE, 4, &b), 0);
+	CHECK_EQ(b.count, 4);
+	for (uint32_t i = 0; i < 4; i++) {
+		kvt_key k, want = key_n((uint8_t)i);
+		kvt_key_decode(b.items + i * KVT_KEY_SIZE, &k);
+		CHECK(kvt_key_equal(&k, &want));
+	}
+	/* An empty batch is well-formed. */
+	len = build_keys(buf, sizeof(buf), 0);
+	CHECK_EQ(len, 8);
+	CHECK_RC(kvt_batch_decode(buf, len, KVT_KEY_SIZE, 4, &b), 0);
+	CHECK_EQ(b.count, 0);
+}
+
+TEST(batch_malformed)
+{
+	uint8_t buf[8 + 3 * KVT_PUT_ITEM_SIZE + 1], tmp[sizeof(buf)];
+	size_t len;
+
+	g_max_batch = 4096;
+	g_item_size = KVT_PUT_ITEM_SIZE;
+	len = build_put(buf, sizeof(buf), 3);
+	check_truncations(dec_batch, buf, len, KVT_EBADMSG);
+	check_reserved(dec_batch, buf, len, 4, 4, KVT_ERESERVED);
+
+	g_item_size = KVT_GET_ITEM_SIZE;
+	len = build_get(buf, sizeof(buf), 3);
+	check_truncations(dec_batch, buf, len, KVT_EBADMSG);
+	check_reserved(dec_batch, buf, len, 4, 4, KVT_ERESERVED);
+
+	g_item_size = KVT_KEY_SIZE;
+	len = build_keys(buf, sizeof(buf), 3);
+	check_truncations(dec_batch, buf, len, KVT_EBADMSG);
+	/* count one off either way with the body unchanged */
+	memcpy(tmp, buf, len);
+	kvt_put32(tmp, 2);
+	CHECK_RC(dec_exact(dec_batch, tmp, len), KVT_EBADMSG);
+	kvt_put32(tmp, 4);
+	CHECK_RC(dec_exact(dec_batch, tmp, len), KVT_EBADMSG);
+	/* an item size that is not the message's */
+	g_item_size = KVT_GET_ITEM_SIZE;
+	CHECK_RC(dec_exact(dec_batch, buf, len), KVT_EBADMSG);
+	struct kvt_batch b;
+	CHECK_RC(kvt_batch_decode(buf, len, 0, 4096, &b), KVT_EINVAL);
+}
+
+TEST(batch_count_over_max)
+{
+	uint8_t buf[8 + 5 * KVT_KEY_SIZE];
+	struct kvt_batch b;
+	size_t len = build_keys(buf, sizeof(buf), 5);
+
+	CHECK_RC(kvt_batch_decode(buf, len, KVT_KEY_SIZE, 5, &b), 0);
+	CHECK_RC(kvt_batch_decode(buf, len, KVT_KEY_SIZE, 4, &b), KVT_E2BIG);
+	CHECK_RC(kvt_batch_decode(buf, len, KVT_KEY_SIZE, 0, &b), KVT_E2BIG);
+	/* E2BIG is judged from the prefix alone: the body need not be there. */
+	kvt_put32(buf, 100000);
+	CHECK_RC(kvt_batch_decode(buf, 8, KVT_KEY_SIZE, 4096, &b), KVT_E2BIG);
+	kvt_put32(buf, UINT32_MAX);
+	CHECK_RC(kvt_batch_decode(buf, 8, KVT_KEY_SIZE, 4096, &b), KVT_E2BIG);
+}
+
+TEST(batch_size_overflow)
+{
+	uint8_t buf[64];
+	struct kvt_batch b;
+
+	CHECK(kvt_batch_size(UINT32_MAX, SIZE_MAX) == SIZE_MAX);
+	CHECK(kvt_batch_size(2, SIZE_MAX / 2 + 1) == SIZE_MAX);
+	CHECK(kvt_batch_size(1, SIZE_MAX - 7) == SIZE_MAX);
+	CHECK(kvt_batch_size(1, SIZE_MAX - 8) == SIZE_MAX);
+	CHECK_EQ(kvt_batch_size(3, 72), 8 + 216);
+	CHECK(kvt_batch_size(UINT32_MAX, 72) == 8 + (size_t)UINT32_MAX * 72);
+
+	/* count * item_size wraps to exactly the bytes present: still refused */
+	memset(buf, 0, sizeof(buf));
+	kvt_put32(buf, 2);
+	CHECK_RC(kvt_batch_decode(buf, 8, SIZE_MAX / 2 + 1, UINT32_MAX, &b), KVT_EBADMSG);
+	kvt_put32(buf, 16);
+	CHECK_RC(kvt_batch_decode(buf, 8 + 16, (SIZE_MAX >> 4) + 2, UINT32_MAX, &b),
+		 KVT_EBADMSG);
+	/* encoders refuse sizes they cannot write (before touching the buffer) */
+	int32_t st = 0;
+	struct kvt_get_result r = { 0 };
+	uint8_t tier = 1;
+	CHECK_RC(kvt_status_rep_encode(&st, UINT32_MAX, buf, sizeof(buf)), KVT_EMSGSIZE);
+	CHECK_RC(kvt_get_rep_encode(&r, UINT32_MAX, buf, sizeof(buf)), KVT_EMSGSIZE);
+	CHECK_RC(kvt_lookup_rep_encode(UINT32_MAX, &tier, buf, sizeof(buf)), KVT_EMSGSIZE);
+	CHECK_RC(kvt_status_rep_encode(&st, UINT32_MAX, buf, SIZE_MAX), KVT_EMSGSIZE);
+}
+
+TEST(item_reserved_fields)
+{
+	uint8_t buf[8 + KVT_PUT_ITEM_SIZE], g[8 + KVT_GET_ITEM_SIZE], d[KVT_DESC_SIZE];
+	struct kvt_put_wire pw;
+	struct kvt_get_wire gw;
+	kvt_block_desc desc = desc_n(1), back;
+
+	build_put(buf, sizeof(buf), 1);
+	uint8_t *p = buf + 8;
+	CHECK_RC(kvt_put_item_decode(p, &pw), 0);
+	for (int off = 36; off < 40; off++) { /* item reserved */
+		p[off] = 1;
+		CHECK_RC(kvt_put_item_decode(p, &pw), KVT_ERESERVED);
+		p[off] = 0;
+	}
+	for (int off = 56 + 6; off < 56 + 8; off++) { /* desc reserved0 */
+		p[off] = 1;
+		CHECK_RC(kvt_put_item_decode(p, &pw), KVT_ERESERVED);
+		p[off] = 0;
+	}
+	for (int off = 56 + 12; off < 56 + 16; off++) { /* desc reserved1 */
+		p[off] = 0x80;
+		CHECK_RC(kvt_put_item_decode(p, &pw), KVT_ERESERVED);
+		p[off] = 0;
+	}
+	CHECK_RC(kvt_put_item_decode(p, &pw), 0);
+
+	build_get(g, sizeof(g), 1);
+	for (int off = 20; off < 24; off++) {
+		g[8 + off] = 1;
+		CHECK_RC(kvt_get_item_decode(g + 8, &gw), KVT_ERESERVED);
+		g[8 + off] = 0;
+	}
+	CHECK_RC(kvt_get_item_decode(g + 8, &gw), 0);
+
+	/* the descriptor encodes its reserved fields as given, and the decoder
+	 * refuses them */
+	kvt_desc_encode(&desc, d);
+	CHECK_RC(kvt_desc_decode(d, &back), 0);
+	CHECK(desc_eq(&desc, &back));
+	desc.reserved0 = 1;
+	kvt_desc_encode(&desc, d);
+	CHECK_RC(kvt_desc_decode(d, &back), KVT_ERESERVED);
+	desc.reserved0 = 0;
+	desc.reserved1 = 0x10000;
+	kvt_desc_encode(&desc, d);
+	CHECK_RC(kvt_desc_decode(d, &back), KVT_ERESERVED);
+}
+
+/* ---- replies -------------------------------------------------------------- */
+
+TEST(status_rep_roundtrip)
+{
+	int32_t st[4] = { 0, KVT_ENOENT, KVT_EPINNED, INT32_MIN }, back[4] = { 1, 1, 1, 1 };
+	uint8_t buf[64];
+
+	int n = kvt_status_rep_encode(st, 4, buf, sizeof(buf));
+	CHECK_EQ(n, 8 + 16);
+	CHECK_EQ(kvt_status_rep_size(4), 24);
+	CHECK_RC(kvt_status_rep_decode(buf, (size_t)n, 4, back), 0);
+	for (int i = 0; i < 4; i++)
+		CHECK_EQ(back[i], st[i]);
+	CHECK_RC(kvt_status_rep_decode(buf, (size_t)n, 4, NULL), 0);
+	n = kvt_status_rep_encode(NULL, 0, buf, sizeof(buf));
+	CHECK_EQ(n, 8);
+	CHECK_RC(kvt_status_rep_decode(buf, 8, 0, NULL), 0);
+	CHECK_RC(kvt_status_rep_encode(NULL, 1, buf, sizeof(buf)), KVT_EINVAL);
+}
+
+TEST(status_rep_malformed)
+{
+	int32_t st[3] = { 0, KVT_ENOENT, 0 }, back[3] = { 7, 7, 7 };
+	uint8_t buf[64];
+	int n = kvt_status_rep_encode(st, 3, buf, sizeof(buf));
+
+	g_count = 3;
+	check_truncations(dec_status_rep, buf, (size_t)n, KVT_EBADMSG);
+	check_reserved(dec_status_rep, buf, (size_t)n, 4, 4, KVT_ERESERVED);
+	/* a reply for a batch of another size */
+	CHECK_RC(kvt_status_rep_decode(buf, (size_t)n, 2, back), KVT_EBADMSG);
+	CHECK_RC(kvt_status_rep_decode(buf, (size_t)n, 4, back), KVT_EBADMSG);
+	/* a positive status is not a status */
+	kvt_put32(buf + 8 + 4, 5);
+	CHECK_RC(kvt_status_rep_decode(buf, (size_t)n, 3, back), KVT_EBADMSG);
+	/* nothing written on failure */
+	for (int i = 0; i < 3; i++)
+		CHECK_EQ(back[i], 7);
+}
+
+TEST(get_rep_roundtrip)
+{
+	struct kvt_get_result r[3] = {
+		{ .status = 0, .length = 65536, .desc = desc_n(0) },
+		{ .status = KVT_ENOBUFS, .length = 1ull << 40 },
+		{ .status = KVT_ENOENT },
+	};
+	struct kvt_get_result back[3];
+	uint8_t buf[8 + 3 * 32];
+
+	int n = kvt_get_rep_encode(r, 3, buf, sizeof(buf));
+	CHECK_EQ(n, 8 + 3 * 32);
+	CHECK_EQ(kvt_get_rep_size(3), (size_t)n);
+	memset(back, 0xaa, sizeof(back));
+	CHECK_RC(kvt_get_rep_decode(buf, (size_t)n, 3, back), 0);
+	for (int i = 0; i < 3; i++) {
+		CHECK_EQ(back[i].status, r[i].status);
+		CHECK(back[i].length == r[i].length);
+		CHECK(desc_eq(&back[i].desc, &r[i].desc));
+	}
+	CHECK(kvt_get64(buf + 8 + 32 + 8) == 1ull << 40);
+	CHECK_EQ((int32_t)kvt_get32(buf + 8 + 32), KVT_ENOBUFS);
+}
+
+TEST(get_rep_malformed)
+{
+	struct kvt_get_result r[2] = { { .status = 0, .length = 10, .desc = desc_n(1) },
+				       { .status = KVT_ENOENT } };
+	struct kvt_get_result back[2];
+	uint8_t buf[8 + 2 * 32];
+	int n = kvt_get_rep_encode(r, 2, buf, sizeof(buf));
+
+	g_count = 2;
+	check_truncations(dec_get_rep, buf, (size_t)n, KVT_EBADMSG);
+	check_reserved(dec_get_rep, buf, (size_t)n, 4, 4, KVT_ERESERVED);
+	for (int item = 0; item < 2; item++) {
+		size_t base = 8 + (size_t)item * 32;
+		check_reserved(dec_get_rep, buf, (size_t)n, base + 4, 4, KVT_ERESERVED);
+		check_reserved(dec_get_rep, buf, (size_t)n, base + 16 + 6, 2, KVT_ERESERVED);
+		check_reserved(dec_get_rep, buf, (size_t)n, base + 16 + 12, 4, KVT_ERESERVED);
+	}
+	CHECK_RC(kvt_get_rep_decode(buf, (size_t)n, 1, back), KVT_EBADMSG);
+	CHECK_RC(kvt_get_rep_decode(buf, (size_t)n, 3, back), KVT_EBADMSG);
+	kvt_put32(buf + 8 + 32, 1);
+	memset(back, 0x5a, sizeof(back));
+	CHECK_RC(kvt_get_rep_decode(buf, (size_t)n, 2, back), KVT_EBADMSG);
+	CHECK_EQ(back[0].status, 0x5a5a5a5a); /* untouched */
+}
+
+TEST(lookup_rep_roundtrip)
+{
+	uint8_t tiers[3] = { KVT_TIER_HOST, KVT_TIER_HBM, KVT_TIER_NVME }, back[8];
+	uint8_t buf[16];
+	uint32_t found = 99;
+
+	int n = kvt_lookup_rep_encode(3, tiers, buf, sizeof(buf));
+	CHECK_EQ(n, 11);
+	CHECK_EQ(kvt_lookup_rep_size(3), 11);
+	memset(back, 0xee, sizeof(back));
+	CHECK_RC(kvt_lookup_rep_decode(buf, 11, 8, &found, back), 0);
+	CHECK_EQ(found, 3);
+	CHECK(memcmp(back, tiers, 3) == 0);
+	CHECK_EQ(back[3], 0xee);
+	CHECK_RC(kvt_lookup_rep_decode(buf, 11, 3, &found, NULL), 0);
+	n = kvt_lookup_rep_encode(0, NULL, buf, sizeof(buf));
+	CHECK_EQ(n, 8);
+	CHECK_RC(kvt_lookup_rep_decode(buf, 8, 0, &found, NULL), 0);
+	CHECK_EQ(found, 0);
+	CHECK_RC(kvt_lookup_rep_encode(1, NULL, buf, sizeof(buf)), KVT_EINVAL);
+}
+
+TEST(lookup_rep_malformed)
+{
+	uint8_t tiers[3] = { 1, 1, 1 }, back[3] = { 9, 9, 9 };
+	uint8_t buf[16];
+	uint32_t found = 77;
+	int n = kvt_lookup_rep_encode(3, tiers, buf, sizeof(buf));
+
+	g_count = 3;
+	check_truncations(dec_lookup_rep, buf, (size_t)n, KVT_EBADMSG);
+	check_reserved(dec_lookup_rep, buf, (size_t)n, 4, 4, KVT_ERESERVED);
+	/* found > asked */
+	CHECK_RC(kvt_lookup_rep_decode(buf, (size_t)n, 2, &found, back), KVT_EBADMSG);
+	CHECK_RC(kvt_lookup_rep_decode(buf, (size_t)n, 0, &found, back), KVT_EBADMSG);
+	CHECK_EQ(found, 77);
+	CHECK_EQ(back[0], 9);
+	/* found > asked is refused before the length is looked at */
+	kvt_put32(buf, UINT32_MAX);
+	CHECK_RC(kvt_lookup_rep_decode(buf, 8, 3, &found, back), KVT_EBADMSG);
+	/* unknown tier */
+	kvt_lookup_rep_encode(3, tiers, buf, sizeof(buf));
+	buf[9] = KVT_TIER_NVME + 1;
+	CHECK_RC(kvt_lookup_rep_decode(buf, (size_t)n, 3, &found, back), KVT_EBADMSG);
+	CHECK_EQ(back[0], 9);
+}
+
+/* ---- STATS ---------------------------------------------------------------- */
+
+TEST(stats_roundtrip)
+{
+	uint8_t buf[512];
+	struct kvt_stats_writer w;
+	struct kvt_stat_entry e;
+	size_t pos = 0;
+	uint32_t count = 0;
+
+	kvt_stats_writer_init(&w, buf, sizeof(buf));
+	CHECK_RC(kvt_stats_writer_text(&w, "server.version", "0.1.0"), 0);
+	CHECK_RC(kvt_stats_writer_u64(&w, "server.pid", 4242), 0);
+	CHECK_RC(kvt_stats_writer_u64(&w, "tenant.1000.bytes", UINT64_MAX), 0);
+	CHECK_RC(kvt_stats_writer_text(&w, "t0.reason", ""), 0);
+	CHECK_RC(kvt_stats_writer_text(&w, "t1.hugepages", NULL), 0);
+	size_t len = kvt_stats_writer_finish(&w);
+	CHECK_EQ(len, 8 + (8 + 14 + 5) + (8 + 10 + 8) + (8 + 17 + 8) + (8 + 9) + (8 + 12));
+
+	CHECK_RC(kvt_stats_rep_count(buf, len, &count), 0);
+	CHECK_EQ(count, 5);
+	/* first entry at documented offsets */
+	CHECK_EQ(buf[8], KVT_STAT_TEXT);
+	CHECK_EQ(kvt_get16(buf + 10), 14);
+	CHECK_EQ(kvt_get32(buf + 12), 5);
+	CHECK(memcmp(buf + 16, "server.version0.1.0", 19) == 0);
+
+	CHECK_EQ(kvt_stats_rep_next(buf, len, &pos, &e), 1);
+	CHECK_EQ(e.kind, KVT_STAT_TEXT);
+	CHECK(e.name_len == 14 && memcmp(e.name, "server.version", 14) == 0);
+	CHECK(e.text_len == 5 && memcmp(e.text, "0.1.0", 5) == 0);
+	CHECK_EQ(e.value, 0);
+	CHECK_EQ(kvt_stats_rep_next(buf, len, &pos, &e), 1);
+	CHECK_EQ(e.kind, KVT_STAT_U64);
+	CHECK(e.name_len == 10 && memcmp(e.name, "server.pid", 10) == 0);
+	CHECK_EQ(e.value, 4242);
+	CHECK(e.text == NULL);
+	CHECK_EQ(kvt_stats_rep_next(buf, len, &pos, &e), 1);
+	CHECK(e.value == UINT64_MAX);
+	CHECK_EQ(kvt_stats_rep_next(buf, len, &pos, &e), 1);
+	CHECK(e.kind == KVT_STAT_TEXT && e.text_len == 0);
+	CHECK_EQ(kvt_stats_rep_next(buf, len, &pos, &e), 1);
+	CHECK(e.kind == KVT_STAT_TEXT && e.text_len == 0);
+	CHECK_EQ(kvt_stats_rep_next(buf, len, &pos, &e), 0);
+	CHECK_EQ(pos, len);
+	CHECK_EQ(kvt_stats_rep_next(buf, len, &pos, &e), 0); /* stays at the end */
+	/* positions the caller made up are checked, not trusted */
+	pos = 3;
+	CHECK_RC(kvt_stats_rep_next(buf, len, &pos, &e), KVT_EBADMSG);
+	pos = len + 1;
+	CHECK_RC(kvt_stats_rep_next(buf, len, &pos, &e), KVT_EBADMSG);
+	pos = 9; /* inside the first entry */
+	CHECK(kvt_stats_rep_next(buf, len, &pos, &e) < 0);
+
+	/* empty reply */
+	kvt_stats_writer_init(&w, buf, sizeof(buf));
+	CHECK_EQ(kvt_stats_writer_finish(&w), 8);
+	CHECK_RC(dec_stats(buf, 8), 0);
+}
+
+TEST(stats_writer_limits)
+{
+	uint8_t buf[2048];
+	struct kvt_stats_writer w;
+	char name[KVT_STAT_NAME_MAX + 2];
+	char text[KVT_STAT_TEXT_MAX + 2];
+
+	kvt_stats_writer_init(&w, buf, sizeof(buf));
+	memset(name, 'n', sizeof(name));
+	name[KVT_STAT_NAME_MAX + 1] = 0;
+	CHECK_RC(kvt_stats_writer_u64(&w, name, 1), KVT_EINVAL);
+	name[KVT_STAT_NAME_MAX] = 0;
+	CHECK_RC(kvt_stats_writer_u64(&w, name, 1), 0);
+	CHECK_RC(kvt_stats_writer_u64(&w, "", 1), KVT_EINVAL);
+	CHECK_RC(kvt_stats_writer_u64(&w, NULL, 1), KVT_EINVAL);
+	CHECK_RC(kvt_stats_writer_u64(&w, "has space", 1), KVT_EINVAL);
+	CHECK_RC(kvt_stats_writer_u64(&w, "tab\there", 1), KVT_EINVAL);
+	memset(text, 't', sizeof(text));
+	text[KVT_STAT_TEXT_MAX + 1] = 0;
+	CHECK_RC(kvt_stats_writer_text(&w, "x", text), KVT_EINVAL);
+	text[KVT_STAT_TEXT_MAX] = 0;
+	CHECK_RC(kvt_stats_writer_text(&w, "x", text), 0);
+	CHECK_RC(kvt_stats_writer_text(&w, "y", "line\nbreak"), KVT_EINVAL);
+	CHECK_EQ(w.count, 2);
+	size_t len = kvt_stats_writer_finish(&w);
+	CHECK_EQ(len, 8 + 8 + 128 + 8 + 8 + 1 + 1024);
+	CHECK_RC(dec_stats(buf, len), 0);
+
+	/* full: refused, and the writer (and the bytes past it) are unchanged */
+	uint8_t small[8 + (8 + 4 + 8) + (8 + 1 + 2)];
+	memset(small, 0xcc, sizeof(small));
+	kvt_stats_writer_init(&w, small, sizeof(small));
+	CHECK_RC(kvt_stats_writer_u64(&w, "abcd", 1), 0);
+	size_t before = w.len;
+	CHECK_RC(kvt_stats_writer_u64(&w, "e", 2), KVT_EMSGSIZE);
+	CHECK_RC(kvt_stats_writer_text(&w, "e", "abc"), KVT_EMSGSIZE);
+	CHECK_EQ(w.len, before);
+	CHECK_EQ(w.count, 1);
+	for (size_t i = before; i < sizeof(small); i++)
+		CHECK_EQ(small[i], 0xcc);
+	CHECK_RC(kvt_stats_writer_text(&w, "e", "ab"), 0); /* exactly fits */
+	CHECK_EQ(kvt_stats_writer_finish(&w), sizeof(small));
+	CHECK_RC(dec_stats(small, sizeof(small)), 0);
+
+	/* no room even for the prefix */
+	kvt_stats_writer_init(&w, small, 7);
+	CHECK_RC(kvt_stats_writer_u64(&w, "a", 1), KVT_EMSGSIZE);
+	CHECK_EQ(kvt_stats_writer_finish(&w), 0);
+}
+
+/* A valid two-entry STATS body: u64 "a.b" = 5, text "c" = "xy". */
+static size_t build_stats(uint8_t *buf, size_t cap)
+{
+	struct kvt_stats_writer w;
+	kvt_stats_writer_init(&w, buf, cap);
+	CHECK_RC(kvt_stats_writer_u64(&w, "a.b", 5), 0);
+	CHECK_RC(kvt_stats_writer_text(&w, "c", "xy"), 0);
+	return kvt_stats_writer_finish(&w);
+}
+
+TEST(stats_malformed)
+{
+	uint8_t buf[256], tmp[256];
+	size_t len = build_stats(buf, sizeof(buf));
+	const size_t e1 = 8, e2 = 8 + 8 + 3 + 8; /* entry offsets */
+	uint32_t count;
+
+	CHECK_EQ(len, e2 + 8 + 1 + 2);
+	check_truncations(dec_stats, buf, len, KVT_EBADMSG);
+	check_reserved(dec_stats, buf, len, 4, 4, KVT_ERESERVED);
+	check_reserved(dec_stats, buf, len, e1 + 1, 1, KVT_ERESERVED);
+	check_reserved(dec_stats, buf, len, e2 + 1, 1, KVT_ERESERVED);
+
+#define MUTATE(stmt, want)                                       \
+	do {                                                     \
+		memcpy(tmp, buf, len);                           \
+		stmt;                                            \
+		CHECK_RC(dec_exact(dec_stats, tmp, len), want);  \
+	} while (0)
+	MUTATE(kvt_put32(tmp, 1), KVT_EBADMSG);	 /* fewer than present */
+	MUTATE(kvt_put32(tmp, 3), KVT_EBADMSG);	 /* more than present */
+	MUTATE(kvt_put32(tmp, UINT32_MAX), KVT_EBADMSG);
+	MUTATE(tmp[e1] = 0, KVT_EBADMSG);		 /* unknown kinds */
+	MUTATE(tmp[e1] = 3, KVT_EBADMSG);
+	MUTATE(tmp[e2] = KVT_STAT_U64, KVT_EBADMSG); /* u64 with 2 value bytes */
+	MUTATE(kvt_put16(tmp + e1 + 2, 0), KVT_EBADMSG); /* empty name */
+	MUTATE(kvt_put16(tmp + e1 + 2, 4), KVT_EBADMSG); /* name runs into value */
+	MUTATE(kvt_put32(tmp + e1 + 4, 7), KVT_EBADMSG);
+	MUTATE(kvt_put32(tmp + e1 + 4, 9), KVT_EBADMSG);
+	MUTATE(kvt_put32(tmp + e2 + 4, UINT32_MAX), KVT_EBADMSG);
+	MUTATE(kvt_put16(tmp + e2 + 2, UINT16_MAX), KVT_EBADMSG);
+	MUTATE(tmp[e1 + 8 + 1] = ' ', KVT_EBADMSG);	 /* space in a name */
+	MUTATE(tmp[e2 + 8 + 1] = 0, KVT_EBADMSG);	 /* NUL in a text */
+	MUTATE(tmp[e2 + 8 + 1] = 0x1b, KVT_EBADMSG);	 /* ESC in a text */
+#undef MUTATE
+
+	/* trailing garbage after the declared entries */
+	memcpy(tmp, buf, len);
+	tmp[len] = 0;
+	CHECK_RC(dec_exact(dec_stats, tmp, len + 1), KVT_EBADMSG);
+	/* a third, well-formed entry that the count does not mention */
+	struct kvt_stats_writer w;
+	kvt_stats_writer_init(&w, tmp, sizeof(tmp));
+	CHECK_RC(kvt_stats_writer_u64(&w, "a.b", 5), 0);
+	CHECK_RC(kvt_stats_writer_text(&w, "c", "xy"), 0);
+	CHECK_RC(kvt_stats_writer_u64(&w, "d", 1), 0);
+	size_t l3 = kvt_stats_writer_finish(&w);
+	kvt_put32(tmp, 2);
+	CHECK_RC(dec_exact(dec_stats, tmp, l3), KVT_EBADMSG);
+
+	/* names at the limit and over it, texts at the limit and over it */
+	uint8_t big[8 + 8 + 129 + 1025];
+	memset(big, 'z', sizeof(big));
+	kvt_put32(big, 1);
+	kvt_put32(big + 4, 0);
+	big[8] = KVT_STAT_TEXT;
+	big[9] = 0;
+	kvt_put16(big + 10, 128);
+	kvt_put32(big + 12, 1024);
+	CHECK_RC(dec_exact(dec_stats, big, 8 + 8 + 128 + 1024), 0);
+	kvt_put16(big + 10, 129);
+	CHECK_RC(dec_exact(dec_stats, big, 8 + 8 + 129 + 1024), KVT_EBADMSG);
+	kvt_put16(big + 10, 128);
+	kvt_put32(big + 12, 1025);
+	CHECK_RC(dec_exact(dec_stats, big, 8 + 8 + 128 + 1025), KVT_EBADMSG);
+
+	/* a count the body cannot hold is refused, and a good one reported */
+	memset(tmp, 0, sizeof(tmp));
+	kvt_put32(tmp, 2);
+	CHECK_RC(kvt_stats_rep_count(tmp, 8 + 17, &count), KVT_EBADMSG);
+	count = 0;
+	CHECK_RC(kvt_stats_rep_count(buf, len, &count), 0);
+	CHECK_EQ(count, 2);
+	/* count validates the whole reply, not just the prefix */
+	memcpy(tmp, buf, len);
+	tmp[len - 1] = 0x01;
+	CHECK_RC(kvt_stats_rep_count(tmp, len, &count), KVT_EBADMSG);
+}
+
+/* ---- NOTICE --------------------------------------------------------------- */
+
+TEST(notice_roundtrip)
+{
+	uint8_t buf[300];
+	const char *msg;
+	uint16_t n;
+	char longmsg[400];
+
+	int len = kvt_notice_encode("idle for 600 s", buf, sizeof(buf));
+	CHECK_EQ(len, 2 + 14);
+	CHECK_EQ(kvt_get16(buf), 14);
+	CHECK_RC(kvt_notice_decode(buf, (size_t)len, &msg, &n), 0);
+	CHECK(n == 14 && memcmp(msg, "idle for 600 s", 14) == 0);
+
+	CHECK_EQ(kvt_notice_encode(NULL, buf, sizeof(buf)), 2);
+	CHECK_RC(kvt_notice_decode(buf, 2, &msg, &n), 0);
+	CHECK_EQ(n, 0);
+
+	/* long messages are cut at KVT_NOTICE_MAX, control bytes become '?' */
+	memset(longmsg, 'm', sizeof(longmsg) - 1);
+	longmsg[sizeof(longmsg) - 1] = 0;
+	longmsg[3] = '\n';
+	len = kvt_notice_encode(longmsg, buf, sizeof(buf));
+	CHECK_EQ(len, 2 + KVT_NOTICE_MAX);
+	CHECK_RC(kvt_notice_decode(buf, (size_t)len, &msg, &n), 0);
+	CHECK_EQ(n, KVT_NOTICE_MAX);
+	CHECK_EQ(msg[3], '?');
+	CHECK_EQ(msg[4], 'm');
+}
+
+TEST(notice_malformed)
+{
+	uint8_t buf[300];
+	int len = kvt_notice_encode("bad magic", buf, sizeof(buf));
+
+	check_truncations(dec_notice, buf, (size_t)len, KVT_EBADMSG);
+	kvt_put16(buf, 8);
+	CHECK_RC(dec_exact(dec_notice, buf, (size_t)len), KVT_EBADMSG);
+	kvt_put16(buf, 10);
+	CHECK_RC(dec_exact(dec_notice, buf, (size_t)len), KVT_EBADMSG);
+	memset(buf, 'q', sizeof(buf));
+	kvt_put16(buf, KVT_NOTICE_MAX + 1);
+	CHECK_RC(dec_exact(dec_notice, buf, 2 + KVT_NOTICE_MAX + 1), KVT_EBADMSG);
+	kvt_put16(buf, KVT_NOTICE_MAX);
+	CHECK_RC(dec_exact(dec_notice, buf, 2 + KVT_NOTICE_MAX), 0);
+	buf[10] = 0;
+	CHECK_RC(dec_exact(dec_notice, buf, 2 + KVT_NOTICE_MAX), KVT_EBADMSG);
+}
+
+/* ---- encoders and capacity ------------------------------------------------ */
+
+TEST(encoders_leave_short_buffers_alone)
+{
+	uint8_t buf[256];
+	struct kvt_hello_req hq = { .min_version = 1, .max_version = 1, .name = "x", .name_len = 1 };
+	struct kvt_hello_rep hp = sample_hello_rep();
+	struct kvt_register_req rq = { .size = 1 };
+	struct kvt_register_rep rp = { .region_id = 1 };
+	struct kvt_unregister_req ur = { .region_id = 1 };
+	int32_t st[2] = { 0, 0 };
+	struct kvt_get_result gr[2] = { { 0 }, { 0 } };
+	uint8_t tiers[2] = { 1, 1 };
+
+#define SHORT(call_cap, need)                                                  \
+	do {                                                                   \
+		memset(buf, 0x5c, sizeof(buf));                                \
+		size_t cap_ = (need) - 1;                                      \
+		int short_rc = (call_cap);                                          \
+		CHECK_RC(short_rc, KVT_EMSGSIZE);                                   \
+		for (size_t i_ = 0; i_ < sizeof(buf); i_++)                    \
+			CHECK_MSG(buf[i_] == 0x5c, "byte %zu written", i_);    \
+		cap_ = (need);                                                 \
+		CHECK_EQ((call_cap), (int)(need));                             \
+	} while (0)
+	SHORT(kvt_hello_req_encode(&hq, buf, cap_), 11);
+	SHORT(kvt_hello_rep_encode(&hp, buf, cap_), 55);
+	SHORT(kvt_register_req_encode(&rq, buf, cap_), 16);
+	SHORT(kvt_register_rep_encode(&rp, buf, cap_), 8);
+	SHORT(kvt_unregister_req_encode(&ur, buf, cap_), 8);
+	SHORT(kvt_batch_prefix_encode(3, buf, cap_), 8);
+	SHORT(kvt_status_rep_encode(st, 2, buf, cap_), 16);
+	SHORT(kvt_get_rep_encode(gr, 2, buf, cap_), 72);
+	SHORT(kvt_lookup_rep_encode(2, tiers, buf, cap_), 10);
+	SHORT(kvt_notice_encode("hello", buf, cap_), 7);
+#undef SHORT
+}
+
+/* ---- mutation loop -------------------------------------------------------- */
+
+static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
+
+static uint64_t rng(void)
+{
+	/* xorshift64*: deterministic, so a failure reproduces. */
+	rng_state ^= rng_state >> 12;
+	rng_state ^= rng_state << 25;
+	rng_state ^= rng_state >> 27;
+	return rng_state * 0x2545f4914f6cdd1dull;
+}
+
+#define SEED_MAX 600
+
+struct seed {
+	uint8_t b[SEED_MAX];
+	size_t len;
+};
+
+static void add_frame(struct seed *s, uint16_t op, bool reply, const uint8_t *body, size_t blen)
+{
+	struct kvt_hdr h = { .magic = KVT_MAGIC, .version = 1, .opcode = op,
+			     .flags = reply ? KVT_F_REPLY : 0, .body_len = (uint32_t)blen,
+			     .request_id = 0x77 };
+	CHECK(KVT_HDR_SIZE + blen <= SEED_MAX);
+	kvt_hdr_encode(&h, s->b);
+	if (blen)
+		memcpy(s->b + KVT_HDR_SIZE, body, blen);
+	s->len = KVT_HDR_SIZE + blen;
+}
+
+/* One valid frame of every message. */
+static size_t build_seeds(struct seed *s)
+{
+	uint8_t body[SEED_MAX];
+	size_t n = 0;
+	int len;
+
+	struct kvt_hello_req hq = { .min_version = 1, .max_version = 1, .name = "mut",
+				    .name_len = 3 };
+	len = kvt_hello_req_encode(&hq, body, sizeof(body));
+	add_frame(&s[n++], KVT_OP_HELLO, false, body, (size_t)len);
+	struct kvt_hello_rep hp = sample_hello_rep();
+	len = kvt_hello_rep_encode(&hp, body, sizeof(body));
+	add_frame(&s[n++], KVT_OP_HELLO, true, body, (size_t)len);
+	add_frame(&s[n++], KVT_OP_PING, false, NULL, 0);
+	struct kvt_register_req rq = { .size = 1 << 20 };
+	len = kvt_register_req_encode(&rq, body, sizeof(body));
+	add_frame(&s[n++], KVT_OP_REGISTER, false, body, (size_t)len);
+	struct kvt_register_rep rp = { .region_id = 3 };
+	len = kvt_register_rep_encode(&rp, body, sizeof(body));
+	add_frame(&s[n++], KVT_OP_REGISTER, true, body, (size_t)len);
+	add_frame(&s[n++], KVT_OP_UNREGISTER, false, body, (size_t)len);
+	add_frame(&s[n++], KVT_OP_PUT, false, body, build_put(body, sizeof(body), 2));
+	int32_t st[3] = { 0, KVT_ENOSPC, KVT_EDQUOT };
+	len = kvt_status_rep_encode(st, 2, body, sizeof(body));
+	add_frame(&s[n++], KVT_OP_PUT, true, body, (size_t)len);
+	add_frame(&s[n++], KVT_OP_GET, false, body, build_get(body, sizeof(body), 3));
+	struct kvt_get_result gr[2] = { { .status = 0, .length = 9, .desc = desc_n(2) },
+					{ .status = KVT_ENOBUFS, .length = 99 } };
+	len = kvt_get_rep_encode(gr, 2, body, sizeof(body));
+	add_frame(&s[n++], KVT_OP_GET, true, body, (size_t)len);
+	add_frame(&s[n++], KVT_OP_LOOKUP, false, body, build_keys(body, sizeof(body), 3));
+	uint8_t tiers[2] = { 1, 0 };
+	len = kvt_lookup_rep_encode(2, tiers, body, sizeof(body));
+	add_frame(&s[n++], KVT_OP_LOOKUP, true, body, (size_t)len);
+	add_frame(&s[n++], KVT_OP_DELETE, false, body, build_keys(body, sizeof(body), 2));
+	len = kvt_status_rep_encode(st, 3, body, sizeof(body));
+	add_frame(&s[n++], KVT_OP_PIN, true, body, (size_t)len);
+	add_frame(&s[n++], KVT_OP_STATS, true, body, build_stats(body, sizeof(body)));
+	len = kvt_notice_encode("frame timeout", body, sizeof(body));
+	add_frame(&s[n++], KVT_OP_NOTICE, true, body, (size_t)len);
+	return n;
+}
+
+static void mutate(uint8_t *b, size_t *len, size_t cap)
+{
+	static const uint32_t interesting[] = { 0, 1, 2, 3, 8, 0x7f, 0x80, 0xff, 0x100,
+						0xffff, 0x10000, 0x7fffffff, 0x80000000u,
+						0xffffffffu };
+	int steps = 1 + (int)(rng() % 4);
+
+	for (int s = 0; s < steps; s++) {
+		size_t l = *len;
+		switch (rng() % 7) {
+		case 0: /* flip a bit */
+			if (l)
+				b[rng() % l] ^= (uint8_t)(1u << (rng() % 8));
+			break;
+		case 1: /* random byte */
+			if (l)
+				b[rng() % l] = (uint8_t)rng();
+			break;
+		case 2: /* interesting u32 / u16 at any offset */
+			if (l >= 4) {
+				uint32_t v = interesting[rng() % (sizeof(interesting) /
+								   sizeof(interesting[0]))];
+				size_t off = rng() % (l - 3);
+				if (rng() & 1)
+					kvt_put32(b + off, v);
+				else
+					kvt_put16(b + off, (uint16_t)v);
+			}
+			break;
+		case 3: /* truncate */
+			*len = l ? rng() % l : 0;
+			break;
+		case 4: /* append */
+		{
+			size_t add = 1 + rng() % 16;
+			if (l + add > cap)
+				add = cap - l;
+			for (size_t i = 0; i < add; i++)
+				b[l + i] = (uint8_t)rng();
+			*len = l + add;
+			break;
+		}
+		case 5: /* nudge a count or length field by one */
+			if (l >= 4) {
+				size_t off = rng() % (l - 3);
+				kvt_put32(b + off, kvt_get32(b + off) + (rng() & 1 ? 1u : -1u));
+			}
+			break;
+		default: /* drop one byte from the middle */
+			if (l) {
+				size_t off = rng() % l;
+				memmove(b + off, b + off + 1, l - off - 1);
+				*len = l - 1;
+			}
+			break;
+		}
+	}
+}
+
+TEST(mutation_loop)
+{
+	struct seed seeds[20];
+	uint8_t work[SEED_MAX + 64];
+	size_t nseeds = build_seeds(seeds);
+	const long iters = 200000;
+
+	/* The seeds themselves are valid, and the oracle agrees. */
+	for (size_t i = 0; i < nseeds; i++) {
+		uint8_t *copy = malloc(seeds[i].len);
+		CHECK(copy != NULL);
+		memcpy(copy, seeds[i].b, seeds[i].len);
+		fuzz_frame(copy, seeds[i].len);
+		free(copy);
+	}
+	memset(fuzz_ok, 0, sizeof(fuzz_ok));
+	memset(fuzz_err, 0, sizeof(fuzz_err));
+
+	for (long it = 0; it < iters; it++) {
+		const struct seed *s = &seeds[rng() % nseeds];
+		size_t len = s->len;
+		memcpy(work, s->b, len);
+		/* One in eight mutates only the header, so bodies still decode. */
+		if (rng() % 8) {
+			mutate(work, &len, sizeof(work));
+		} else {
+			size_t hlen = KVT_HDR_SIZE;
+			mutate(work, &hlen, KVT_HDR_SIZE);
+			if (hlen < KVT_HDR_SIZE)
+				len = hlen;
+		}
+		/* Exact-size heap copy: any read past the end is an ASan error. */
+		uint8_t *copy = malloc(len ? len : 1);
+		CHECK(copy != NULL);
+		memcpy(copy, work, len);
+		g_iter = it;
+		if (it % 16 == 0)
+			fuzz_bodies(copy, len);
+		else
+			fuzz_frame(copy, len);
+		free(copy);
+	}
+	g_iter = -1;
+
+	/* A loop that never reaches a decoder's accept or reject path proves nothing. */
+	static const char *const names[FZ_COUNT] = {
+		"hdr",	     "hello_req", "hello_rep", "register_req", "register_rep",
+		"unregister_req", "batch_put", "batch_get", "batch_keys", "put_item",
+		"get_item",  "status_rep", "get_rep",	"lookup_rep", "stats_rep",
+		"notice",
+	};
+	for (int d = 0; d < FZ_COUNT; d++) {
+		test_log("%-15s accepted %8lu refused %8lu", names[d], fuzz_ok[d], fuzz_err[d]);
+		CHECK_MSG(fuzz_ok[d] > 0 && fuzz_err[d] > 0,
+			  "decoder %s: %lu accepted, %lu refused", names[d], fuzz_ok[d],
+			  fuzz_err[d]);
+	}
+}
+
+TEST_MAIN(hdr_roundtrip, hdr_bytes_are_little_endian, hdr_bad_magic_still_fills_header,
+	  hdr_bad_version, hdr_reserved_nonzero, hdr_body_len_over_max,
+	  hdr_flags_must_understand, op_names, hello_req_roundtrip, hello_req_malformed,
+	  hello_rep_roundtrip, hello_rep_malformed, register_roundtrip, register_malformed,
+	  put_batch_roundtrip, get_batch_roundtrip, key_batch_roundtrip, batch_malformed,
+	  batch_count_over_max, batch_size_overflow, item_reserved_fields,
+	  status_rep_roundtrip, status_rep_malformed, get_rep_roundtrip, get_rep_malformed,
+	  lookup_rep_roundtrip, lookup_rep_malformed, stats_roundtrip, stats_writer_limits,
+	  stats_malformed, notice_roundtrip, notice_malformed,
+	  encoders_leave_short_buffers_alone, mutation_loop)

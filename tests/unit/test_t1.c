@@ -1,0 +1,841 @@
+/* test_t1.c - unit tests of the host tier's contract (store/t1.h) and its block
+ * index (store/index.c): visibility, two-phase insert, refs, pins, deletes, stats,
+ * arena modes. What gets evicted is tested in test_policy.c. */
+#include <errno.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include "index.h"
+#include "t1.h"
+#include "test.h"
+
+#define KiB (1024ULL)
+#define MiB (1024ULL * 1024)
+#define CHUNK (4 * KiB)
+
+static kvt_key key_of(uint64_t id)
+{
+	kvt_key k;
+	memset(&k, 0, sizeof(k));
+	for (int i = 0; i < 8; i++)
+		k.b[i] = (uint8_t)(id >> (8 * i));
+	k.b[15] = 0xa5; /* never the zero key */
+	return k;
+}
+
+static struct t1_key tkey(uint32_t tenant, uint64_t id)
+{
+	struct t1_key k = { .tenant = tenant, .key = key_of(id) };
+	return k;
+}
+
+static struct t1 *open_small(uint64_t chunks)
+{
+	struct t1_config cfg = {
+		.capacity = chunks * CHUNK,
+		.chunk_size = CHUNK,
+		.hugepages = T1_OFF,
+		.mlock = T1_OFF,
+	};
+	struct t1 *t = NULL;
+	CHECK_RC(t1_open(&cfg, &t, NULL), 0);
+	CHECK(t != NULL);
+	return t;
+}
+
+static uint8_t pattern(uint64_t id, uint64_t off)
+{
+	return (uint8_t)(id * 131 + off * 7 + (off >> 9));
+}
+
+static void fill(struct t1_block *b, uint64_t id)
+{
+	size_t n;
+	const struct t1_extent *e = t1_block_extents(b, &n);
+	uint64_t off = 0;
+	for (size_t i = 0; i < n; i++)
+		for (uint64_t j = 0; j < e[i].len; j++, off++)
+			e[i].ptr[j] = pattern(id, off);
+}
+
+static bool intact(const struct t1_block *b, uint64_t id)
+{
+	size_t n;
+	const struct t1_extent *e = t1_block_extents(b, &n);
+	uint64_t off = 0;
+	for (size_t i = 0; i < n; i++)
+		for (uint64_t j = 0; j < e[i].len; j++, off++)
+			if (e[i].ptr[j] != pattern(id, off))
+				return false;
+	return off == t1_block_len(b);
+}
+
+/* reserve + fill + commit, expecting success. */
+static struct t1_block *put(struct t1 *t, uint32_t tenant, uint64_t id, uint64_t len)
+{
+	struct t1_key k = tkey(tenant, id);
+	struct t1_block *b = NULL;
+	CHECK_RC(t1_reserve(t, &k, NULL, len, NULL, &b), 0);
+	fill(b, id);
+	t1_commit(t, b);
+	return b;
+}
+
+static struct t1_stats stats(const struct t1 *t)
+{
+	struct t1_stats s;
+	t1_get_stats(t, &s);
+	return s;
+}
+
+/* ---- index ------------------------------------------------------------------ */
+
+TEST(index_many_keys_insert_find_remove_and_grow)
+{
+	const size_t n = 100000;
+	struct index ix;
+	CHECK_RC(index_init(&ix, 16), 0);
+	size_t slots0 = ix.mask + 1;
+	struct index_node *nodes = calloc(n, sizeof(*nodes));
+	CHECK(nodes);
+	for (size_t i = 0; i < n; i++) {
+		nodes[i].key = tkey((uint32_t)(i % 7), i);
+		CHECK_RC(index_insert(&ix, &nodes[i]), 0);
+	}
+	CHECK_EQ(index_count(&ix), n);
+	CHECK(ix.mask + 1 > slots0);
+	CHECK(index_count(&ix) <= ix.limit);
+	for (size_t i = 0; i < n; i++)
+		CHECK(index_find(&ix, &nodes[i].key) == &nodes[i]);
+	for (size_t i = n; i < n + 1000; i++) {
+		struct t1_key k = tkey((uint32_t)(i % 7), i);
+		CHECK(index_find(&ix, &k) == NULL);
+	}
+	/* Remove the even ones; the odd ones must still be found (backward shift must
+	 * not break probe runs). */
+	for (size_t i = 0; i < n; i += 2)
+		index_remove(&ix, &nodes[i]);
+	CHECK_EQ(index_count(&ix), n / 2);
+	for (size_t i = 0; i < n; i++)
+		CHECK(index_find(&ix, &nodes[i].key) == (i % 2 ? &nodes[i] : NULL));
+	for (size_t i = 0; i < n; i += 2)
+		CHECK_RC(index_insert(&ix, &nodes[i]), 0);
+	for (size_t i = 0; i < n; i++)
+		CHECK(index_find(&ix, &nodes[i].key) == &nodes[i]);
+	for (size_t i = 0; i < n; i++)
+		index_remove(&ix, &nodes[i]);
+	CHECK_EQ(index_count(&ix), 0);
+	for (size_t i = 0; i <= ix.mask; i++)
+		CHECK(ix.slots[i].node == NULL);
+	index_destroy(&ix);
+	free(nodes);
+}
+
+TEST(index_same_key_under_two_tenants_is_two_entries)
+{
+	struct index ix;
+	CHECK_RC(index_init(&ix, 0), 0);
+	struct index_node a = { .key = tkey(1000, 42) }, b = { .key = tkey(1001, 42) };
+	CHECK_RC(index_insert(&ix, &a), 0);
+	CHECK_RC(index_insert(&ix, &b), 0);
+	CHECK_EQ(index_count(&ix), 2);
+	CHECK(index_find(&ix, &a.key) == &a);
+	CHECK(index_find(&ix, &b.key) == &b);
+	struct t1_key other = tkey(1002, 42);
+	CHECK(index_find(&ix, &other) == NULL);
+	index_remove(&ix, &a);
+	CHECK(index_find(&ix, &a.key) == NULL);
+	CHECK(index_find(&ix, &b.key) == &b);
+	index_destroy(&ix);
+}
+
+TEST(index_duplicate_insert_is_eexist)
+{
+	struct index ix;
+	CHECK_RC(index_init(&ix, 0), 0);
+	struct index_node a = { .key = tkey(1, 7) }, dup = { .key = tkey(1, 7) };
+	CHECK_RC(index_insert(&ix, &a), 0);
+	CHECK_RC(index_insert(&ix, &dup), -EEXIST);
+	CHECK_EQ(index_count(&ix), 1);
+	CHECK(index_find(&ix, &dup.key) == &a);
+	index_destroy(&ix);
+}
+
+TEST(index_seeds_differ_between_tables)
+{
+	/* Two tables hash the same key differently (per-table random seed), so
+	 * colliding keys cannot be computed offline. */
+	struct index a, b;
+	CHECK_RC(index_init(&a, 0), 0);
+	CHECK_RC(index_init(&b, 0), 0);
+	CHECK(a.seed != b.seed);
+	struct index_node na = { .key = tkey(1, 1) }, nb = { .key = tkey(1, 1) };
+	CHECK_RC(index_insert(&a, &na), 0);
+	CHECK_RC(index_insert(&b, &nb), 0);
+	CHECK(na.hash != nb.hash);
+	index_destroy(&a);
+	index_destroy(&b);
+}
+
+/* ---- open --------------------------------------------------------------------- */
+
+TEST(open_rejects_bad_config_and_rounds_capacity)
+{
+	struct t1 *t = NULL;
+	struct t1_config cfg = { .capacity = 1 * MiB, .chunk_size = 3000 };
+	CHECK_RC(t1_open(&cfg, &t, NULL), -EINVAL); /* not a power of two */
+	cfg.chunk_size = 2048;
+	CHECK_RC(t1_open(&cfg, &t, NULL), -EINVAL); /* below 4 KiB */
+	cfg.chunk_size = 64 * KiB;
+	cfg.capacity = 32 * KiB;
+	CHECK_RC(t1_open(&cfg, &t, NULL), -EINVAL); /* less than one chunk */
+	cfg.capacity = 1 * MiB;
+	cfg.hugepages = (enum t1_mode)7;
+	CHECK_RC(t1_open(&cfg, &t, NULL), -EINVAL);
+	cfg.hugepages = T1_OFF;
+	cfg.mlock = (enum t1_mode)9;
+	CHECK_RC(t1_open(&cfg, &t, NULL), -EINVAL);
+	CHECK(t == NULL);
+
+	/* chunk_size 0 = 64 KiB; capacity rounds down to whole chunks. */
+	cfg.mlock = T1_OFF;
+	cfg.chunk_size = 0;
+	cfg.capacity = 1 * MiB + 100 * KiB;
+	CHECK_RC(t1_open(&cfg, &t, NULL), 0);
+	struct t1_stats s = stats(t);
+	CHECK_EQ(s.chunk_size, 64 * KiB);
+	CHECK_EQ(s.capacity, 1 * MiB + 64 * KiB);
+	CHECK_EQ(s.free_chunks, 17);
+	CHECK_EQ(s.used, 0);
+	CHECK_EQ(s.largest_free_run, 17);
+	t1_close(t);
+	t1_close(NULL);
+}
+
+/* ---- two-phase insert ------------------------------------------------------------ */
+
+TEST(reserve_is_invisible_until_commit)
+{
+	struct t1 *t = open_small(64);
+	struct t1_key k = tkey(1, 1);
+	kvt_block_desc d = { .dtype = KVT_DTYPE_BF16, .layout = 3, .layers = 32, .tokens = 256 };
+	struct t1_block *b = NULL;
+	CHECK_RC(t1_reserve(t, &k, NULL, 10000, &d, &b), 0);
+	CHECK(t1_find(t, &k) == NULL);
+	struct t1_stats s = stats(t);
+	CHECK_EQ(s.pending, 1);
+	CHECK_EQ(s.blocks, 0);
+	CHECK_EQ(s.used, 3 * CHUNK); /* chunk-rounded */
+	fill(b, 1);
+	t1_commit(t, b);
+	CHECK(t1_find(t, &k) == b);
+	s = stats(t);
+	CHECK_EQ(s.pending, 0);
+	CHECK_EQ(s.blocks, 1);
+	CHECK_EQ(t1_block_len(b), 10000);
+	CHECK_EQ(t1_block_desc(b)->layers, 32);
+	CHECK_EQ(t1_block_desc(b)->tokens, 256);
+	CHECK_EQ(t1_block_key(b)->tenant, 1);
+	CHECK(memcmp(&t1_block_key(b)->key, &k.key, sizeof(k.key)) == 0);
+	CHECK(intact(b, 1));
+	/* Another tenant does not see it. */
+	struct t1_key other = tkey(2, 1);
+	CHECK(t1_find(t, &other) == NULL);
+	t1_close(t);
+}
+
+TEST(second_reserve_of_a_key_is_eexist_pending_or_committed)
+{
+	struct t1 *t = open_small(64);
+	struct t1_key k = tkey(1, 1);
+	struct t1_block *b = NULL, *b2 = NULL;
+	CHECK_RC(t1_reserve(t, &k, NULL, CHUNK, NULL, &b), 0);
+	CHECK_RC(t1_reserve(t, &k, NULL, CHUNK, NULL, &b2), -EEXIST);
+	CHECK(b2 == NULL);
+	/* The same key of another tenant is a different block. */
+	struct t1_key k2 = tkey(2, 1);
+	CHECK_RC(t1_reserve(t, &k2, NULL, CHUNK, NULL, &b2), 0);
+	t1_commit(t, b);
+	CHECK_RC(t1_reserve(t, &k, NULL, CHUNK, NULL, &b2), -EEXIST);
+	CHECK_EQ(stats(t).alloc_failures, 0); /* EEXIST is not an allocation failure */
+	t1_close(t);
+}
+
+static void count_tenants(const struct t1_tenant_stats *ts, void *arg)
+{
+	(void)ts;
+	(*(int *)arg)++;
+}
+
+TEST(abort_gives_everything_back)
+{
+	struct t1 *t = open_small(64);
+	struct t1_key k = tkey(7, 1);
+	struct t1_block *b = NULL;
+	CHECK_RC(t1_reserve(t, &k, NULL, 5 * CHUNK + 1, NULL, &b), 0);
+	CHECK_EQ(stats(t).used, 6 * CHUNK);
+	t1_abort(t, b);
+	struct t1_stats s = stats(t);
+	CHECK_EQ(s.used, 0);
+	CHECK_EQ(s.pending, 0);
+	CHECK_EQ(s.extents, 0);
+	CHECK_EQ(s.free_chunks, 64);
+	int ntenants = 0;
+	t1_foreach_tenant(t, count_tenants, &ntenants);
+	CHECK_EQ(ntenants, 0);
+	/* The key is free again. */
+	CHECK_RC(t1_reserve(t, &k, NULL, CHUNK, NULL, &b), 0);
+	t1_close(t);
+}
+
+TEST(zero_and_oversize_lengths_are_efbig)
+{
+	struct t1 *t = open_small(16);
+	struct t1_key k = tkey(1, 1);
+	struct t1_block *b = NULL;
+	CHECK_RC(t1_reserve(t, &k, NULL, 0, NULL, &b), -EFBIG);
+	CHECK_RC(t1_reserve(t, &k, NULL, 16 * CHUNK + 1, NULL, &b), -EFBIG);
+	CHECK_RC(t1_reserve(t, &k, NULL, UINT64_MAX, NULL, &b), -EFBIG);
+	CHECK(b == NULL);
+	CHECK_RC(t1_reserve(t, &k, NULL, 16 * CHUNK, NULL, &b), 0); /* exactly the arena */
+	CHECK_EQ(stats(t).free_chunks, 0);
+	t1_close(t);
+}
+
+TEST(fragmented_block_extents_cover_its_length_and_keep_neighbours_intact)
+{
+	const uint64_t nch = 64;
+	struct t1 *t = open_small(nch);
+	struct t1_block *small[64];
+	for (uint64_t i = 0; i < nch; i++)
+		small[i] = put(t, 1, i, CHUNK - i); /* one chunk each, various lengths */
+	for (uint64_t i = 0; i < nch; i += 2)
+		CHECK_RC(t1_delete(t, t1_block_key(small[i])), 0);
+	struct t1_stats s = stats(t);
+	CHECK_EQ(s.free_chunks, nch / 2);
+	CHECK_EQ(s.largest_free_run, 1);
+
+	/* 10 chunks and a bit: needs 11 runs of one chunk; no eviction needed. */
+	uint64_t len = 10 * CHUNK + 123;
+	struct t1_block *big = put(t, 1, 1000, len);
+	size_t n;
+	const struct t1_extent *e = t1_block_extents(big, &n);
+	CHECK_EQ(n, 11);
+	uint64_t sum = 0;
+	for (size_t i = 0; i < n; i++) {
+		CHECK(e[i].len > 0);
+		CHECK((uintptr_t)e[i].ptr % CHUNK == 0);
+		if (i + 1 < n)
+			CHECK_EQ(e[i].len, CHUNK);
+		sum += e[i].len;
+	}
+	CHECK_EQ(e[n - 1].len, 123);
+	CHECK_EQ(sum, len);
+	CHECK(intact(big, 1000));
+	for (uint64_t i = 1; i < nch; i += 2)
+		CHECK_MSG(intact(small[i], i), "block %llu damaged", (unsigned long long)i);
+	s = stats(t);
+	CHECK_EQ(s.evictions, 0);
+	CHECK_EQ(s.extents, nch / 2 + 11);
+	CHECK_EQ(s.used, (nch / 2 + 11) * CHUNK);
+	t1_close(t);
+}
+
+/* ---- delete, pins, refs --------------------------------------------------------------- */
+
+TEST(delete_unpin_and_pin_counts)
+{
+	struct t1 *t = open_small(16);
+	struct t1_key k = tkey(1, 1), missing = tkey(1, 2), pend = tkey(1, 3);
+	CHECK_RC(t1_delete(t, &missing), -ENOENT);
+	struct t1_block *p = NULL;
+	CHECK_RC(t1_reserve(t, &pend, NULL, CHUNK, NULL, &p), 0);
+	CHECK_RC(t1_delete(t, &pend), -ENOENT); /* pending is not there yet */
+
+	struct t1_block *b = put(t, 1, 1, CHUNK);
+	CHECK_RC(t1_unpin(t, b), -ENOENT);
+	t1_pin(t, b);
+	t1_pin(t, b);
+	CHECK_EQ(stats(t).pinned, 1);
+	CHECK_RC(t1_delete(t, &k), -EBUSY);
+	CHECK_RC(t1_unpin(t, b), 0);
+	CHECK_RC(t1_delete(t, &k), -EBUSY); /* counted: one pin left */
+	CHECK_RC(t1_unpin(t, b), 0);
+	CHECK_EQ(stats(t).pinned, 0);
+	CHECK_RC(t1_unpin(t, b), -ENOENT);
+	CHECK_RC(t1_delete(t, &k), 0);
+	CHECK(t1_find(t, &k) == NULL);
+	CHECK_RC(t1_delete(t, &k), -ENOENT);
+	struct t1_stats s = stats(t);
+	CHECK_EQ(s.blocks, 0);
+	CHECK_EQ(s.used, CHUNK); /* the pending one */
+	t1_close(t);
+}
+
+TEST(deleted_while_referenced_is_freed_at_last_unref)
+{
+	struct t1 *t = open_small(16);
+	struct t1_block *keep = put(t, 1, 9, CHUNK);
+	struct t1_block *b = put(t, 1, 1, 3 * CHUNK);
+	struct t1_key k = *t1_block_key(b);
+	t1_block_ref(t, b);
+	t1_block_ref(t, b);
+	CHECK_RC(t1_delete(t, &k), 0);
+	CHECK(t1_find(t, &k) == NULL);
+	struct t1_stats s = stats(t);
+	CHECK_EQ(s.blocks, 1);
+	CHECK_EQ(s.used, 4 * CHUNK); /* still held by the readers */
+	CHECK(intact(b, 1));         /* and its bytes still valid */
+
+	/* The key can be stored again meanwhile; it is a new block. */
+	struct t1_block *again = put(t, 1, 1, CHUNK);
+	CHECK(again != b);
+	CHECK(t1_find(t, &k) == again);
+	CHECK_EQ(stats(t).used, 5 * CHUNK);
+
+	t1_block_unref(t, b);
+	CHECK_EQ(stats(t).used, 5 * CHUNK);
+	CHECK(intact(b, 1));
+	t1_block_unref(t, b); /* last reader: freed now */
+	s = stats(t);
+	CHECK_EQ(s.used, 2 * CHUNK);
+	CHECK_EQ(s.blocks, 2);
+	CHECK(t1_find(t, &k) == again);
+	CHECK(intact(keep, 9));
+	t1_close(t);
+}
+
+TEST(aborted_while_referenced_is_freed_at_last_unref)
+{
+	struct t1 *t = open_small(16);
+	struct t1_key k = tkey(1, 1);
+	struct t1_block *b = NULL;
+	CHECK_RC(t1_reserve(t, &k, NULL, 2 * CHUNK, NULL, &b), 0);
+	t1_block_ref(t, b); /* a worker copying into it */
+	t1_abort(t, b);
+	struct t1_stats s = stats(t);
+	CHECK_EQ(s.pending, 0);
+	CHECK_EQ(s.used, 2 * CHUNK);
+	CHECK_RC(t1_reserve(t, &k, NULL, CHUNK, NULL, &b), 0);
+	t1_abort(t, b);
+	CHECK_EQ(stats(t).used, 2 * CHUNK);
+	t1_close(t); /* frees the dead block still referenced (ASan checks the leak) */
+}
+
+TEST(referenced_block_bytes_survive_a_full_arena)
+{
+	/* A referenced block is neither evicted nor overwritten while others churn. */
+	struct t1 *t = open_small(8);
+	struct t1_block *b = put(t, 1, 1, 2 * CHUNK);
+	t1_block_ref(t, b);
+	for (uint64_t i = 100; i < 200; i++)
+		put(t, 1, i, 3 * CHUNK);
+	CHECK(intact(b, 1));
+	struct t1_key k = tkey(1, 1);
+	CHECK(t1_find(t, &k) == b);
+	t1_block_unref(t, b);
+	t1_close(t);
+}
+
+/* ---- quotas and stats ---------------------------------------------------------------- */
+
+struct seen {
+	int n;
+	struct t1_tenant_stats v[8];
+};
+
+static void collect(const struct t1_tenant_stats *ts, void *arg)
+{
+	struct seen *s = arg;
+	if (s->n < 8)
+		s->v[s->n] = *ts;
+	s->n++;
+}
+
+TEST(foreach_tenant_reports_blocks_and_quotas)
+{
+	struct t1_config cfg = {
+		.capacity = 64 * CHUNK, .chunk_size = CHUNK, .default_quota = 10 * CHUNK,
+	};
+	struct t1 *t = NULL;
+	CHECK_RC(t1_open(&cfg, &t, NULL), 0);
+	CHECK_RC(t1_set_quota(t, 50, 0), 0);          /* override: unlimited */
+	CHECK_RC(t1_set_quota(t, 40, 3 * CHUNK), 0);  /* no blocks, still listed */
+	put(t, 30, 1, CHUNK + 1);
+	put(t, 30, 2, CHUNK);
+	struct t1_block *p = NULL;
+	struct t1_key pk = tkey(30, 3);
+	CHECK_RC(t1_reserve(t, &pk, NULL, CHUNK, NULL, &p), 0); /* pending counts in bytes */
+	struct seen s = { 0 };
+	t1_foreach_tenant(t, collect, &s);
+	CHECK_EQ(s.n, 3);
+	CHECK_EQ(s.v[0].tenant, 30); /* ascending */
+	CHECK_EQ(s.v[0].bytes, 4 * CHUNK);
+	CHECK_EQ(s.v[0].blocks, 2);
+	CHECK_EQ(s.v[0].quota, 10 * CHUNK);
+	CHECK_EQ(s.v[1].tenant, 40);
+	CHECK_EQ(s.v[1].bytes, 0);
+	CHECK_EQ(s.v[1].quota, 3 * CHUNK);
+	CHECK_EQ(s.v[2].tenant, 50);
+	CHECK_EQ(s.v[2].quota, 0);
+	/* Tenant 50 is unlimited despite the default quota. */
+	struct t1_block *big = NULL;
+	struct t1_key bk = tkey(50, 1);
+	CHECK_RC(t1_reserve(t, &bk, NULL, 20 * CHUNK, NULL, &big), 0);
+	t1_close(t);
+}
+
+/* A random mix of every operation over three tenants, with a model of what must be
+ * there; after each step the stats must agree with the model and with each other,
+ * and a block may only have gone missing if it was evictable. */
+struct mblock {
+	bool used;
+	bool committed;
+	uint32_t tenant;
+	uint64_t id;
+	uint32_t pins, refs;
+	uint64_t len;
+	struct t1_block *b;
+};
+
+/* Chunk-rounded bytes the model says eviction could take (of tenant, or all if < 0). */
+static uint64_t model_evictable(const struct mblock *m, int nb, int tenant)
+{
+	uint64_t sum = 0;
+	for (int i = 0; i < nb; i++)
+		if (m[i].used && m[i].committed && !m[i].pins && !m[i].refs &&
+		    (tenant < 0 || m[i].tenant == (uint32_t)tenant))
+			sum += (m[i].len + CHUNK - 1) / CHUNK * CHUNK;
+	return sum;
+}
+
+struct tsum {
+	uint64_t bytes[3], blocks[3];
+	int n;
+};
+
+static void sum_tenants(const struct t1_tenant_stats *ts, void *arg)
+{
+	struct tsum *s = arg;
+	if (ts->tenant < 3) {
+		s->bytes[ts->tenant] = ts->bytes;
+		s->blocks[ts->tenant] = ts->blocks;
+	}
+	s->n++;
+}
+
+TEST(stats_stay_consistent_under_random_operations)
+{
+	enum { NB = 256, OPS = 30000 };
+	struct t1 *t = open_small(128);
+	CHECK_RC(t1_set_quota(t, 2, 40 * CHUNK), 0);
+	static struct mblock m[NB];
+	uint64_t rng = 12345, next_id = 1, model_evictions = 0, nospc = 0, dquot = 0;
+#define R() (rng = rng * 6364136223846793005ULL + 1442695040888963407ULL, rng >> 33)
+	for (int op = 0; op < OPS; op++) {
+		struct mblock *x = &m[R() % NB];
+		unsigned what = (unsigned)(R() % 10);
+		if (!x->used) {
+			x->tenant = (uint32_t)(R() % 3);
+			x->id = next_id++;
+			struct t1_key k = tkey(x->tenant, x->id);
+			uint64_t len = 1 + R() % (6 * CHUNK);
+			uint64_t need = (len + CHUNK - 1) / CHUNK * CHUNK;
+			struct t1_stats before = stats(t);
+			struct tsum tb = { { 0 }, { 0 }, 0 };
+			t1_foreach_tenant(t, sum_tenants, &tb);
+			int rc = t1_reserve(t, &k, NULL, len, NULL, &x->b);
+			CHECK_MSG(rc == 0 || rc == -ENOSPC || rc == -EDQUOT, "op %d: rc %d", op, rc);
+			/* It may only fail when it must, and then without evicting. */
+			if (rc == -ENOSPC) {
+				nospc++;
+				CHECK(before.free_chunks * CHUNK + model_evictable(m, NB, -1) < need);
+			}
+			if (rc == -EDQUOT) {
+				dquot++;
+				CHECK_EQ(x->tenant, 2);
+				CHECK(tb.bytes[2] + need > 40 * CHUNK);
+				CHECK(tb.bytes[2] + need - 40 * CHUNK > model_evictable(m, NB, 2));
+			}
+			if (rc < 0)
+				CHECK_EQ(stats(t).evictions, before.evictions);
+			if (rc == 0) {
+				x->len = len;
+				x->used = true;
+				x->committed = false;
+				x->pins = x->refs = 0;
+				fill(x->b, x->id);
+				/* Most blocks are committed at once, as the daemon does
+				 * after its copy; some stay pending for a while. */
+				if (R() % 4) {
+					t1_commit(t, x->b);
+					x->committed = true;
+				}
+			}
+		} else if (!x->committed) {
+			if (what < 7) {
+				t1_commit(t, x->b);
+				x->committed = true;
+			} else if (x->refs == 0) {
+				t1_abort(t, x->b);
+				x->used = false;
+			}
+		} else if (what < 1) {
+			t1_pin(t, x->b);
+			x->pins++;
+		} else if (what < 5 && x->pins) {
+			CHECK_RC(t1_unpin(t, x->b), 0);
+			x->pins--;
+		} else if (what < 6) {
+			t1_block_ref(t, x->b);
+			x->refs++;
+		} else if (what < 8 && x->refs) {
+			t1_block_unref(t, x->b);
+			x->refs--;
+		} else if (what < 9) {
+			t1_touch(t, x->b);
+		} else if (x->refs == 0) {
+			struct t1_key k = tkey(x->tenant, x->id);
+			CHECK_RC(t1_delete(t, &k), x->pins ? -EBUSY : 0);
+			if (!x->pins)
+				x->used = false;
+		}
+
+		/* Reconcile: committed blocks missing from t1 must have been evictable. */
+		uint64_t blocks = 0, pending = 0, pinned = 0;
+		for (int i = 0; i < NB; i++) {
+			struct mblock *y = &m[i];
+			if (!y->used)
+				continue;
+			if (y->committed) {
+				struct t1_key k = tkey(y->tenant, y->id);
+				if (!t1_find(t, &k)) {
+					CHECK_MSG(y->pins == 0 && y->refs == 0,
+						  "op %d: pinned/referenced block evicted", op);
+					y->used = false;
+					model_evictions++;
+					continue;
+				}
+				blocks++;
+			} else {
+				pending++;
+			}
+			if (y->pins)
+				pinned++;
+		}
+		struct t1_stats s = stats(t);
+		CHECK_EQ(s.blocks, blocks);
+		CHECK_EQ(s.pending, pending);
+		CHECK_EQ(s.pinned, pinned);
+		CHECK_EQ(s.evictions, model_evictions);
+		CHECK_EQ(s.used + s.free_chunks * CHUNK, s.capacity);
+		CHECK(s.largest_free_run <= s.free_chunks);
+		CHECK(s.extents >= s.blocks + s.pending);
+		struct tsum ts = { { 0 }, { 0 }, 0 };
+		t1_foreach_tenant(t, sum_tenants, &ts);
+		CHECK_EQ(ts.bytes[0] + ts.bytes[1] + ts.bytes[2], s.used);
+		CHECK_EQ(ts.blocks[0] + ts.blocks[1] + ts.blocks[2], s.blocks);
+		CHECK(ts.bytes[2] <= 40 * CHUNK);
+	}
+#undef R
+	struct t1_stats s = stats(t);
+	test_log("%llu ENOSPC, %llu EDQUOT", (unsigned long long)nospc, (unsigned long long)dquot);
+	test_log("%llu evictions (%llu nontail), %llu failures, %llu blocks, %llu extents",
+		 (unsigned long long)s.evictions, (unsigned long long)s.evict_nontail,
+		 (unsigned long long)s.alloc_failures, (unsigned long long)s.blocks,
+		 (unsigned long long)s.extents);
+	CHECK(s.evictions > 1000);
+	CHECK_EQ(s.alloc_failures, nospc + dquot);
+	CHECK(nospc > 0 && dquot > 0);
+
+	/* Let go of everything: all space comes back, only the quota override stays. */
+	for (int i = 0; i < NB; i++) {
+		struct mblock *y = &m[i];
+		if (!y->used)
+			continue;
+		while (y->refs--)
+			t1_block_unref(t, y->b);
+		while (y->pins--)
+			CHECK_RC(t1_unpin(t, y->b), 0);
+		if (y->committed) {
+			struct t1_key k = tkey(y->tenant, y->id);
+			CHECK_RC(t1_delete(t, &k), 0);
+		} else {
+			t1_abort(t, y->b);
+		}
+	}
+	s = stats(t);
+	CHECK_EQ(s.used, 0);
+	CHECK_EQ(s.blocks + s.pending + s.pinned + s.extents, 0);
+	CHECK_EQ(s.largest_free_run, 128);
+	struct tsum ts = { { 0 }, { 0 }, 0 };
+	t1_foreach_tenant(t, sum_tenants, &ts);
+	CHECK_EQ(ts.n, 1);
+	t1_close(t);
+}
+
+/* ---- arena modes ------------------------------------------------------------------------ */
+
+static long meminfo(const char *field)
+{
+	FILE *f = fopen("/proc/meminfo", "r");
+	if (!f)
+		return -1;
+	char line[256];
+	long v = -1;
+	size_t n = strlen(field);
+	while (fgets(line, sizeof(line), f))
+		if (strncmp(line, field, n) == 0 && line[n] == ':')
+			v = strtol(line + n + 1, NULL, 10);
+	fclose(f);
+	return v;
+}
+
+static struct t1_config mode_cfg(uint64_t cap, enum t1_mode huge, enum t1_mode lock)
+{
+	struct t1_config c = { .capacity = cap, .chunk_size = 64 * KiB, .hugepages = huge,
+			       .mlock = lock };
+	return c;
+}
+
+/* Write every byte of the arena: the mapping must be real and writable. */
+static void touch_all(struct t1 *t, uint64_t cap)
+{
+	struct t1_block *b = put(t, 1, 1, cap);
+	CHECK(intact(b, 1));
+}
+
+TEST(hugepages_off_maps_plain_memory)
+{
+	struct t1_config c = mode_cfg(4 * MiB, T1_OFF, T1_OFF);
+	struct t1_report rep;
+	memset(&rep, 0xff, sizeof(rep));
+	struct t1 *t = NULL;
+	CHECK_RC(t1_open(&c, &t, &rep), 0);
+	CHECK(!rep.hugetlb);
+	CHECK(!rep.thp);
+	CHECK(!rep.locked);
+	CHECK_EQ(rep.huge_error, 0);
+	CHECK_EQ(rep.lock_error, 0);
+	touch_all(t, 4 * MiB);
+	t1_close(t);
+}
+
+TEST(hugepages_auto_falls_back_to_thp)
+{
+	struct t1_config c = mode_cfg(4 * MiB, T1_AUTO, T1_OFF);
+	struct t1_report rep;
+	struct t1 *t = NULL;
+	CHECK_RC(t1_open(&c, &t, &rep), 0);
+	long free_huge = meminfo("HugePages_Free");
+	test_log("hugetlb=%d thp=%d huge_error=%d HugePages_Free=%ld", rep.hugetlb, rep.thp,
+		 rep.huge_error, free_huge);
+	if (rep.hugetlb) {
+		CHECK_EQ(rep.huge_error, 0);
+		CHECK(!rep.thp);
+	} else {
+		CHECK(rep.huge_error < 0);
+		/* THP advice works wherever the kernel has THP at all. */
+		if (access("/sys/kernel/mm/transparent_hugepage/enabled", F_OK) == 0)
+			CHECK(rep.thp);
+	}
+	if (free_huge == 0)
+		CHECK(!rep.hugetlb);
+	touch_all(t, 4 * MiB);
+	t1_close(t);
+}
+
+TEST(hugepages_on_fails_cleanly_without_huge_pages)
+{
+	struct t1_config c = mode_cfg(4 * MiB, T1_ON, T1_OFF);
+	struct t1_report rep;
+	struct t1 *t = NULL;
+	int rc = t1_open(&c, &t, &rep);
+	long free_huge = meminfo("HugePages_Free");
+	test_log("rc=%d huge_error=%d HugePages_Free=%ld", rc, rep.huge_error, free_huge);
+	if (rc == 0) {
+		CHECK(rep.hugetlb);
+		touch_all(t, 4 * MiB);
+		t1_close(t);
+		return;
+	}
+	CHECK(t == NULL);
+	CHECK(rc < 0);
+	CHECK_EQ(rc, rep.huge_error);
+	CHECK(!rep.hugetlb && !rep.thp && !rep.locked);
+	if (free_huge >= 0 && free_huge * 2 * (long)MiB >= (long)(4 * MiB))
+		test_fail(__FILE__, __LINE__, "MAP_HUGETLB failed with %ld free huge pages", free_huge);
+}
+
+TEST(mlock_modes)
+{
+	struct rlimit rl;
+	CHECK(getrlimit(RLIMIT_MEMLOCK, &rl) == 0);
+	struct t1_report rep;
+	struct t1 *t = NULL;
+
+	struct t1_config c = mode_cfg(1 * MiB, T1_OFF, T1_OFF);
+	CHECK_RC(t1_open(&c, &t, &rep), 0);
+	CHECK(!rep.locked);
+	CHECK_EQ(rep.lock_error, 0);
+	t1_close(t);
+
+	/* AUTO within the limit locks. */
+	if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < 1 * MiB)
+		test_skip("RLIMIT_MEMLOCK below 1 MiB");
+	c = mode_cfg(1 * MiB, T1_OFF, T1_AUTO);
+	CHECK_RC(t1_open(&c, &t, &rep), 0);
+	CHECK_MSG(rep.locked, "not locked: lock_error %d", rep.lock_error);
+	CHECK_EQ(rep.lock_error, 0);
+	touch_all(t, 1 * MiB);
+	t1_close(t);
+
+	/* ON within the limit locks too. */
+	c = mode_cfg(1 * MiB, T1_OFF, T1_ON);
+	CHECK_RC(t1_open(&c, &t, &rep), 0);
+	CHECK(rep.locked);
+	t1_close(t);
+
+	/* AUTO beyond the limit: reported, not fatal, nothing locked. */
+	if (rl.rlim_cur == RLIM_INFINITY)
+		return;
+	uint64_t over = ((uint64_t)rl.rlim_cur + 4 * MiB) & ~(64 * KiB - 1);
+	c = mode_cfg(over, T1_OFF, T1_AUTO);
+	CHECK_RC(t1_open(&c, &t, &rep), 0);
+	CHECK(!rep.locked);
+	CHECK_RC(rep.lock_error, -ENOMEM);
+	t1_close(t);
+}
+
+TEST(close_frees_pending_referenced_and_dead_blocks)
+{
+	/* Run under ASan, a leak here fails the build's sanitizer pass. */
+	struct t1 *t = open_small(32);
+	struct t1_block *p = NULL, *d;
+	struct t1_key pk = tkey(1, 1);
+	CHECK_RC(t1_reserve(t, &pk, NULL, CHUNK, NULL, &p), 0);
+	d = put(t, 1, 2, CHUNK);
+	t1_block_ref(t, d);
+	CHECK_RC(t1_delete(t, t1_block_key(d)), 0);
+	struct t1_block *r = put(t, 2, 3, CHUNK);
+	t1_block_ref(t, r);
+	t1_pin(t, r);
+	put(t, 3, 4, CHUNK);
+	t1_close(t);
+}
+
+TEST_MAIN(index_many_keys_insert_find_remove_and_grow,
+	  index_same_key_under_two_tenants_is_two_entries, index_duplicate_insert_is_eexist, index_seeds_differ_between_tables,
+	  open_rejects_bad_config_and_rounds_capacity, reserve_is_invisible_until_commit,
+	  second_reserve_of_a_key_is_eexist_pending_or_committed, abort_gives_everything_back,
+	  zero_and_oversize_lengths_are_efbig,
+	  fragmented_block_extents_cover_its_length_and_keep_neighbours_intact,
+	  delete_unpin_and_pin_counts, deleted_while_referenced_is_freed_at_last_unref,
+	  aborted_while_referenced_is_freed_at_last_unref, referenced_block_bytes_survive_a_full_arena,
+	  foreach_tenant_reports_blocks_and_quotas, stats_stay_consistent_under_random_operations,
+	  hugepages_off_maps_plain_memory, hugepages_auto_falls_back_to_thp,
+	  hugepages_on_fails_cleanly_without_huge_pages, mlock_modes,
+	  close_frees_pending_referenced_and_dead_blocks)
