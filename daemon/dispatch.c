@@ -545,7 +545,13 @@ static int put_item(struct xfer *x, uint32_t i, const uint8_t *raw)
 		t1_touch(s->t1, b);
 		return 0;
 	}
-	rc = t1_reserve(s->t1, &tk, &it.parent, it.length, &it.desc, &b);
+	/* A block whose parent is given but not here is useless to a prefix lookup
+	 * until the parent comes back: it may use free space, never displace blocks
+	 * that are part of a usable prefix. */
+	struct t1_key pk = { .tenant = c->tenant, .key = it.parent };
+	bool orphan = !kvt_key_is_zero(&it.parent) && !t1_contains(s->t1, &pk);
+	rc = orphan ? t1_reserve_free(s->t1, &tk, &it.parent, it.length, &it.desc, &b)
+		    : t1_reserve(s->t1, &tk, &it.parent, it.length, &it.desc, &b);
 	if (rc)
 		return map_reserve_error(rc);
 	x->blocks[i] = b;

@@ -58,6 +58,7 @@ struct engine {
 	bool may_miss;   /* this GET pass is past the LOOKUP prefix: misses are evictions */
 	size_t verified; /* blocks read back and checked */
 	size_t missing;  /* blocks past the prefix that were evicted */
+	size_t refused;  /* blocks the daemon had no room for (ENOSPC/EDQUOT) */
 };
 
 static void usage(FILE *f)
@@ -299,14 +300,23 @@ static int put_finish(struct engine *e, struct group *g)
 	g->busy = false;
 	if (rc == KVT_EPARTIAL) {
 		for (size_t j = 0; j < g->count; j++) {
-			if (g->put[j].status) {
+			int st = g->put[j].status;
+			/* A full tier keeps the context's prefix and refuses the rest: that
+			 * is the daemon working as designed, not an error of the run. */
+			if (st == KVT_ENOSPC || st == KVT_EDQUOT) {
+				if (e->refused++ == 0)
+					printf("PUT     block %zu and later: %s; the context is larger "
+					       "than the tier can hold\n",
+					       g->first + j, kvt_errname(st));
+				continue;
+			}
+			if (st) {
 				fprintf(stderr, PROG ": PUT of block %zu failed: %s (%s)\n",
-					g->first + j, kvt_strerror(g->put[j].status),
-					kvt_errname(g->put[j].status));
-				break;
+					g->first + j, kvt_strerror(st), kvt_errname(st));
+				return -1;
 			}
 		}
-		return -1;
+		return 0;
 	}
 	if (rc) {
 		fprintf(stderr, PROG ": PUT of blocks %zu..%zu failed: %s (%s)\n", g->first,

@@ -309,6 +309,21 @@ static bool evict_one(struct t1 *t, policy_classify_fn classify, void *arg)
 		return false;
 	struct t1_block *b = from_pnode_mut(n);
 	assert(is_evictable(b));
+	/* No tail in the window: the coldest block heads a resident chain (typically a
+	 * chain longer than the window, written in order). Take the deepest evictable
+	 * block down that chain instead, so the chain shortens from its end (or, if its
+	 * end is pinned or still being written, is cut as late as possible) and its
+	 * head survives. */
+	if (nontail) {
+		struct t1_block *best = b;
+		for (struct t1_block *x = b->first_child; x; x = x->first_child)
+			if (in_policy(x) && classify(&x->pnode, arg) != POLICY_KEEP)
+				best = x;
+		if (best != b) {
+			b = best;
+			nontail = best->first_child != NULL;
+		}
+	}
 	t->evictions++;
 	t->evicted_bytes += block_bytes(t, b);
 	if (nontail)
@@ -324,9 +339,15 @@ static bool evict_one(struct t1 *t, policy_classify_fn classify, void *arg)
  * checks up front use the evictable counters, so nothing is evicted for a reserve
  * that would fail anyway.
  */
-static int make_room(struct t1 *t, struct tenant *tn, uint64_t bytes, uint64_t nchunks)
+static int make_room(struct t1 *t, struct tenant *tn, uint64_t bytes, uint64_t nchunks,
+		     bool may_evict)
 {
 	uint64_t quota = tenant_quota(t, tn);
+	if (!may_evict) {
+		if (quota && tn->bytes + bytes > quota)
+			return -EDQUOT;
+		return alloc_free_chunks(&t->alloc) < nchunks ? -ENOSPC : 0;
+	}
 	if (quota) {
 		if (bytes > quota)
 			return -EDQUOT;
@@ -428,8 +449,8 @@ void t1_close(struct t1 *t)
 
 /* ---- two-phase insert --------------------------------------------------------- */
 
-int t1_reserve(struct t1 *t, const struct t1_key *key, const kvt_key *parent, uint64_t len,
-	       const kvt_block_desc *desc, struct t1_block **out)
+static int reserve(struct t1 *t, const struct t1_key *key, const kvt_key *parent, uint64_t len,
+		   const kvt_block_desc *desc, bool may_evict, struct t1_block **out)
 {
 	if (len == 0 || len > t->capacity)
 		return -EFBIG;
@@ -451,7 +472,7 @@ int t1_reserve(struct t1 *t, const struct t1_key *key, const kvt_key *parent, ui
 		goto out_tenant;
 	p = find_parent(t, key->tenant, parent);
 	hold_chain(t, p, true);
-	rc = make_room(t, tn, bytes, nchunks);
+	rc = make_room(t, tn, bytes, nchunks, may_evict);
 	if (rc < 0)
 		goto out_chain;
 	rc = alloc_get(&t->alloc, nchunks, &t->runs);
@@ -505,6 +526,23 @@ out_tenant:
 out_count:
 	t->alloc_failures++;
 	return rc;
+}
+
+int t1_reserve(struct t1 *t, const struct t1_key *key, const kvt_key *parent, uint64_t len,
+	       const kvt_block_desc *desc, struct t1_block **out)
+{
+	return reserve(t, key, parent, len, desc, true, out);
+}
+
+int t1_reserve_free(struct t1 *t, const struct t1_key *key, const kvt_key *parent, uint64_t len,
+		    const kvt_block_desc *desc, struct t1_block **out)
+{
+	return reserve(t, key, parent, len, desc, false, out);
+}
+
+bool t1_contains(struct t1 *t, const struct t1_key *key)
+{
+	return index_find(&t->index, key) != NULL;
 }
 
 void t1_commit(struct t1 *t, struct t1_block *b)

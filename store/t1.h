@@ -78,6 +78,11 @@ void t1_close(struct t1 *t);
  */
 int t1_reserve(struct t1 *t, const struct t1_key *key, const kvt_key *parent, uint64_t len,
 	       const kvt_block_desc *desc, struct t1_block **out);
+/* As t1_reserve, but never evicts anything: succeeds only into free space within the
+ * tenant's quota (-ENOSPC / -EDQUOT otherwise). For blocks that are worth less than
+ * what they would displace, e.g. a chain block whose parent is not resident. */
+int t1_reserve_free(struct t1 *t, const struct t1_key *key, const kvt_key *parent, uint64_t len,
+		    const kvt_block_desc *desc, struct t1_block **out);
 void t1_commit(struct t1 *t, struct t1_block *b);
 /* Abort a pending block: it leaves the index at once (drops its pins, if any); its
  * chunks are freed now, or at the last unref if a worker holds a ref. */
@@ -85,6 +90,9 @@ void t1_abort(struct t1 *t, struct t1_block *b);
 
 /* The committed block with that key, or NULL. Does not count as an access. */
 struct t1_block *t1_find(struct t1 *t, const struct t1_key *key);
+
+/* true if a committed or pending block has that key. */
+bool t1_contains(struct t1 *t, const struct t1_key *key);
 
 /* Record an access (moves the block in the policy). */
 void t1_touch(struct t1 *t, struct t1_block *b);

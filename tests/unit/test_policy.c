@@ -278,22 +278,41 @@ TEST(chain_longer_than_the_quota_keeps_its_prefix)
 	t1_close(t);
 }
 
-TEST(small_scan_window_falls_back_to_the_coldest_and_counts_it)
+TEST(small_scan_window_shortens_the_chain_from_its_end)
 {
 	/* Window of 4, chain of 8 at the cold end: no tail among the first 4
-	 * candidates, so the coldest (the head) goes and evict_nontail says so. */
+	 * candidates, so the coldest block heads a chain. Eviction follows that chain
+	 * down to its deepest block and takes it: the chain shortens from its end and
+	 * its head survives, which is what prefix lookups need. */
 	struct t1 *t = open_t1(8, 4, 0);
 	for (uint64_t i = 1; i <= 8; i++)
 		put(t, 1, i, i - 1, CHUNK);
 	put(t, 1, 100, 0, CHUNK);
-	CHECK(!has(t, 1, 1));
-	CHECK(has(t, 1, 8));
-	CHECK_EQ(stats(t).evict_nontail, 1);
-	/* Block 2 lost its parent: it no longer counts in anything, block 3 does count
-	 * in 2, so the next fallback takes 2, again nontail. */
+	CHECK(!has(t, 1, 8));
+	for (uint64_t i = 1; i <= 7; i++)
+		CHECK(has(t, 1, i));
+	CHECK_EQ(stats(t).evict_nontail, 0);
 	put(t, 1, 101, 0, CHUNK);
-	CHECK(!has(t, 1, 2));
-	CHECK_EQ(stats(t).evict_nontail, 2);
+	CHECK(!has(t, 1, 7));
+	CHECK(has(t, 1, 1) && has(t, 1, 6));
+	CHECK_EQ(stats(t).evict_nontail, 0);
+	t1_close(t);
+}
+
+TEST(pinned_leaf_makes_eviction_cut_the_chain_as_late_as_possible)
+{
+	/* When the chain's deepest block cannot go (pinned), the deepest one that can
+	 * goes: the chain is cut (evict_nontail says so) but as late as possible, and
+	 * its head survives. */
+	struct t1 *t = open_t1(8, 4, 0);
+	for (uint64_t i = 1; i <= 8; i++)
+		put(t, 1, i, i - 1, CHUNK);
+	struct t1_key k8 = tkey(1, 8);
+	t1_pin(t, t1_find(t, &k8));
+	put(t, 1, 100, 0, CHUNK);
+	CHECK(!has(t, 1, 7));
+	CHECK(has(t, 1, 1) && has(t, 1, 6) && has(t, 1, 8));
+	CHECK_EQ(stats(t).evict_nontail, 1);
 	t1_close(t);
 }
 
@@ -479,7 +498,7 @@ TEST_MAIN(lru_picks_least_recent_and_access_moves_to_front,
 	  t1_evicts_the_least_recently_used_block, chain_tail_is_evicted_before_its_head,
 	  chain_tail_preference_survives_out_of_order_commits,
 	  chain_longer_than_the_arena_keeps_its_prefix, chain_longer_than_the_quota_keeps_its_prefix,
-	  small_scan_window_falls_back_to_the_coldest_and_counts_it,
+	  small_scan_window_shortens_the_chain_from_its_end, pinned_leaf_makes_eviction_cut_the_chain_as_late_as_possible,
 	  parent_leaving_first_detaches_its_children, pinned_blocks_are_never_evicted,
 	  unpinned_block_comes_back_as_the_most_recent,
 	  referenced_and_pending_blocks_are_never_evicted, quota_evicts_the_tenants_own_blocks_first,

@@ -827,6 +827,47 @@ TEST(close_frees_pending_referenced_and_dead_blocks)
 	t1_close(t);
 }
 
+TEST(reserve_free_never_evicts_and_contains_sees_pending)
+{
+	struct t1 *t = open_small(4);
+	put(t, 1, 1, CHUNK);
+	put(t, 1, 2, CHUNK);
+	struct t1_key k3 = tkey(1, 3), k4 = tkey(1, 4), k5 = tkey(1, 5);
+	struct t1_block *b3 = NULL, *b4 = NULL, *b5 = NULL;
+	/* Free space: taken without evicting. */
+	CHECK_RC(t1_reserve_free(t, &k3, NULL, CHUNK, NULL, &b3), 0);
+	CHECK(t1_contains(t, &k3));          /* pending counts */
+	CHECK(t1_find(t, &k3) == NULL);      /* but is not found yet */
+	t1_commit(t, b3);
+	CHECK_RC(t1_reserve_free(t, &k4, NULL, CHUNK, NULL, &b4), 0);
+	t1_commit(t, b4);
+	/* Full: refused, and nothing was evicted for it. */
+	CHECK_RC(t1_reserve_free(t, &k5, NULL, CHUNK, NULL, &b5), -ENOSPC);
+	CHECK_EQ(stats(t).evictions, 0);
+	CHECK_EQ(stats(t).blocks, 4);
+	/* The ordinary reserve does evict. */
+	CHECK_RC(t1_reserve(t, &k5, NULL, CHUNK, NULL, &b5), 0);
+	t1_commit(t, b5);
+	CHECK_EQ(stats(t).evictions, 1);
+	struct t1_key gone = tkey(1, 99);
+	CHECK(!t1_contains(t, &gone));
+	t1_close(t);
+}
+
+TEST(reserve_free_respects_the_quota_without_evicting)
+{
+	struct t1 *t = open_small(8);
+	CHECK_RC(t1_set_quota(t, 1, 2 * CHUNK), 0);
+	put(t, 1, 1, CHUNK);
+	put(t, 1, 2, CHUNK);
+	struct t1_key k3 = tkey(1, 3);
+	struct t1_block *b3 = NULL;
+	CHECK_RC(t1_reserve_free(t, &k3, NULL, CHUNK, NULL, &b3), -EDQUOT);
+	CHECK_EQ(stats(t).evictions, 0);
+	CHECK_EQ(stats(t).blocks, 2);
+	t1_close(t);
+}
+
 TEST_MAIN(index_many_keys_insert_find_remove_and_grow,
 	  index_same_key_under_two_tenants_is_two_entries, index_duplicate_insert_is_eexist, index_seeds_differ_between_tables,
 	  open_rejects_bad_config_and_rounds_capacity, reserve_is_invisible_until_commit,
@@ -838,4 +879,6 @@ TEST_MAIN(index_many_keys_insert_find_remove_and_grow,
 	  foreach_tenant_reports_blocks_and_quotas, stats_stay_consistent_under_random_operations,
 	  hugepages_off_maps_plain_memory, hugepages_auto_falls_back_to_thp,
 	  hugepages_on_fails_cleanly_without_huge_pages, mlock_modes,
-	  close_frees_pending_referenced_and_dead_blocks)
+	  close_frees_pending_referenced_and_dead_blocks,
+	  reserve_free_never_evicts_and_contains_sees_pending,
+	  reserve_free_respects_the_quota_without_evicting)
