@@ -141,7 +141,7 @@ $(BUILD)/bench/%: $(BUILD)/obj/bench/%.o $(COMMON_OBJ) $(LIB_A)
 	$(CC) $(filter %.o,$^) -o $@ $(ALL_LDFLAGS) $(LIB_A) $(BENCH_LIBS_$*)
 
 BENCH_LIBS_bench_transfer := -lhiredis
-BENCH_LIBS_bench_codec := $(STORE_LIBS)
+BENCH_LIBS_bench_codec := $(STORE_LIBS) -lm
 BENCH_LIBS_bench_io := $(STORE_LIBS)
 $(BUILD)/bench/bench_codec $(BUILD)/bench/bench_io: $(STORE_OBJ)
 
