@@ -16,7 +16,10 @@
 #   check     unit + integration + bad-input tests (fast, one build)
 #   test      check, then the same suite under ASan+UBSan; ends with "N passed, N failed"
 #   bench     run the benchmarks, results under bench/results/
-#   install   PREFIX (default /usr/local), DESTDIR honoured
+#   install   PREFIX (default /usr/local), DESTDIR honoured: binaries, library, header,
+#             kvtier.pc, man pages, systemd units, sysusers/tmpfiles snippets, the
+#             configuration (an existing one is kept) and its example
+#   uninstall the same files, except the configuration in SYSCONFDIR
 #   clean
 
 PREFIX     ?= /usr/local
@@ -27,6 +30,12 @@ INCLUDEDIR ?= $(PREFIX)/include
 MANDIR     ?= $(PREFIX)/share/man
 SYSCONFDIR ?= /etc
 UNITDIR    ?= $(PREFIX)/lib/systemd/system
+# systemd service integration (docs/OPERATIONS.md); pkg-config file for engines.
+SYSUSERSDIR  ?= $(PREFIX)/lib/sysusers.d
+TMPFILESDIR  ?= $(PREFIX)/lib/tmpfiles.d
+PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
+DOCDIR       ?= $(PREFIX)/share/doc/kvtier
+VERSION    := $(shell sed -n 's/^\#define KVT_VERSION_STRING "\(.*\)"/\1/p' include/kvtier.h)
 DESTDIR    ?=
 
 BUILD  ?= build
@@ -82,7 +91,7 @@ TEST_BINS   := $(addprefix $(BUILD)/tests/,$(UNIT_TESTS) $(INTEG_TESTS))
 BENCH_BINS  := $(addprefix $(BUILD)/bench/,$(BENCHES))
 
 STORE_LIBS  := -lxxhash -lzstd -luring -llmdb
-DAEMON_LIBS := $(STORE_LIBS)
+DAEMON_LIBS := $(STORE_LIBS) -lsystemd
 RPATH       := -Wl,-rpath,'$$ORIGIN/../lib'
 
 .PHONY: all deps run check test test-unit test-integ test-asan bench install uninstall clean memstat
@@ -173,7 +182,8 @@ install: $(BIN_DAEMON) $(LIB_SO) $(LIB_A) $(BIN_MEMSTAT)
 	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBDIR) \
 		$(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man3 \
 		$(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(UNITDIR) \
-		$(DESTDIR)$(SYSCONFDIR)/kvtier
+		$(DESTDIR)$(SYSCONFDIR)/kvtier $(DESTDIR)$(SYSUSERSDIR) $(DESTDIR)$(TMPFILESDIR) \
+		$(DESTDIR)$(PKGCONFIGDIR) $(DESTDIR)$(DOCDIR)
 	install -m 0755 $(BIN_DAEMON) $(DESTDIR)$(SBINDIR)/kvtierd
 	install -m 0755 $(BIN_MEMSTAT) $(DESTDIR)$(BINDIR)/memstat
 	install -m 0755 $(LIB_SO) $(DESTDIR)$(LIBDIR)/$(LIBSO_FULL)
@@ -185,8 +195,25 @@ install: $(BIN_DAEMON) $(LIB_SO) $(LIB_A) $(BIN_MEMSTAT)
 	install -m 0644 docs/man/kvtier.3 $(DESTDIR)$(MANDIR)/man3/kvtier.3
 	install -m 0644 docs/man/kvtierd.conf.5 $(DESTDIR)$(MANDIR)/man5/kvtierd.conf.5
 	install -m 0644 docs/man/kvtierd.8 $(DESTDIR)$(MANDIR)/man8/kvtierd.8
-	install -m 0644 systemd/kvtierd.service $(DESTDIR)$(UNITDIR)/kvtierd.service
+	# The unit names the installed daemon and configuration (its source says
+	# /usr/local/sbin and /etc, the defaults, so it verifies as it is).
+	sed -e 's|/usr/local/sbin/kvtierd|$(SBINDIR)/kvtierd|' \
+		-e 's|/etc/kvtier/kvtierd.conf|$(SYSCONFDIR)/kvtier/kvtierd.conf|' \
+		systemd/kvtierd.service >$(DESTDIR)$(UNITDIR)/kvtierd.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/kvtierd.service
 	install -m 0644 systemd/kvtierd.socket $(DESTDIR)$(UNITDIR)/kvtierd.socket
+	install -m 0644 systemd/kvtier.sysusers.conf $(DESTDIR)$(SYSUSERSDIR)/kvtier.conf
+	install -m 0644 systemd/kvtier.tmpfiles.conf $(DESTDIR)$(TMPFILESDIR)/kvtier.conf
+	# libdir and includedir relative to ${prefix} when they are under it, so that
+	# pkg-config --define-prefix can relocate a DESTDIR tree.
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' \
+		-e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' -e 's|@VERSION@|$(VERSION)|' \
+		-e 's|^libdir=$(PREFIX)/|libdir=$${exec_prefix}/|' \
+		-e 's|^includedir=$(PREFIX)/|includedir=$${prefix}/|' \
+		client/kvtier.pc.in >$(DESTDIR)$(PKGCONFIGDIR)/kvtier.pc
+	chmod 0644 $(DESTDIR)$(PKGCONFIGDIR)/kvtier.pc
+	install -m 0644 systemd/kvtierd.conf $(DESTDIR)$(DOCDIR)/kvtierd.conf.example
+	install -m 0644 docs/OPERATIONS.md $(DESTDIR)$(DOCDIR)/OPERATIONS.md
 	test -e $(DESTDIR)$(SYSCONFDIR)/kvtier/kvtierd.conf || \
 		install -m 0644 systemd/kvtierd.conf $(DESTDIR)$(SYSCONFDIR)/kvtier/kvtierd.conf
 
@@ -197,7 +224,11 @@ uninstall:
 		$(DESTDIR)$(INCLUDEDIR)/kvtier.h $(DESTDIR)$(MANDIR)/man1/memstat.1 \
 		$(DESTDIR)$(MANDIR)/man3/kvtier.3 $(DESTDIR)$(MANDIR)/man5/kvtierd.conf.5 \
 		$(DESTDIR)$(MANDIR)/man8/kvtierd.8 $(DESTDIR)$(UNITDIR)/kvtierd.service \
-		$(DESTDIR)$(UNITDIR)/kvtierd.socket
+		$(DESTDIR)$(UNITDIR)/kvtierd.socket $(DESTDIR)$(SYSUSERSDIR)/kvtier.conf \
+		$(DESTDIR)$(TMPFILESDIR)/kvtier.conf $(DESTDIR)$(PKGCONFIGDIR)/kvtier.pc \
+		$(DESTDIR)$(DOCDIR)/kvtierd.conf.example $(DESTDIR)$(DOCDIR)/OPERATIONS.md
+	-rmdir $(DESTDIR)$(DOCDIR) 2>/dev/null
+	@echo "kept $(DESTDIR)$(SYSCONFDIR)/kvtier/kvtierd.conf (your configuration)"
 
 clean:
 	rm -rf $(BUILD)

@@ -469,19 +469,22 @@ static int kvt_get_point(struct kvt_bench *kb, uint64_t size, double seconds, do
  * threads that each copy one slice of every block: the baseline for a daemon that
  * spreads each copy over its workers. The calling thread is thread 0.
  */
+struct mc_pool;
+
+struct mc_arg {
+	struct mc_pool *p;
+	unsigned i;
+};
+
 struct mc_pool {
 	pthread_t th[MAX_THREADS];
+	struct mc_arg args[MAX_THREADS];
 	unsigned n;
 	pthread_barrier_t start, done;
 	uint8_t *dst;
 	const uint8_t *src;
 	size_t len;
 	bool quit;
-};
-
-struct mc_arg {
-	struct mc_pool *p;
-	unsigned i;
 };
 
 static void mc_slice(struct mc_pool *p, unsigned i)
@@ -525,8 +528,6 @@ static void mc_copy(struct mc_pool *p, void *dst, const void *src, size_t len)
 	__asm__ __volatile__("" : : "r"(dst) : "memory");
 }
 
-static struct mc_arg mc_args[MAX_THREADS];
-
 static int mc_start(struct mc_pool *p, unsigned n)
 {
 	memset(p, 0, sizeof(*p));
@@ -536,11 +537,9 @@ static int mc_start(struct mc_pool *p, unsigned n)
 	if (pthread_barrier_init(&p->start, NULL, n) || pthread_barrier_init(&p->done, NULL, n))
 		return -ENOMEM;
 	for (unsigned i = 1; i < n; i++) {
-		mc_args[i] = (struct mc_arg){ p, i };
-		if (pthread_create(&p->th[i], NULL, mc_main, &mc_args[i]) != 0) {
-			p->n = i; /* threads 1..i-1 exist */
-			return -EAGAIN;
-		}
+		p->args[i] = (struct mc_arg){ p, i };
+		if (pthread_create(&p->th[i], NULL, mc_main, &p->args[i]) != 0)
+			return -EAGAIN; /* the pool is unusable; see main */
 	}
 	return 0;
 }
@@ -837,6 +836,7 @@ int main(int argc, char **argv)
 	struct mc_pool mc1, mcn;
 	static struct point pts[NSIZES];
 	struct bench_out out = { 0 };
+	struct bench_cpu cpu0;
 	redisContext *rctx = NULL;
 	double fill_gbps = -1;
 	uint64_t fill_bytes = 0;
@@ -930,8 +930,9 @@ int main(int argc, char **argv)
 		fill_pattern(kb.base + (uint64_t)s * kb.slot, kb.slot, s + 1);
 
 	if (mc_start(&mc1, 1) != 0 || mc_start(&mcn, nthreads) != 0) {
+		/* Threads that did start wait on a barrier that can never fill; they end
+		 * with the process, which exits next. */
 		fprintf(stderr, "bench_transfer: cannot start memcpy threads\n");
-		mc_stop(&mcn);
 		goto out;
 	}
 	mc_started = true;
@@ -956,6 +957,7 @@ int main(int argc, char **argv)
 	 * Fill the whole tier once, report what that cost, and measure the points on
 	 * a tier in its steady state, as a long-running daemon is.
 	 */
+	bench_cpu_snapshot(&cpu0);
 	if (!o.no_fill && di.capacity) {
 		fprintf(stderr, "bench_transfer: first fill of the host tier (%.2f GiB)...\n",
 			(double)di.capacity / (1024.0 * MIB));
@@ -1091,6 +1093,7 @@ int main(int argc, char **argv)
 		}
 	}
 	bench_printf(&out, "all goals: %s\n", goals_met ? "met" : "NOT met");
+	bench_print_cpu_use(&out, &cpu0);
 
 	if (o.plot) {
 		FILE *plot = fopen(o.plot, "w");

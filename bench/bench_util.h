@@ -207,6 +207,50 @@ static inline void bench_print_machine(struct bench_out *o, const char *title)
 	bench_print_load(o);
 }
 
+/* CPU time of the whole machine from /proc/stat, to say afterwards how busy it was. */
+struct bench_cpu {
+	uint64_t total, idle, steal;
+};
+
+static inline void bench_cpu_snapshot(struct bench_cpu *c)
+{
+	unsigned long long v[8] = { 0 };
+	FILE *f = fopen("/proc/stat", "r");
+
+	memset(c, 0, sizeof(*c));
+	if (!f)
+		return;
+	/* cpu  user nice system idle iowait irq softirq steal ... */
+	if (fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3],
+		   &v[4], &v[5], &v[6], &v[7]) == 8) {
+		for (int i = 0; i < 8; i++)
+			c->total += v[i];
+		c->idle = v[3] + v[4];
+		c->steal = v[7];
+	}
+	fclose(f);
+}
+
+/*
+ * One line on what the machine did between start and now: how busy its CPUs were
+ * (this benchmark and the daemon included) and how much time a hypervisor stole.
+ * Latency and bandwidth figures only mean something next to it.
+ */
+static inline void bench_print_cpu_use(struct bench_out *o, const struct bench_cpu *start)
+{
+	struct bench_cpu now;
+	uint64_t dt;
+
+	bench_cpu_snapshot(&now);
+	dt = now.total - start->total;
+	if (!start->total || dt == 0)
+		return;
+	bench_printf(o, "cpu:     %.0f%% busy on average over all cores while measuring (this "
+		     "benchmark and the daemon included), %.1f%% stolen by the hypervisor\n",
+		     100.0 * (double)(dt - (now.idle - start->idle)) / (double)dt,
+		     100.0 * (double)(now.steal - start->steal) / (double)dt);
+}
+
 /* xorshift64* - a fast, deterministic pattern generator for block contents. */
 static inline uint64_t bench_rand64(uint64_t *s)
 {

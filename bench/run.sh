@@ -166,6 +166,17 @@ rev=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo "no commit yet")
 if [ -n "$(git -C "$ROOT" status --porcelain 2>/dev/null)" ]; then
 	rev="$rev, with uncommitted changes"
 fi
+# Rows for files this script did not write (other benchmarks keep results here too).
+# shellcheck disable=SC2016 # the backquotes are Markdown
+other_results() {
+	for f in "$RESULTS"/*; do
+		name=$(basename "$f")
+		case $name in
+		README.md | lookup.txt | transfer.txt | transfer.dat | transfer.png | engine.txt | kvtierd.log) ;;
+		*) printf '| `%s` | not written by bench/run.sh: from a benchmark run on its own (the file says how and when) |\n' "$name" ;;
+		esac
+	done
+}
 cat >"$RESULTS/README.md" <<EOF
 # Benchmark results
 
@@ -189,11 +200,20 @@ configuration, on a socket and data directory in a temporary directory; its log
 | \`transfer.png\` | GB/s against block size for kvtier PUT/GET, memcpy and Redis (drawn when gnuplot is installed) |
 | \`engine.txt\` | the example engine (\`kvtier-engine --tokens $ENGINE_TOKENS\`) run against the same daemon |
 | \`kvtierd.log\` | the daemon's log for the run |
+$(other_results)
 
 Reading the transfer figures: with 1 and 16 MiB blocks, memcpy's sources and
 destinations (8 and 128 MiB in all) can stay in a large last-level cache, while a
 kvtier PUT always writes into a multi-GiB arena; at small sizes the memcpy baseline
 is the cache's speed rather than memory's.
+
+Reading the lookup figures: a round trip between two threads costs very different
+amounts depending on whether they share a CPU (two context switches) or not (two
+cross-CPU wake-ups, which in a virtual machine with idle vCPUs go through the
+hypervisor). \`lookup.txt\` shows a plain socketpair echo in both placements; kvtierd's
+loop thread is placed by the scheduler, so its PING and LOOKUP percentiles fall near
+one or the other and can be bimodal (a p50 near the one-CPU echo and a p90 near the
+two-CPU echo means both placements occurred during the run).
 EOF
 
 if [ "$failed" -ne 0 ]; then

@@ -50,9 +50,13 @@ enum key_kind {
 	KK_DURATION, /* uint64_t, milliseconds */
 	KK_TRISTATE, /* enum t1_mode */
 	KK_LOGLEVEL, /* enum log_level */
+	KK_ENUM,     /* uint32_t; names in enum_tables[key min] */
 	KK_QUOTA,    /* repeatable TENANT:SIZE */
 	KK_UIDMAP,   /* repeatable UID:TENANT */
 };
+
+/* KK_ENUM keys name their table of value names with these (in the key's min). */
+enum { ENUM_CODEC, ENUM_ADMISSION, ENUM_WRITE, ENUM_IO };
 
 #define KF_AUTO 1u /* "auto" is accepted and stored as 0 until config_finish */
 #define KF_POW2 2u
@@ -116,7 +120,32 @@ struct key_def {
 	X(workers, KK_COUNT, workers, 1, 256, KF_AUTO, "", "auto",                                \
 	  "Copy threads, 1 to 256; auto = online CPUs, at least 2, at most 16.")                  \
 	X(log_level, KK_LOGLEVEL, log_level, 0, 0, 0, "", "info",                                 \
-	  "Least severe messages logged to stderr: error, warn, info or debug.")
+	  "Least severe messages logged to stderr: error, warn, info or debug.")                  \
+	X(nvme_capacity, KK_SIZE, nvme_capacity, 0, UINT64_MAX, 0, "", "8GiB",                    \
+	  "Size of the NVMe tier (segment files under data_dir); 0 = no NVMe tier.")               \
+	X(nvme_segment_size, KK_SIZE, nvme_segment_size, 64 * SZ_MIB, 64 * SZ_GIB, 0, "", "1GiB",  \
+	  "Size of one segment file; space is reclaimed a segment at a time.")                    \
+	X(nvme_codec, KK_ENUM, nvme_codec, ENUM_CODEC, 0, 0, "", "bf16",                           \
+	  "Compression on NVMe: raw, zstd, or bf16 (byte split + zstd for bf16 blocks, zstd else).") \
+	X(nvme_zstd_level, KK_COUNT, nvme_zstd_level, 1, 19, 0, "", "1",                          \
+	  "zstd level for the NVMe tier, 1 to 19 (1 measures best for bf16 KV).")                 \
+	X(nvme_admission, KK_ENUM, nvme_admission, ENUM_ADMISSION, 0, 0, "", "chain",            \
+	  "Which evicted blocks go to NVMe: always, chain (read since written, or followed by a " \
+	  "later block of its chain), reused (read since written).")                              \
+	X(nvme_write, KK_ENUM, nvme_write, ENUM_WRITE, 0, 0, "", "back",                          \
+	  "back: write cold blocks ahead of eviction; through: write every block once stored.")  \
+	X(nvme_free_target, KK_COUNT, nvme_free_target, 1, 90, 0, "", "10",                       \
+	  "Percent of the host tier kept free or already on NVMe by writing cold blocks early.")  \
+	X(nvme_staging, KK_SIZE, nvme_staging, SZ_MIB, UINT64_MAX, 0, "", "256MiB",               \
+	  "Buffer memory for NVMe reads and writes in flight; more wait their turn.")             \
+	X(nvme_commit_interval, KK_DURATION, nvme_commit_interval_ms, 0, DURATION_MAX_MS, 0, "",  \
+	  "0", "Longest a written block waits for its group commit; 0 = as soon as possible.")    \
+	X(readahead, KK_COUNT, readahead, 0, 1024, 0, "", "4",                                    \
+	  "Blocks fetched ahead from NVMe when a chain is read in order; 0 = none.")              \
+	X(io_backend, KK_ENUM, io_backend, ENUM_IO, 0, 0, "", "auto",                             \
+	  "NVMe I/O: auto (io_uring, else a thread pool), uring, or threads.")                    \
+	X(io_queue_depth, KK_COUNT, io_queue_depth, 1, 4096, 0, "", "64",                         \
+	  "NVMe requests in flight at once.")
 
 #define EMBED_LINE_(name, kind, field, lo, hi, fl, prefix, def, help) \
 	"\n# " help "\n" prefix #name " = " def "\n"
@@ -134,6 +163,28 @@ const char config_embedded_default[] =
 
 static const struct key_def keys[] = { CONFIG_KEYS(KEY_ROW_) };
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))
+
+/* Names of the KK_ENUM keys' values, indexed by the value; a key's min selects its
+ * table. The orders match enum codec_id, enum nvme_admission, enum io_backend. */
+static const char *const enum_codec[] = { "raw", "zstd", "bf16" };
+static const char *const enum_admission[] = { "always", "chain", "reused" };
+static const char *const enum_write[] = { "back", "through" };
+static const char *const enum_io[] = { "auto", "uring", "threads" };
+static const struct {
+	const char *const *names;
+	size_t n;
+	const char *list;
+} enum_tables[] = {
+	[ENUM_CODEC] = { enum_codec, 3, "raw, zstd or bf16" },
+	[ENUM_ADMISSION] = { enum_admission, 3, "always, chain or reused" },
+	[ENUM_WRITE] = { enum_write, 2, "back or through" },
+	[ENUM_IO] = { enum_io, 3, "auto, uring or threads" },
+};
+
+static const char *enum_name(const struct key_def *k, uint64_t v)
+{
+	return v < enum_tables[k->min].n ? enum_tables[k->min].names[v] : "invalid";
+}
 
 /* Indexed by enum t1_mode / enum log_level. */
 static const char *const tristate_names[] = { [T1_OFF] = "off", [T1_ON] = "on",
@@ -164,6 +215,18 @@ void config_defaults(struct kvtd_config *c)
 	c->frame_timeout_ms = 10 * MS_PER_S;
 	c->workers = 0; /* auto */
 	c->log_level = LOG_INFO;
+	c->nvme_capacity = 8 * SZ_GIB;
+	c->nvme_segment_size = SZ_GIB;
+	c->nvme_codec = 2;     /* bf16 */
+	c->nvme_zstd_level = 1;
+	c->nvme_admission = 1; /* chain */
+	c->nvme_write = 0;     /* back */
+	c->nvme_free_target = 10;
+	c->nvme_staging = 256 * SZ_MIB;
+	c->nvme_commit_interval_ms = 0;
+	c->readahead = 4;
+	c->io_backend = 0;     /* auto */
+	c->io_queue_depth = 64;
 }
 
 void config_free(struct kvtd_config *c)
@@ -412,6 +475,9 @@ static void describe(const struct key_def *k, char *buf, size_t cap)
 	case KK_LOGLEVEL:
 		snprintf(buf, cap, "error, warn, info or debug");
 		return;
+	case KK_ENUM:
+		snprintf(buf, cap, "%s", enum_tables[k->min].list);
+		return;
 	case KK_QUOTA:
 		snprintf(buf, cap, "TENANT:SIZE, e.g. 1000:8GiB (TENANT from 0 to 4294967295)");
 		return;
@@ -543,6 +609,12 @@ static int set_value(struct kvtd_config *c, const struct key_def *k, const char 
 		if (i < 0)
 			return -EINVAL;
 		*(enum log_level *)field(c, k) = (enum log_level)i;
+		return 0;
+	case KK_ENUM:
+		i = lookup_name(enum_tables[k->min].names, enum_tables[k->min].n, val);
+		if (i < 0)
+			return -EINVAL;
+		put_uint(c, k, (uint64_t)i);
 		return 0;
 	case KK_QUOTA:
 		return add_quota(c, val);
@@ -844,6 +916,10 @@ static int check_key(const struct kvtd_config *c, const struct key_def *k, char 
 		if (m >= 0 && (size_t)m < sizeof(level_names) / sizeof(level_names[0]))
 			return 0;
 		break;
+	case KK_ENUM:
+		if (get_uint(c, k) < enum_tables[k->min].n)
+			return 0;
+		break;
 	case KK_QUOTA:
 		if (c->nquotas == 0 || c->quotas)
 			return 0;
@@ -1012,6 +1088,9 @@ void config_print(const struct kvtd_config *c, FILE *out)
 			fprintf(out, "%s = %s\n", k->name,
 				log_level_name(*(const enum log_level *)cfield(c, k)));
 			break;
+		case KK_ENUM:
+			fprintf(out, "%s = %s\n", k->name, enum_name(k, get_uint(c, k)));
+			break;
 		case KK_QUOTA:
 			for (size_t j = 0; j < c->nquotas; j++) {
 				format_size(buf, sizeof(buf), c->quotas[j].bytes);
@@ -1026,4 +1105,139 @@ void config_print(const struct kvtd_config *c, FILE *out)
 			break;
 		}
 	}
+}
+
+/* ---- walking the keys (for reload) ----------------------------------------- */
+
+size_t config_key_count(void)
+{
+	return NKEYS;
+}
+
+const char *config_key_name(size_t i)
+{
+	return i < NKEYS ? keys[i].name : NULL;
+}
+
+static int cmp_quota(const void *a, const void *b)
+{
+	const struct quota_entry *x = a, *y = b;
+
+	return x->tenant < y->tenant ? -1 : x->tenant > y->tenant;
+}
+
+static int cmp_uid_map(const void *a, const void *b)
+{
+	const struct uid_map_entry *x = a, *y = b;
+
+	return x->uid < y->uid ? -1 : x->uid > y->uid;
+}
+
+/* Append to buf at *len, keeping it NUL-terminated and within cap. */
+static void append(char *buf, size_t cap, size_t *len, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+static void append(char *buf, size_t cap, size_t *len, const char *fmt, ...)
+{
+	va_list ap;
+	int n;
+
+	if (*len + 1 >= cap)
+		return;
+	va_start(ap, fmt);
+	n = vsnprintf(buf + *len, cap - *len, fmt, ap);
+	va_end(ap);
+	if (n > 0)
+		*len = *len + (size_t)n < cap ? *len + (size_t)n : cap - 1;
+}
+
+/* A repeatable key's entries, sorted, so that reordering lines is no change. */
+static void format_list(const struct kvtd_config *c, const struct key_def *k, char *buf,
+			size_t cap)
+{
+	size_t len = 0, n = k->kind == KK_QUOTA ? c->nquotas : c->nuid_maps;
+	char sz[32];
+
+	buf[0] = '\0';
+	if (n == 0) {
+		append(buf, cap, &len, "(none)");
+		return;
+	}
+	if (k->kind == KK_QUOTA) {
+		struct quota_entry *q = malloc(n * sizeof(*q));
+		if (!q) {
+			append(buf, cap, &len, "(out of memory)");
+			return;
+		}
+		memcpy(q, c->quotas, n * sizeof(*q));
+		qsort(q, n, sizeof(*q), cmp_quota);
+		for (size_t j = 0; j < n; j++) {
+			format_size(sz, sizeof(sz), q[j].bytes);
+			append(buf, cap, &len, "%s%" PRIu32 ":%s", j ? ", " : "", q[j].tenant, sz);
+		}
+		free(q);
+		return;
+	}
+	struct uid_map_entry *m = malloc(n * sizeof(*m));
+	if (!m) {
+		append(buf, cap, &len, "(out of memory)");
+		return;
+	}
+	memcpy(m, c->uid_maps, n * sizeof(*m));
+	qsort(m, n, sizeof(*m), cmp_uid_map);
+	for (size_t j = 0; j < n; j++)
+		append(buf, cap, &len, "%s%" PRIu32 ":%" PRIu32, j ? ", " : "", m[j].uid,
+		       m[j].tenant);
+	free(m);
+}
+
+const char *config_key_format(const struct kvtd_config *c, size_t i, char *buf, size_t cap)
+{
+	const struct key_def *k;
+	uint64_t v;
+	unsigned m;
+
+	if (!buf || cap == 0)
+		return buf;
+	buf[0] = '\0';
+	if (i >= NKEYS)
+		return buf;
+	k = &keys[i];
+	switch (k->kind) {
+	case KK_PATH:
+		snprintf(buf, cap, "%s", (const char *)cfield(c, k));
+		break;
+	case KK_MODE:
+		snprintf(buf, cap, "%04" PRIo64, get_uint(c, k));
+		break;
+	case KK_SIZE:
+	case KK_COUNT:
+	case KK_DURATION:
+		v = get_uint(c, k);
+		if ((k->flags & KF_AUTO) && v == 0)
+			snprintf(buf, cap, "auto");
+		else if (k->kind == KK_SIZE)
+			format_size(buf, cap, v);
+		else if (k->kind == KK_DURATION)
+			format_duration(buf, cap, v);
+		else
+			snprintf(buf, cap, "%" PRIu64, v);
+		break;
+	case KK_TRISTATE:
+		m = (unsigned)*(const enum t1_mode *)cfield(c, k);
+		snprintf(buf, cap, "%s",
+			 m < sizeof(tristate_names) / sizeof(tristate_names[0]) ? tristate_names[m]
+										 : "invalid");
+		break;
+	case KK_LOGLEVEL:
+		snprintf(buf, cap, "%s", log_level_name(*(const enum log_level *)cfield(c, k)));
+		break;
+	case KK_ENUM:
+		snprintf(buf, cap, "%s", enum_name(k, get_uint(c, k)));
+		break;
+	case KK_QUOTA:
+	case KK_UIDMAP:
+		format_list(c, k, buf, cap);
+		break;
+	}
+	return buf;
 }

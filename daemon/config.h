@@ -51,6 +51,20 @@ struct kvtd_config {
 	uint64_t handshake_timeout_ms; /* 0 = never */
 	uint64_t frame_timeout_ms;     /* 0 = never */
 	uint32_t workers;              /* resolved from "auto" by config_finish */
+
+	/* NVMe tier (daemon/tier2.c); nvme_capacity 0 = no NVMe tier. */
+	uint64_t nvme_capacity;
+	uint64_t nvme_segment_size;
+	uint32_t nvme_codec;            /* enum codec_id */
+	uint32_t nvme_zstd_level;
+	uint32_t nvme_admission;        /* enum nvme_admission */
+	uint32_t nvme_write;            /* 0 = write-back, 1 = write-through */
+	uint32_t nvme_free_target;      /* percent of the host tier kept free or clean */
+	uint64_t nvme_staging;          /* bytes of NVMe read/write buffers in flight */
+	uint64_t nvme_commit_interval_ms;
+	uint32_t readahead;             /* blocks fetched ahead along a chain */
+	uint32_t io_backend;            /* enum io_backend */
+	uint32_t io_queue_depth;
 	enum log_level log_level;
 };
 
@@ -89,5 +103,13 @@ int config_parse_size(const char *s, uint64_t *out);
 int config_parse_duration_ms(const char *s, uint64_t *out);
 
 const char *log_level_name(enum log_level l);
+
+/* The key table, for code that walks every key (reload's diff, daemon/reload.c):
+ * how many keys, the name of key i, and the value of key i in c as a file would
+ * say it ("64MiB", "10s"; a repeatable key's entries sorted and joined with ", ",
+ * or "(none)"), written into buf (truncated to cap), which is returned. */
+size_t config_key_count(void);
+const char *config_key_name(size_t i);
+const char *config_key_format(const struct kvtd_config *c, size_t i, char *buf, size_t cap);
 
 #endif /* KVTD_CONFIG_H */

@@ -16,7 +16,9 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "sd.h"
 #include "server.h"
+#include "tier2.h"
 
 /* Stop reading from a client whose unread replies exceed this. */
 #define OUTPUT_BACKLOG_MAX (4u << 20)
@@ -54,6 +56,11 @@ static int clear_stale_socket(const struct sockaddr_un *addr)
 
 int server_listen(struct server *s)
 {
+	/* Socket activation (sd.c): serve on the socket systemd passed, bind nothing. */
+	int arc = kvtd_sd_listen_fd(s->cfg->socket_path, &s->lfd);
+	if (arc != -ENOENT)
+		return arc;
+
 	struct sockaddr_un addr = { .sun_family = AF_UNIX };
 	snprintf(addr.sun_path, sizeof(addr.sun_path), "%s", s->cfg->socket_path);
 
@@ -155,7 +162,8 @@ void server_accept(struct server *s)
 		}
 		if (s->nconns >= s->cfg->max_connections) {
 			s->conn_rejected++;
-			log_warn("connection refused: %u connections is the limit",
+			struct log_fields lf = { .error = KVT_ECONNLIMIT };
+			log_with(LOG_WARN, &lf, "connection refused: %u connections is the limit",
 				 s->cfg->max_connections);
 			notice_and_drop(fd, KVT_ECONNLIMIT, "too many connections");
 			continue;
@@ -330,8 +338,11 @@ void conn_fatal(struct conn *c, int status, const char *msg)
 {
 	if (c->dead || c->closing)
 		return;
-	log_info("conn %llu (pid %d uid %u): %s (%s); closing", (unsigned long long)c->serial,
-		 (int)c->pid, (unsigned)c->uid, msg, kvt_errname(status));
+	/* Journal fields (journal.h), so one tenant's troubles can be listed. */
+	struct log_fields lf = { .has_tenant = true, .tenant = c->tenant, .error = status };
+	log_with(LOG_INFO, &lf, "conn %llu (pid %d uid %u): %s (%s); closing",
+		 (unsigned long long)c->serial, (int)c->pid, (unsigned)c->uid, msg,
+		 kvt_errname(status));
 	uint8_t body[2 + KVT_NOTICE_MAX];
 	int n = kvt_notice_encode(msg, body, sizeof(body));
 	c->closing = true;
@@ -554,18 +565,24 @@ void server_begin_shutdown(struct server *s)
 	if (s->stopping)
 		return;
 	s->stopping = true;
+	tier2_begin_stop(s);
 	if (s->lfd >= 0) {
 		epoll_ctl(s->epfd, EPOLL_CTL_DEL, s->lfd, NULL);
 		close(s->lfd);
 		s->lfd = -1;
-		unlink(s->cfg->socket_path);
+		/* An inherited socket's path belongs to kvtierd.socket: leave it. */
+		if (!kvtd_sd_socket_inherited())
+			unlink(s->cfg->socket_path);
 	}
-	/* Requests already received but not started are failed explicitly. */
+	/* Requests already received, in our buffer or still in the socket's, are
+	 * failed explicitly with ESHUTDOWN rather than dropped with the connection. */
 	struct conn *next;
 	for (struct conn *c = s->conns; c; c = next) {
 		next = c->next;
 		c->refs++;
 		conn_process(c);
+		if (!c->dead && !c->closing)
+			conn_read(c);
 		if (!c->dead)
 			conn_update_events(c);
 		conn_put(c);

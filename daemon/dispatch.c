@@ -15,6 +15,7 @@
 
 #include "log.h"
 #include "server.h"
+#include "tier2.h"
 
 /* ---- regions ------------------------------------------------------------- */
 
@@ -222,7 +223,11 @@ static void do_hello(struct conn *c, const struct kvt_hdr *h, const uint8_t *bod
 	}
 	if (req.min_version > KVT_PROTO_MAX_VERSION || req.max_version < KVT_PROTO_MIN_VERSION ||
 	    req.min_version > req.max_version) {
-		log_info("conn %llu: no common protocol version (client %u..%u, daemon %u..%u)",
+		/* Journal fields TENANT=, OP=, ERROR= (journal.h). */
+		struct log_fields lf = { .has_tenant = true, .tenant = c->tenant,
+					 .op = kvt_op_name(h->opcode), .error = KVT_EVERSION };
+		log_with(LOG_INFO, &lf,
+			 "conn %llu: no common protocol version (client %u..%u, daemon %u..%u)",
 			 (unsigned long long)c->serial, req.min_version, req.max_version,
 			 KVT_PROTO_MIN_VERSION, KVT_PROTO_MAX_VERSION);
 		c->closing = true;
@@ -349,11 +354,20 @@ struct xfer {
 	uint64_t id;
 	uint32_t count;
 	int32_t *status;              /* PUT */
+	struct kvt_put_wire *pw;      /* PUT items, kept for a retry after waiting for room */
 	struct kvt_get_result *res;   /* GET */
 	struct t1_block **blocks;     /* reserved (PUT) or referenced (GET) per item */
 	struct region **regions;      /* region referenced per item */
 	struct copy_seg *segs;
 	size_t nsegs, segs_cap;
+	unsigned pending;             /* NVMe fetches not yet back, plus one while items are parsed */
+	struct item_ref *irefs;       /* per item, for fetch callbacks */
+};
+
+struct item_ref {
+	struct xfer *x;
+	uint32_t i;
+	uint8_t *dst;
 };
 
 static void xfer_free(struct xfer *x)
@@ -363,6 +377,8 @@ static void xfer_free(struct xfer *x)
 	free(x->blocks);
 	free(x->regions);
 	free(x->segs);
+	free(x->irefs);
+	free(x->pw);
 	free(x);
 }
 
@@ -378,11 +394,15 @@ static struct xfer *xfer_new(struct conn *c, const struct kvt_hdr *h, uint32_t c
 	size_t n = count ? count : 1;
 	x->blocks = calloc(n, sizeof(*x->blocks));
 	x->regions = calloc(n, sizeof(*x->regions));
-	if (h->opcode == KVT_OP_PUT)
+	x->irefs = calloc(n, sizeof(*x->irefs));
+	if (h->opcode == KVT_OP_PUT) {
 		x->status = calloc(n, sizeof(*x->status));
-	else
+		x->pw = calloc(n, sizeof(*x->pw));
+	} else {
 		x->res = calloc(n, sizeof(*x->res));
-	if (!x->blocks || !x->regions || (!x->status && !x->res)) {
+	}
+	if (!x->blocks || !x->regions || !x->irefs || (!x->status && !x->res) ||
+	    (x->status && !x->pw)) {
 		xfer_free(x);
 		return NULL;
 	}
@@ -409,23 +429,6 @@ static int add_block_segs(struct xfer *x, struct t1_block *b, uint8_t *mem, bool
 	return 0;
 }
 
-/* Undo everything an xfer took, for a request that cannot be submitted. */
-static void xfer_unwind(struct xfer *x)
-{
-	struct t1 *t = x->c->srv->t1;
-	for (uint32_t i = 0; i < x->count; i++) {
-		if (x->blocks[i]) {
-			if (x->op == KVT_OP_PUT)
-				t1_abort(t, x->blocks[i]);
-			else
-				t1_block_unref(t, x->blocks[i]);
-		}
-		if (x->regions[i])
-			region_put(x->regions[i]);
-	}
-	xfer_free(x);
-}
-
 static void xfer_done(struct job *j)
 {
 	struct xfer *x = j->arg;
@@ -443,6 +446,7 @@ static void xfer_done(struct job *j)
 			} else {
 				uint64_t len = t1_block_len(b);
 				t1_commit(t, b);
+				tier2_after_put(s, b);
 				s->bytes_in += len;
 				if (tc)
 					tc->bytes_in += len;
@@ -478,16 +482,29 @@ static void xfer_done(struct job *j)
 	conn_put(c);
 }
 
+/* A request that will be answered later holds its connection and an in-flight
+ * slot from the moment it is accepted. */
+static void xfer_begin(struct xfer *x)
+{
+	x->c->refs++;
+	x->c->inflight++;
+	x->pending = 1;
+}
+
 static void xfer_submit(struct xfer *x)
 {
-	struct conn *c = x->c;
 	x->job.segs = x->segs;
 	x->job.nsegs = x->nsegs;
 	x->job.done = xfer_done;
 	x->job.arg = x;
-	c->refs++;
-	c->inflight++;
-	workers_submit(c->srv->workers, &x->job);
+	workers_submit(x->c->srv->workers, &x->job);
+}
+
+/* One less thing to wait for; when nothing is left the copies start. */
+static void xfer_pending_put(struct xfer *x)
+{
+	if (--x->pending == 0)
+		xfer_submit(x);
 }
 
 static int map_reserve_error(int rc)
@@ -522,24 +539,25 @@ static int batch_check_items(const struct kvt_batch *bt, uint16_t op)
 	return 0;
 }
 
-static int put_item(struct xfer *x, uint32_t i, const uint8_t *raw)
+/* put_wire_item's answer when the item waits for room (it is retried later). */
+#define PUT_PARKED 1
+
+static void put_room_cb(void *arg);
+
+static int put_wire_item(struct xfer *x, uint32_t i, const struct kvt_put_wire *it)
 {
 	struct conn *c = x->c;
 	struct server *s = c->srv;
-	struct kvt_put_wire it;
-	int rc = kvt_put_item_decode(raw, &it);
-	if (rc)
-		return rc;
-	struct region *r = region_find(c, it.region_id);
+	struct region *r = c->dead ? NULL : region_find(c, it->region_id);
 	if (!r)
 		return KVT_EREGION;
-	if (!region_contains(r, it.offset, it.length))
+	if (!region_contains(r, it->offset, it->length))
 		return KVT_ERANGE;
-	if (it.length == 0 || kvt_key_is_zero(&it.key))
+	if (it->length == 0 || kvt_key_is_zero(&it->key))
 		return KVT_EINVAL;
-	if (it.length > s->cfg->max_block_size)
+	if (it->length > s->cfg->max_block_size)
 		return KVT_EFBIG;
-	struct t1_key tk = { .tenant = c->tenant, .key = it.key };
+	struct t1_key tk = { .tenant = c->tenant, .key = it->key };
 	struct t1_block *b = t1_find(s->t1, &tk);
 	if (b) { /* immutable: already there is success */
 		t1_touch(s->t1, b);
@@ -548,18 +566,51 @@ static int put_item(struct xfer *x, uint32_t i, const uint8_t *raw)
 	/* A block whose parent is given but not here is useless to a prefix lookup
 	 * until the parent comes back: it may use free space, never displace blocks
 	 * that are part of a usable prefix. */
-	struct t1_key pk = { .tenant = c->tenant, .key = it.parent };
-	bool orphan = !kvt_key_is_zero(&it.parent) && !t1_contains(s->t1, &pk);
-	rc = orphan ? t1_reserve_free(s->t1, &tk, &it.parent, it.length, &it.desc, &b)
-		    : t1_reserve(s->t1, &tk, &it.parent, it.length, &it.desc, &b);
+	struct t1_key pk = { .tenant = c->tenant, .key = it->parent };
+	bool orphan = !kvt_key_is_zero(&it->parent) && !t1_contains(s->t1, &pk);
+	int rc = orphan ? t1_reserve_free(s->t1, &tk, &it->parent, it->length, &it->desc, &b)
+			: t1_reserve(s->t1, &tk, &it->parent, it->length, &it->desc, &b);
+	if ((rc == -ENOSPC || rc == -EDQUOT) && !s->stopping) {
+		/* What would have to go is not on NVMe yet: wait for the write-back
+		 * rather than fail a store the tiers together can take. */
+		x->pw[i] = *it;
+		x->irefs[i] = (struct item_ref){ x, i, NULL };
+		if (tier2_wait_room(s, put_room_cb, &x->irefs[i])) {
+			x->pending++;
+			return PUT_PARKED;
+		}
+	}
 	if (rc)
 		return map_reserve_error(rc);
+	size_t nsegs = x->nsegs;
+	if (add_block_segs(x, b, r->base + it->offset, true)) {
+		x->nsegs = nsegs;
+		t1_abort(s->t1, b);
+		return KVT_ENOMEM;
+	}
 	x->blocks[i] = b;
 	x->regions[i] = r;
 	r->refs++;
-	if (add_block_segs(x, b, r->base + it.offset, true))
-		return KVT_ENOMEM;
 	return 0;
+}
+
+static void put_room_cb(void *arg)
+{
+	struct item_ref *ir = arg;
+	struct xfer *x = ir->x;
+	int rc = put_wire_item(x, ir->i, &x->pw[ir->i]);
+	if (rc != PUT_PARKED)
+		x->status[ir->i] = rc;
+	xfer_pending_put(x);
+}
+
+static int put_item(struct xfer *x, uint32_t i, const uint8_t *raw)
+{
+	struct kvt_put_wire it;
+	int rc = kvt_put_item_decode(raw, &it);
+	if (rc)
+		return rc;
+	return put_wire_item(x, i, &it);
 }
 
 static void do_put(struct conn *c, const struct kvt_hdr *h, const uint8_t *body)
@@ -578,18 +629,71 @@ static void do_put(struct conn *c, const struct kvt_hdr *h, const uint8_t *body)
 		reply_status(c, h, KVT_ENOMEM);
 		return;
 	}
+	xfer_begin(x);
 	for (uint32_t i = 0; i < bt.count; i++) {
-		x->status[i] = put_item(x, i, bt.items + (size_t)i * KVT_PUT_ITEM_SIZE);
-		if (x->status[i] == KVT_ENOMEM) {
-			xfer_unwind(x);
-			reply_status(c, h, KVT_ENOMEM);
-			return;
-		}
+		int st = put_item(x, i, bt.items + (size_t)i * KVT_PUT_ITEM_SIZE);
+		if (st != PUT_PARKED)
+			x->status[i] = st;
 	}
-	xfer_submit(x);
+	xfer_pending_put(x);
 }
 
-static int get_item(struct xfer *x, uint32_t i, const uint8_t *raw)
+
+static void get_fetch_done(void *arg, int status, struct t1_block *b)
+{
+	struct item_ref *ir = arg;
+	struct xfer *x = ir->x;
+	struct server *s = x->c->srv;
+	struct tenant_counters *tc = tenant_counters(s, x->c->tenant);
+	if (status) {
+		x->res[ir->i].status = status == -ENOMEM ? KVT_ENOMEM : KVT_ENOENT;
+		if (tc)
+			tc->misses++;
+	} else {
+		tier2_count_hit(s);
+		if (tc)
+			tc->hits++;
+		if (b) { /* promoted into RAM: copy from there like any hit */
+			size_t nsegs = x->nsegs;
+			if (add_block_segs(x, b, ir->dst, false)) {
+				x->nsegs = nsegs;
+				t1_block_unref(s->t1, b);
+				x->res[ir->i].status = KVT_ENOMEM;
+			} else {
+				x->blocks[ir->i] = b;
+			}
+		} /* else decoded straight into the client's region */
+	}
+	xfer_pending_put(x);
+}
+
+/* Not in RAM: fetch from NVMe if it is there. */
+static int get_item_nvme(struct xfer *x, uint32_t i, const struct t1_key *tk, struct region *r,
+			 const struct kvt_get_wire *it, kvt_key *parent)
+{
+	struct server *s = x->c->srv;
+	struct t2_info info;
+	if (tier2_lookup(s, tk, &info) < 0)
+		return KVT_ENOENT;
+	x->res[i].length = info.len;
+	if (info.len > it->capacity)
+		return KVT_ENOBUFS;
+	x->res[i].desc = info.desc;
+	*parent = info.parent;
+	x->irefs[i] = (struct item_ref){ x, i, r->base + it->offset };
+	struct t2_span direct = { r->base + it->offset, info.len };
+	x->pending++;
+	int rc = tier2_fetch(s, tk, &direct, get_fetch_done, &x->irefs[i]);
+	if (rc) {
+		x->pending--;
+		return rc == -ENOMEM ? KVT_ENOMEM : KVT_ENOENT;
+	}
+	x->regions[i] = r;
+	r->refs++;
+	return 0;
+}
+
+static int get_item(struct xfer *x, uint32_t i, const uint8_t *raw, kvt_key *parent)
 {
 	struct conn *c = x->c;
 	struct server *s = c->srv;
@@ -607,9 +711,10 @@ static int get_item(struct xfer *x, uint32_t i, const uint8_t *raw)
 	struct tenant_counters *tc = tenant_counters(s, c->tenant);
 	if (!b) {
 		s->misses++;
-		if (tc)
+		rc = get_item_nvme(x, i, &tk, r, &it, parent);
+		if (rc == KVT_ENOENT && tc)
 			tc->misses++;
-		return KVT_ENOENT;
+		return rc;
 	}
 	s->hits++;
 	if (tc)
@@ -618,12 +723,16 @@ static int get_item(struct xfer *x, uint32_t i, const uint8_t *raw)
 	if (t1_block_len(b) > it.capacity)
 		return KVT_ENOBUFS;
 	x->res[i].desc = *t1_block_desc(b);
+	*parent = *t1_block_parent(b);
+	size_t nsegs = x->nsegs;
+	if (add_block_segs(x, b, r->base + it.offset, false)) {
+		x->nsegs = nsegs;
+		return KVT_ENOMEM;
+	}
 	t1_block_ref(s->t1, b);
 	x->blocks[i] = b;
 	x->regions[i] = r;
 	r->refs++;
-	if (add_block_segs(x, b, r->base + it.offset, false))
-		return KVT_ENOMEM;
 	return 0;
 }
 
@@ -643,20 +752,34 @@ static void do_get(struct conn *c, const struct kvt_hdr *h, const uint8_t *body)
 		reply_status(c, h, KVT_ENOMEM);
 		return;
 	}
+	xfer_begin(x);
+	kvt_key first_parent = { { 0 } };
+	int last_found = -1;
 	for (uint32_t i = 0; i < bt.count; i++) {
-		x->res[i].status = get_item(x, i, bt.items + (size_t)i * KVT_GET_ITEM_SIZE);
-		if (x->res[i].status == KVT_ENOMEM) {
-			xfer_unwind(x);
-			reply_status(c, h, KVT_ENOMEM);
-			return;
-		}
+		kvt_key parent = { { 0 } };
+		x->res[i].status = get_item(x, i, bt.items + (size_t)i * KVT_GET_ITEM_SIZE, &parent);
+		if (i == 0)
+			first_parent = parent;
+		if (x->res[i].status == 0)
+			last_found = (int)i;
 	}
 	/* Engines read chains head first; touching them tail first leaves the head
 	 * the most recently used, so pressure takes tails before heads. */
 	for (uint32_t i = bt.count; i-- > 0;)
 		if (x->blocks[i])
 			t1_touch(c->srv->t1, x->blocks[i]);
-	xfer_submit(x);
+	/* A chain read in order (a batch of several blocks, or one that continues the
+	 * previous GET of this connection) gets its next blocks fetched ahead. */
+	if (last_found >= 0 && tier2_active(c->srv) && c->srv->cfg->readahead) {
+		bool seq = bt.count > 1 || (c->has_last_get && kvt_key_equal(&first_parent, &c->last_get));
+		kvt_key_decode(bt.items + (size_t)last_found * KVT_GET_ITEM_SIZE, &c->last_get);
+		c->has_last_get = true;
+		if (seq) {
+			struct t1_key lk = { .tenant = c->tenant, .key = c->last_get };
+			tier2_readahead(c->srv, &lk, c->srv->cfg->readahead);
+		}
+	}
+	xfer_pending_put(x);
 }
 
 /* ---- LOOKUP, DELETE, PIN, UNPIN ------------------------------------------ */
@@ -669,25 +792,34 @@ static void do_lookup(struct conn *c, const struct kvt_hdr *h, const uint8_t *bo
 		reply_status(c, h, rc);
 		return;
 	}
+	uint8_t *tiers = malloc(bt.count ? bt.count : 1);
+	if (!tiers) {
+		reply_status(c, h, KVT_ENOMEM);
+		return;
+	}
 	uint32_t found = 0;
 	while (found < bt.count) {
 		struct t1_key tk = { .tenant = c->tenant };
 		kvt_key_decode(bt.items + (size_t)found * KVT_KEY_SIZE, &tk.key);
-		if (!t1_find(c->srv->t1, &tk))
+		if (t1_find(c->srv->t1, &tk))
+			tiers[found] = KVT_TIER_HOST;
+		else if (tier2_lookup(c->srv, &tk, NULL) == 0)
+			tiers[found] = KVT_TIER_NVME;
+		else
 			break;
 		found++;
 	}
 	size_t len = kvt_lookup_rep_size(found);
-	uint8_t *buf = malloc(len + found);
+	uint8_t *buf = malloc(len);
 	if (!buf) {
+		free(tiers);
 		reply_status(c, h, KVT_ENOMEM);
 		return;
 	}
-	uint8_t *tiers = buf + len;
-	memset(tiers, KVT_TIER_HOST, found);
 	kvt_lookup_rep_encode(found, tiers, buf, len);
 	conn_reply(c, h->opcode, h->request_id, 0, buf, len);
 	free(buf);
+	free(tiers);
 }
 
 static int key_op(struct conn *c, uint16_t op, const kvt_key *key)
@@ -695,8 +827,14 @@ static int key_op(struct conn *c, uint16_t op, const kvt_key *key)
 	struct t1 *t = c->srv->t1;
 	struct t1_key tk = { .tenant = c->tenant, .key = *key };
 	if (op == KVT_OP_DELETE) {
+		/* From every tier; a pinned block stays everywhere. */
 		int rc = t1_delete(t, &tk);
-		return rc == -EBUSY ? KVT_EPINNED : rc == -ENOENT ? KVT_ENOENT : rc ? KVT_EIO : 0;
+		if (rc == -EBUSY)
+			return KVT_EPINNED;
+		int rc2 = tier2_delete(c->srv, &tk);
+		if (rc == -ENOENT && rc2 == -ENOENT)
+			return KVT_ENOENT;
+		return (rc && rc != -ENOENT) || (rc2 && rc2 != -ENOENT) ? KVT_EIO : 0;
 	}
 	struct t1_block *b = t1_find(t, &tk);
 	if (!b)

@@ -14,6 +14,9 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "reload.h"
+#include "tier2.h"
+#include "sd.h"
 #include "server.h"
 
 /* Timeouts are checked this often; they are configured in seconds. */
@@ -102,6 +105,7 @@ static int parse_args(int argc, char **argv, struct kvtd_config *cfg, bool *prin
 		fprintf(stderr, "kvtierd: %s\n", err);
 		return -EINVAL;
 	}
+	reload_set_file(file); /* SIGHUP repeats the file and the overrides (reload.c) */
 	optind = 1;
 	while ((ch = getopt_long(argc, argv, "c:o:l:hV", opts, NULL)) != -1) {
 		char kv[512];
@@ -111,6 +115,8 @@ static int parse_args(int argc, char **argv, struct kvtd_config *cfg, bool *prin
 				fprintf(stderr, "kvtierd: %s\n", err);
 				return -EINVAL;
 			}
+			if (reload_add_override(optarg) < 0)
+				return -ENOMEM;
 			break;
 		case 'l':
 			snprintf(kv, sizeof(kv), "log_level=%s", optarg);
@@ -118,6 +124,8 @@ static int parse_args(int argc, char **argv, struct kvtd_config *cfg, bool *prin
 				fprintf(stderr, "kvtierd: %s\n", err);
 				return -EINVAL;
 			}
+			if (reload_add_override(kv) < 0)
+				return -ENOMEM;
 			break;
 		case 'P': *print_only = true; break;
 		default: break;
@@ -146,6 +154,8 @@ static int open_host_tier(struct server *s)
 		.mlock = cfg->host_mlock,
 		.default_quota = cfg->tenant_quota,
 		.evict_scan = 64,
+		.on_evict = tier2_on_evict, /* counts blocks dropped before reaching NVMe */
+		.evict_arg = s,
 	};
 	int rc = t1_open(&tc, &s->t1, &s->t1_report);
 	if (rc) {
@@ -181,12 +191,15 @@ static void handle_signal(struct server *s)
 		switch (si.ssi_signo) {
 		case SIGTERM:
 		case SIGINT:
-			if (!s->stopping)
+			if (!s->stopping) {
 				log_info("%s: shutting down", strsignal((int)si.ssi_signo));
+				kvtd_sd_stopping(s); /* STOPPING=1 (sd.c) */
+			}
 			server_begin_shutdown(s);
 			break;
 		case SIGHUP:
-			log_warn("SIGHUP: live reload is not supported yet; configuration unchanged");
+			if (!s->stopping)
+				reload_config(s); /* logs what changed, or why not (reload.c) */
 			break;
 		default: break;
 		}
@@ -200,12 +213,12 @@ static void event_loop(struct server *s)
 	for (;;) {
 		if (s->stopping) {
 			/* Done when every copy is answered and every reply flushed. */
-			bool pending = workers_busy(s->workers) > 0;
+			bool pending = workers_busy(s->workers) > 0 || tier2_busy(s);
 			for (struct conn *c = s->conns; c && !pending; c = c->next)
 				pending = c->wlen > c->woff;
 			if (!pending)
 				break;
-			if (!workers_busy(s->workers)) {
+			if (!workers_busy(s->workers) && !tier2_busy(s)) {
 				if (!stop_at)
 					stop_at = now_ms() + SHUTDOWN_FLUSH_MS;
 				else if (now_ms() >= stop_at)
@@ -227,14 +240,26 @@ static void event_loop(struct server *s)
 				handle_signal(s);
 			else if (tag == &tag_workers)
 				workers_reap(s->workers);
+			else if (tier2_is_tag(s, tag))
+				tier2_handle(s, tag);
 			else
 				conn_handle_io(tag, evs[i].events);
 		}
 		server_free_dead(s);
+		/* The watchdog ping comes from here, so a stuck loop stops it (sd.c). */
+		kvtd_sd_loop_tick(s);
 		uint64_t t = now_ms();
 		if (t - last_sweep >= TICK_MS) {
 			conn_sweep(s);
+			tier2_tick(s);
 			last_sweep = t;
+		}
+		/* An NVMe index that LMDB declared unusable: stop cleanly and let the
+		 * service manager restart us on the store as it was last committed. */
+		if (!s->stopping && tier2_failed(s)) {
+			log_error("NVMe index failed; shutting down for a restart");
+			s->failed = true;
+			server_begin_shutdown(s);
 		}
 	}
 }
@@ -255,6 +280,7 @@ int main(int argc, char **argv)
 	}
 	log_set_level(cfg.log_level);
 	signal(SIGPIPE, SIG_IGN);
+	kvtd_sd_init(); /* systemd notify/watchdog environment (sd.c) */
 
 	struct server s = { .cfg = &cfg, .epfd = -1, .lfd = -1, .sigfd = -1 };
 	s.self_uid = getuid();
@@ -275,13 +301,16 @@ int main(int argc, char **argv)
 		log_error("data directory %s: %s", cfg.data_dir, strerror(-rc));
 		goto out;
 	}
-	if ((rc = socket_dir_create(cfg.socket_path)) < 0) {
+	/* A socket passed by systemd needs no directory of ours (sd.c). */
+	if (!kvtd_sd_socket_passed() && (rc = socket_dir_create(cfg.socket_path)) < 0) {
 		log_error("socket directory for %s: %s", cfg.socket_path, strerror(-rc));
 		goto out;
 	}
+	kvtd_sd_status("Starting: opening the host tier (%llu MiB)",
+		       (unsigned long long)(cfg.host_capacity >> 20));
 	if (open_host_tier(&s) < 0)
 		goto out;
-	if ((rc = workers_start(cfg.workers, &s.workers)) < 0) {
+	if ((rc = workers_start(cfg.workers, (int)cfg.nvme_zstd_level, &s.workers)) < 0) {
 		log_error("starting %u workers: %s", cfg.workers, strerror(-rc));
 		goto out;
 	}
@@ -291,6 +320,10 @@ int main(int argc, char **argv)
 		log_error("epoll/signalfd: %s", strerror(errno));
 		goto out;
 	}
+	kvtd_sd_status("Starting: opening the NVMe tier");
+	if (tier2_open(&s) < 0)
+		goto out;
+	kvtd_sd_status("Starting: opening the socket");
 	if (server_listen(&s) < 0)
 		goto out;
 	if (epoll_add(s.epfd, s.lfd, &tag_listen) < 0 ||
@@ -299,16 +332,23 @@ int main(int argc, char **argv)
 		log_error("epoll_ctl: %s", strerror(errno));
 		goto out;
 	}
-	log_info("listening on %s (mode %04o), %u workers, data in %s", cfg.socket_path,
-		 cfg.socket_mode, cfg.workers, cfg.data_dir);
+	if (kvtd_sd_socket_inherited()) /* path and mode are kvtierd.socket's (sd.c logged them) */
+		log_info("listening on the socket passed by systemd, %u workers, data in %s",
+			 cfg.workers, cfg.data_dir);
+	else
+		log_info("listening on %s (mode %04o), %u workers, data in %s", cfg.socket_path,
+			 cfg.socket_mode, cfg.workers, cfg.data_dir);
 
+	/* The socket accepts (listen() is done) and the tiers are open. */
+	kvtd_sd_ready(&s);
 	event_loop(&s);
-	exit_code = 0;
+	exit_code = s.failed ? 1 : 0;
 	log_info("stopped");
 out:
 	if (s.lfd >= 0) {
 		close(s.lfd);
-		unlink(cfg.socket_path);
+		if (!kvtd_sd_socket_inherited()) /* else kvtierd.socket owns the path */
+			unlink(cfg.socket_path);
 	}
 	while (s.conns)
 		conn_close(s.conns, "shutdown");
@@ -317,6 +357,9 @@ out:
 		usleep(1000);
 		workers_reap(s.workers);
 	}
+	/* Commits and I/O still in flight finish; their callbacks need the workers'
+	 * results reaped and the host tier alive. */
+	tier2_close(&s);
 	workers_stop(s.workers);
 	server_free_dead(&s);
 	t1_close(s.t1);
@@ -326,5 +369,6 @@ out:
 		close(s.epfd);
 	free(s.tenants);
 	config_free(&cfg);
+	reload_forget();
 	return exit_code;
 }

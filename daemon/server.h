@@ -84,15 +84,21 @@ struct conn {
 	size_t npins, pins_cap;
 
 	uint64_t created_ms, last_frame_ms, partial_since_ms, closing_since_ms;
+	kvt_key last_get;  /* last key found by this connection's GETs (read-ahead) */
+	bool has_last_get;
 };
+
+struct tier2;
 
 struct server {
 	struct kvtd_config *cfg;
 	struct t1 *t1;
+	struct tier2 *tier2; /* NULL when the NVMe tier is off */
 	struct t1_report t1_report;
 	struct workers *workers;
 	int epfd, lfd, sigfd;
 	bool stopping;
+	bool failed; /* stopping because a store failed: exit non-zero */
 	uid_t self_uid;
 	uint64_t start_ms;
 

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "server.h"
+#include "tier2.h"
 
 struct tenant_counters *tenant_counters(struct server *s, uint32_t tenant)
 {
@@ -122,6 +123,7 @@ size_t stats_build(struct conn *c, uint8_t *buf, size_t cap)
 				      : s->t1_report.thp   ? "thp"
 							   : "none");
 		add_u64(&w, "t1.mlocked", s->t1_report.locked);
+		tier2_stats(s, &w);
 	}
 
 	struct tenant_walk tw = { .w = &w, .s = s, .all = c->admin, .only = c->tenant };

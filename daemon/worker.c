@@ -1,6 +1,8 @@
 /* worker.c - the copy engine's threads, queues and completion eventfd. */
 #include "worker.h"
 
+#include "codec.h"
+
 #include <errno.h>
 #include <pthread.h>
 #include <stdbool.h>
@@ -19,6 +21,7 @@ struct workers {
 	bool stopping;
 	size_t busy;               /* loop thread only */
 	unsigned nthreads;
+	int zstd_level;
 	pthread_t *threads;
 };
 
@@ -42,12 +45,18 @@ static void complete(struct workers *w, struct job *j)
 static void *worker_main(void *arg)
 {
 	struct workers *w = arg;
+	/* Without a codec context this worker still copies; codec tasks then fail
+	 * cleanly inside their run function (it checks for NULL). */
+	struct codec_ctx *ctx = NULL;
+	if (codec_ctx_new(w->zstd_level, &ctx) < 0)
+		ctx = NULL;
 	for (;;) {
 		pthread_mutex_lock(&w->lock);
 		while (!w->head && !w->stopping)
 			pthread_cond_wait(&w->cond, &w->lock);
 		if (!w->head) {
 			pthread_mutex_unlock(&w->lock);
+			codec_ctx_free(ctx);
 			return NULL;
 		}
 		struct job *j = w->head;
@@ -59,13 +68,16 @@ static void *worker_main(void *arg)
 		}
 		pthread_mutex_unlock(&w->lock);
 
-		memcpy(j->segs[i].dst, j->segs[i].src, j->segs[i].len);
+		if (j->run)
+			j->run(j, i, ctx);
+		else
+			memcpy(j->segs[i].dst, j->segs[i].src, j->segs[i].len);
 		if (atomic_fetch_sub(&j->remaining, 1) == 1)
 			complete(w, j);
 	}
 }
 
-int workers_start(unsigned n, struct workers **out)
+int workers_start(unsigned n, int zstd_level, struct workers **out)
 {
 	if (n == 0)
 		return -EINVAL;
@@ -73,6 +85,7 @@ int workers_start(unsigned n, struct workers **out)
 	if (!w)
 		return -ENOMEM;
 	int err = -ENOMEM;
+	w->zstd_level = zstd_level;
 	w->threads = calloc(n, sizeof(*w->threads));
 	if (!w->threads)
 		goto out_free;

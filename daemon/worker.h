@@ -24,10 +24,18 @@ struct copy_seg {
 	size_t len;
 };
 
+struct codec_ctx;
+
+/*
+ * A job is nsegs tasks. By default task i copies segs[i]; a job with run set
+ * does run(j, i, ctx) instead (compression, checksums, decoding), where ctx is
+ * the worker thread's own codec context.
+ */
 struct job {
 	struct job *next;       /* queue link (pending or completed) */
 	struct copy_seg *segs;  /* owned by whoever made the job */
-	size_t nsegs;
+	size_t nsegs;           /* number of tasks */
+	void (*run)(struct job *j, size_t i, struct codec_ctx *ctx);
 	size_t next_seg;        /* next unclaimed segment; under the pool lock */
 	atomic_size_t remaining; /* segments not yet copied */
 	void (*done)(struct job *j); /* runs on the loop thread */
@@ -36,8 +44,8 @@ struct job {
 
 struct workers;
 
-/* Start n threads. Returns 0 or -errno. */
-int workers_start(unsigned n, struct workers **out);
+/* Start n threads, each with a codec context at zstd_level. Returns 0 or -errno. */
+int workers_start(unsigned n, int zstd_level, struct workers **out);
 
 /* The eventfd the loop polls for completions. */
 int workers_eventfd(const struct workers *w);

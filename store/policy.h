@@ -36,6 +36,7 @@ enum policy_class {
 	POLICY_KEEP = 0,    /* not evictable now (pinned, referenced, not ours...) */
 	POLICY_TAIL = 1,    /* evictable, no resident children: preferred */
 	POLICY_NONTAIL = 2, /* evictable, but other resident blocks hang off it */
+	POLICY_FREE = 3,    /* evictable at no cost (a lower tier has a copy): preferred */
 };
 
 typedef enum policy_class (*policy_classify_fn)(const struct policy_node *n, void *arg);
@@ -52,10 +53,14 @@ struct policy_ops {
 	/* n leaves (evicted, deleted); it was inserted. */
 	void (*remove)(struct policy *p, struct policy_node *n);
 	/* The next block to evict among those classify does not KEEP, or NULL if there is
-	 * none. *nontail is set when the choice had resident children. Does not remove
+	 * none: the first FREE one in the window, else its first TAIL, else the coldest. *nontail is set when the choice had resident children. Does not remove
 	 * it: the owner evicts it and then calls remove. */
 	struct policy_node *(*victim)(struct policy *p, policy_classify_fn classify, void *arg,
 				      bool *nontail);
+	/* Walk in eviction order: the node after `after` (NULL: the first one that would
+	 * be considered), or NULL at the end. Used to find blocks to write back to the
+	 * next tier before they are evicted. */
+	struct policy_node *(*next_cold)(struct policy *p, struct policy_node *after);
 };
 
 struct policy {
@@ -97,6 +102,11 @@ static inline struct policy_node *policy_victim(struct policy *p, policy_classif
 						void *arg, bool *nontail)
 {
 	return p->ops->victim(p, classify, arg, nontail);
+}
+
+static inline struct policy_node *policy_next_cold(struct policy *p, struct policy_node *after)
+{
+	return p->ops->next_cold(p, after);
 }
 
 #endif /* KVT_STORE_POLICY_H */

@@ -67,23 +67,36 @@ static struct policy_node *lru_victim(struct policy *p, policy_classify_fn class
 				      bool *nontail)
 {
 	struct lru *l = to_lru(p);
-	struct policy_node *coldest = NULL;
+	struct policy_node *coldest = NULL, *tail = NULL;
 	uint32_t seen = 0;
 	for (struct policy_node *n = l->head.next; n != &l->head; n = n->next) {
 		enum policy_class c = classify(n, arg);
 		if (c == POLICY_KEEP)
 			continue;
-		if (c == POLICY_TAIL) {
+		if (c == POLICY_FREE) {
 			*nontail = false;
 			return n;
 		}
+		if (c == POLICY_TAIL && !tail)
+			tail = n;
 		if (!coldest)
 			coldest = n;
 		if (++seen >= l->scan)
 			break;
 	}
+	if (tail) {
+		*nontail = false;
+		return tail;
+	}
 	*nontail = coldest != NULL;
 	return coldest;
+}
+
+static struct policy_node *lru_next_cold(struct policy *p, struct policy_node *after)
+{
+	struct lru *l = to_lru(p);
+	struct policy_node *n = after ? after->next : l->head.next;
+	return n == &l->head ? NULL : n;
 }
 
 static const struct policy_ops lru_ops = {
@@ -93,6 +106,7 @@ static const struct policy_ops lru_ops = {
 	.access = lru_access,
 	.remove = lru_remove,
 	.victim = lru_victim,
+	.next_cold = lru_next_cold,
 };
 
 int policy_lru_create(const struct policy_config *cfg, struct policy **out)

@@ -32,6 +32,13 @@
 #define T1_MIN_CHUNK 4096u
 #define T1_MAX_CHUNK (1u << 30)
 
+/* What a reserve may evict to make room. */
+enum evict_mode {
+	EVICT_ANY,  /* anything the policy picks */
+	EVICT_NONE, /* nothing: free space only */
+	EVICT_FREE, /* only blocks whose eviction costs nothing (T1_FLAG_BACKED) */
+};
+
 enum blk_state {
 	BLK_PENDING,
 	BLK_COMMITTED,
@@ -58,12 +65,16 @@ struct t1_block {
 	kvt_block_desc desc;
 	uint32_t refs;
 	uint32_t pins;
+	uint32_t accesses; /* t1_touch calls since it was reserved */
+	uint32_t uflags;   /* the owner's (t1_block_flags) */
 	enum blk_state state;
 	size_t nextents;
 	struct t1_extent ext[];
 };
 
 struct t1 {
+	void (*on_evict)(const struct t1_block *b, void *arg);
+	void *evict_arg;
 	struct arena arena;
 	struct alloc alloc;
 	struct alloc_runs runs; /* scratch for alloc_get */
@@ -164,6 +175,9 @@ static struct t1_block *find_parent(struct t1 *t, uint32_t tenant, const kvt_key
 static void hold_chain(struct t1 *t, struct t1_block *p, bool hold)
 {
 	for (; p; p = p->parent) {
+		/* A block with a copy in a lower tier can leave: the prefix stays whole. */
+		if (p->uflags & T1_FLAG_BACKED)
+			continue;
 		bool was = is_evictable(p);
 		if (hold)
 			p->refs++;
@@ -283,6 +297,10 @@ static enum policy_class classify_block(const struct t1_block *b)
 {
 	if (!is_evictable(b))
 		return POLICY_KEEP;
+	/* Evicting a backed block costs nothing and breaks no chain: the lower tier
+	 * still has it. */
+	if (b->uflags & T1_FLAG_BACKED)
+		return POLICY_FREE;
 	return b->nchildren ? POLICY_NONTAIL : POLICY_TAIL;
 }
 
@@ -290,6 +308,15 @@ static enum policy_class classify_any(const struct policy_node *n, void *arg)
 {
 	(void)arg;
 	return classify_block(from_pnode(n));
+}
+
+/* Only blocks whose eviction costs nothing (a lower tier has them). */
+static enum policy_class classify_free(const struct policy_node *n, void *arg)
+{
+	const struct t1_block *b = from_pnode(n);
+	if (arg && b->tenant != arg)
+		return POLICY_KEEP;
+	return classify_block(b) == POLICY_FREE ? POLICY_FREE : POLICY_KEEP;
 }
 
 static enum policy_class classify_tenant(const struct policy_node *n, void *arg)
@@ -328,6 +355,8 @@ static bool evict_one(struct t1 *t, policy_classify_fn classify, void *arg)
 	t->evicted_bytes += block_bytes(t, b);
 	if (nontail)
 		t->evict_nontail++;
+	if (t->on_evict)
+		t->on_evict(b, t->evict_arg);
 	block_unlink(t, b);
 	block_free(t, b);
 	return true;
@@ -340,13 +369,24 @@ static bool evict_one(struct t1 *t, policy_classify_fn classify, void *arg)
  * that would fail anyway.
  */
 static int make_room(struct t1 *t, struct tenant *tn, uint64_t bytes, uint64_t nchunks,
-		     bool may_evict)
+		     enum evict_mode mode)
 {
 	uint64_t quota = tenant_quota(t, tn);
-	if (!may_evict) {
+	if (mode == EVICT_NONE) {
 		if (quota && tn->bytes + bytes > quota)
 			return -EDQUOT;
 		return alloc_free_chunks(&t->alloc) < nchunks ? -ENOSPC : 0;
+	}
+	if (mode == EVICT_FREE) {
+		/* No exact count of free-to-evict bytes is kept: evict and see. What
+		 * goes is backed elsewhere, so an attempt that fails loses nothing. */
+		while (quota && tn->bytes + bytes > quota)
+			if (!evict_one(t, classify_free, tn))
+				return -EDQUOT;
+		while (alloc_free_chunks(&t->alloc) < nchunks)
+			if (!evict_one(t, classify_free, NULL))
+				return -ENOSPC;
+		return 0;
 	}
 	if (quota) {
 		if (bytes > quota)
@@ -394,6 +434,8 @@ int t1_open(const struct t1_config *cfg, struct t1 **out, struct t1_report *rep)
 	t->chunk_shift = (unsigned)__builtin_ctzll(chunk);
 	t->capacity = nchunks * chunk;
 	t->default_quota = cfg->default_quota;
+	t->on_evict = cfg->on_evict;
+	t->evict_arg = cfg->evict_arg;
 
 	int rc = alloc_init(&t->alloc, nchunks);
 	if (rc < 0)
@@ -450,7 +492,7 @@ void t1_close(struct t1 *t)
 /* ---- two-phase insert --------------------------------------------------------- */
 
 static int reserve(struct t1 *t, const struct t1_key *key, const kvt_key *parent, uint64_t len,
-		   const kvt_block_desc *desc, bool may_evict, struct t1_block **out)
+		   const kvt_block_desc *desc, enum evict_mode mode, struct t1_block **out)
 {
 	if (len == 0 || len > t->capacity)
 		return -EFBIG;
@@ -472,7 +514,7 @@ static int reserve(struct t1 *t, const struct t1_key *key, const kvt_key *parent
 		goto out_tenant;
 	p = find_parent(t, key->tenant, parent);
 	hold_chain(t, p, true);
-	rc = make_room(t, tn, bytes, nchunks, may_evict);
+	rc = make_room(t, tn, bytes, nchunks, mode);
 	if (rc < 0)
 		goto out_chain;
 	rc = alloc_get(&t->alloc, nchunks, &t->runs);
@@ -531,13 +573,19 @@ out_count:
 int t1_reserve(struct t1 *t, const struct t1_key *key, const kvt_key *parent, uint64_t len,
 	       const kvt_block_desc *desc, struct t1_block **out)
 {
-	return reserve(t, key, parent, len, desc, true, out);
+	return reserve(t, key, parent, len, desc, EVICT_ANY, out);
 }
 
 int t1_reserve_free(struct t1 *t, const struct t1_key *key, const kvt_key *parent, uint64_t len,
 		    const kvt_block_desc *desc, struct t1_block **out)
 {
-	return reserve(t, key, parent, len, desc, false, out);
+	return reserve(t, key, parent, len, desc, EVICT_NONE, out);
+}
+
+int t1_reserve_clean(struct t1 *t, const struct t1_key *key, const kvt_key *parent, uint64_t len,
+		     const kvt_block_desc *desc, struct t1_block **out)
+{
+	return reserve(t, key, parent, len, desc, EVICT_FREE, out);
 }
 
 bool t1_contains(struct t1 *t, const struct t1_key *key)
@@ -582,6 +630,8 @@ struct t1_block *t1_find(struct t1 *t, const struct t1_key *key)
 
 void t1_touch(struct t1 *t, struct t1_block *b)
 {
+	if (b->accesses < UINT32_MAX)
+		b->accesses++;
 	if (in_policy(b))
 		policy_access(t->policy, &b->pnode);
 }
@@ -649,6 +699,42 @@ int t1_delete(struct t1 *t, const struct t1_key *key)
 }
 
 /* ---- accessors ------------------------------------------------------------------ */
+
+struct t1_block *t1_cold_next(struct t1 *t, struct t1_block *after)
+{
+	struct policy_node *n = policy_next_cold(t->policy, after ? &after->pnode : NULL);
+	return n ? from_pnode_mut(n) : NULL;
+}
+
+const kvt_key *t1_block_parent(const struct t1_block *b)
+{
+	return &b->parent_key;
+}
+
+uint32_t t1_block_flags(const struct t1_block *b)
+{
+	return b->uflags;
+}
+
+void t1_block_set_flags(struct t1_block *b, uint32_t flags)
+{
+	b->uflags = flags;
+}
+
+uint32_t t1_block_accesses(const struct t1_block *b)
+{
+	return b->accesses;
+}
+
+bool t1_block_has_children(const struct t1_block *b)
+{
+	return b->nchildren > 0;
+}
+
+bool t1_block_is_committed(const struct t1_block *b)
+{
+	return b->state == BLK_COMMITTED;
+}
 
 uint64_t t1_block_len(const struct t1_block *b)
 {

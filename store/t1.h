@@ -17,6 +17,9 @@
 
 enum t1_mode { T1_OFF = 0, T1_ON = 1, T1_AUTO = 2 };
 
+struct t1;
+struct t1_block;
+
 struct t1_config {
 	uint64_t capacity;      /* arena bytes; rounded down to a whole number of chunks */
 	uint32_t chunk_size;    /* allocation unit, power of two >= 4096 (default 64 KiB) */
@@ -24,6 +27,10 @@ struct t1_config {
 	enum t1_mode mlock;     /* ON: mlock or fail; AUTO: mlock if RLIMIT_MEMLOCK allows */
 	uint64_t default_quota; /* per-tenant byte quota, 0 = none */
 	uint32_t evict_scan;    /* LRU entries examined to find a chain tail (default 64) */
+	/* Told about each block just before eviction frees it (may be NULL). It must
+	 * not call back into the t1. */
+	void (*on_evict)(const struct t1_block *b, void *arg);
+	void *evict_arg;
 };
 
 /* How the arena came out, for the daemon to log and report. */
@@ -47,8 +54,6 @@ struct t1_extent {
 	uint64_t len;
 };
 
-struct t1;
-struct t1_block;
 
 /* Open the arena. Returns 0, -EINVAL (bad config), -ENOMEM, or the mmap/mlock errno
  * when the config says ON and it failed. *rep may be NULL; when given it is filled
@@ -83,6 +88,10 @@ int t1_reserve(struct t1 *t, const struct t1_key *key, const kvt_key *parent, ui
  * what they would displace, e.g. a chain block whose parent is not resident. */
 int t1_reserve_free(struct t1 *t, const struct t1_key *key, const kvt_key *parent, uint64_t len,
 		    const kvt_block_desc *desc, struct t1_block **out);
+/* As t1_reserve, but evicts only blocks with T1_FLAG_BACKED (their eviction loses
+ * nothing). For copies of blocks that live in a lower tier anyway. */
+int t1_reserve_clean(struct t1 *t, const struct t1_key *key, const kvt_key *parent, uint64_t len,
+		     const kvt_block_desc *desc, struct t1_block **out);
 void t1_commit(struct t1 *t, struct t1_block *b);
 /* Abort a pending block: it leaves the index at once (drops its pins, if any); its
  * chunks are freed now, or at the last unref if a worker holds a ref. */
@@ -117,6 +126,27 @@ uint64_t t1_block_len(const struct t1_block *b);
 const kvt_block_desc *t1_block_desc(const struct t1_block *b);
 const struct t1_extent *t1_block_extents(const struct t1_block *b, size_t *n);
 const struct t1_key *t1_block_key(const struct t1_block *b);
+
+/* Walk the evictable committed blocks in eviction order (coldest first): the block
+ * after `after` (NULL: the coldest), or NULL at the end. The walk is only valid
+ * while nothing is inserted, touched or removed. */
+struct t1_block *t1_cold_next(struct t1 *t, struct t1_block *after);
+
+/* The parent key given at reserve (zero if none). */
+const kvt_key *t1_block_parent(const struct t1_block *b);
+
+/* Flags owned by the caller; 0 at reserve. One bit has a meaning to t1:
+ * T1_FLAG_BACKED says a copy is in a lower tier, so evicting the block loses
+ * nothing: it is never held back as a prefix of a block being stored, and it counts
+ * as a chain tail for eviction. The caller must not change it during a t1 call. */
+#define T1_FLAG_BACKED 0x80000000u
+uint32_t t1_block_flags(const struct t1_block *b);
+void t1_block_set_flags(struct t1_block *b, uint32_t flags);
+/* t1_touch calls since the block was reserved. */
+uint32_t t1_block_accesses(const struct t1_block *b);
+/* true if resident blocks name this one as their parent. */
+bool t1_block_has_children(const struct t1_block *b);
+bool t1_block_is_committed(const struct t1_block *b);
 
 /* Per-tenant quota override; 0 = no quota for this tenant, whatever default_quota says.
  * Applies to later reserves (a tenant already over it is brought back under it by the

@@ -661,6 +661,10 @@ int t2_lookup(struct t2 *t, const struct t1_key *key, struct t2_info *info)
 		info->desc = e.desc;
 		info->codec = e.codec;
 		info->refs = e.refs;
+		if (e.has_parent)
+			info->parent = e.parent;
+		else
+			memset(&info->parent, 0, sizeof(info->parent));
 	}
 	return 0;
 }

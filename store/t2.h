@@ -132,6 +132,7 @@ struct t2_info {
 	kvt_block_desc desc;
 	uint8_t codec;         /* codec asked for when the block was written */
 	uint32_t refs;         /* references held by saved contexts */
+	kvt_key parent;        /* parent given when it was written, or zero */
 };
 
 /* Is key indexed? Fills *info when not NULL. Returns 0 or -ENOENT. */

@@ -6,6 +6,11 @@
 # failed. A program that crashes or times out counts as one more failure, since
 # the cases it never reached printed nothing.
 #
+# The shell tests in tests/sys/*.sh (systemd units, make install) check the tree
+# rather than one build variant: they run once, after the programs, with the first
+# BUILD_DIR that is not a sanitizer build (variant [sys]); they get $KVT_BIN_DIR
+# and $KVT_BUILD_DIR, and print the same PASS/FAIL/SKIP lines.
+#
 # usage: sh tests/run.sh BUILD_DIR [BUILD_DIR...]
 # env:   KVT_PROG_TIMEOUT  seconds per program (default 600)
 set -u
@@ -37,6 +42,44 @@ count() {
 	echo "$n"
 }
 
+# Run one test program (the command in $4...) as VARIANT ($1) with KVT_BIN_DIR=$2
+# and count its PASS/FAIL/SKIP lines; $3 names it in a failure of its own.
+run_prog() {
+	variant=$1 bindir=$2 name=$3
+	shift 3
+	out=$tmp/out
+	rcfile=$tmp/rc
+	: >"$out"
+	echo 0 >"$rcfile"
+	{
+		KVT_BIN_DIR=$bindir \
+		ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+		UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+			timeout -k 10 "$limit" "$@" </dev/null 2>&1
+		echo $? >"$rcfile"
+	} | tee "$out" | prefix "$variant"
+	rc=$(cat "$rcfile")
+	p=$(count PASS "$out")
+	f=$(count FAIL "$out")
+	s=$(count SKIP "$out")
+	# Exit 0, or 1 with the failures reported, is a program that finished.
+	# Anything else (a crash, a timeout, exit 1 without saying why) loses
+	# the lines of the cases it never ran: count it as one more failure.
+	if [ "$rc" -ne 0 ] && { [ "$rc" -ne 1 ] || [ "$f" -eq 0 ]; }; then
+		why=""
+		if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
+			why=" (timed out after ${limit} s)"
+		elif [ "$rc" -gt 128 ]; then
+			why=" (signal $((rc - 128)))"
+		fi
+		printf '[%s] FAIL %s: exited %s%s\n' "$variant" "$name" "$rc" "$why"
+		f=$((f + 1))
+	fi
+	passed=$((passed + p))
+	failed=$((failed + f))
+	skipped=$((skipped + s))
+}
+
 for dir in "$@"; do
 	dir=${dir%/}
 	case $dir in
@@ -54,43 +97,27 @@ for dir in "$@"; do
 			continue # an unmatched glob, or not a program
 		fi
 		ran=$((ran + 1))
-		name=$(basename "$prog")
-		out=$tmp/out
-		rcfile=$tmp/rc
-		: >"$out"
-		echo 0 >"$rcfile"
-		{
-			KVT_BIN_DIR=$bindir \
-			ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
-			UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-				timeout -k 10 "$limit" "$prog" </dev/null 2>&1
-			echo $? >"$rcfile"
-		} | tee "$out" | prefix "$variant"
-		rc=$(cat "$rcfile")
-		p=$(count PASS "$out")
-		f=$(count FAIL "$out")
-		s=$(count SKIP "$out")
-		# Exit 0, or 1 with the failures reported, is a program that finished.
-		# Anything else (a crash, a timeout, exit 1 without saying why) loses
-		# the lines of the cases it never ran: count it as one more failure.
-		if [ "$rc" -ne 0 ] && { [ "$rc" -ne 1 ] || [ "$f" -eq 0 ]; }; then
-			why=""
-			if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
-				why=" (timed out after ${limit} s)"
-			elif [ "$rc" -gt 128 ]; then
-				why=" (signal $((rc - 128)))"
-			fi
-			printf '[%s] FAIL %s: exited %s%s\n' "$variant" "$name" "$rc" "$why"
-			f=$((f + 1))
-		fi
-		passed=$((passed + p))
-		failed=$((failed + f))
-		skipped=$((skipped + s))
+		run_prog "$variant" "$bindir" "$(basename "$prog")" "$prog"
 	done
 	if [ "$ran" -eq 0 ]; then
 		printf '[%s] FAIL %s: no test programs in %s/tests\n' "$variant" "$dir" "$dir"
 		failed=$((failed + 1))
 	fi
+done
+
+# tests/sys/*.sh, once (see the header).
+srcdir=$(cd "$(dirname "$0")" && pwd)
+for dir in "$@"; do
+	dir=${dir%/}
+	case $dir in *asan) continue ;; esac
+	bindir=$(cd "$dir/bin" 2>/dev/null && pwd) || continue
+	KVT_BUILD_DIR=$(cd "$dir" && pwd)
+	export KVT_BUILD_DIR
+	for script in "$srcdir"/sys/*.sh; do
+		[ -f "$script" ] || continue
+		run_prog sys "$bindir" "$(basename "$script")" sh "$script"
+	done
+	break
 done
 
 echo "$passed passed, $failed failed, $skipped skipped"

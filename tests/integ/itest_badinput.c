@@ -681,6 +681,12 @@ TEST(malformed_hello_is_rejected_and_hello_can_follow)
 	n = hello_body(body, 1, 1);
 	send_frame(s, KVT_OP_HELLO, 0, 83, body, n + 5); /* name_len disagrees with the body */
 	expect_reply(s, 83, KVT_OP_HELLO, KVT_EBADMSG, NULL, 0);
+	/* A name longer than KVT_NAME_MAX, consistently encoded. */
+	n = hello_body(body, 1, 1);
+	kvt_put16(body + 8, KVT_NAME_MAX + 1);
+	memset(body + 10, 'n', KVT_NAME_MAX + 1);
+	send_frame(s, KVT_OP_HELLO, 0, 85, body, 10 + KVT_NAME_MAX + 1);
+	expect_reply(s, 85, KVT_OP_HELLO, KVT_EBADMSG, NULL, 0);
 	raw_hello(s);
 	ping_ok(s, 84);
 	close(s);

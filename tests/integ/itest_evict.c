@@ -336,6 +336,37 @@ TEST(pins_are_dropped_when_their_connection_closes)
 	stop_clean(&d);
 }
 
+TEST(pins_belong_to_their_connection)
+{
+	struct kvtd d;
+	kvtd_start(&d, TIER_CONF);
+	kvt_conn *a = open_conn(&d);
+	kvt_conn *b = open_conn(&d);
+	kvt_region *r = make_region(a, 1 * MiB);
+	kvt_key k = test_key(10, 1);
+	CHECK_RC(put_one(a, r, k, NULL, 0, BLK), 0);
+	CHECK_RC(kvt_block_pin(a, &k, 1, NULL), 0);
+	/* B cannot drop A's pin, so B cannot delete the block either. */
+	int st = 1;
+	CHECK_RC(kvt_block_unpin(b, &k, 1, &st), KVT_EPARTIAL);
+	CHECK_RC(st, KVT_ENOENT);
+	CHECK_RC(kvt_block_delete(b, &k, 1, &st), KVT_EPARTIAL);
+	CHECK_RC(st, KVT_EPINNED);
+	/* Both pin, A lets go: still pinned by B. */
+	CHECK_RC(kvt_block_pin(b, &k, 1, NULL), 0);
+	CHECK_RC(kvt_block_unpin(a, &k, 1, NULL), 0);
+	CHECK_RC(kvt_block_delete(a, &k, 1, &st), KVT_EPARTIAL);
+	CHECK_RC(st, KVT_EPINNED);
+	CHECK_RC(kvt_block_unpin(b, &k, 1, NULL), 0);
+	CHECK_EQ(stat_num(a, "t1.pinned_blocks"), 0);
+	CHECK_RC(kvt_block_delete(b, &k, 1, &st), 0);
+	CHECK(!present(a, k));
+	CHECK_RC(kvt_region_destroy(r), 0);
+	kvt_conn_close(b);
+	kvt_conn_close(a);
+	stop_clean(&d);
+}
+
 TEST_MAIN(filling_past_capacity_evicts_old_blocks, chain_loses_its_tail_before_its_head,
 	  pinned_blocks_survive_pressure, everything_pinned_is_enospc,
-	  pins_are_dropped_when_their_connection_closes)
+	  pins_are_dropped_when_their_connection_closes, pins_belong_to_their_connection)

@@ -471,6 +471,54 @@ TEST(sigterm_during_transfers_answers_or_refuses_each)
 	kvt_conn_close(c);
 }
 
+TEST(clients_see_a_crashed_daemon_as_an_error)
+{
+	struct kvtd d;
+	kvtd_start(&d, NULL);
+	kvt_conn *c = open_conn(&d);
+	kvt_region *r = make_region(c, 1 * MiB);
+	char sock[sizeof(d.sock)];
+	memcpy(sock, d.sock, sizeof(sock));
+	kvtd_kill(&d);
+	int rc = kvt_ping(c);
+	test_log("ping after SIGKILL: %s", test_errname(rc));
+	CHECK_MSG(rc == KVT_ECLOSED || rc == KVT_ECONNRESET, "ping to a dead daemon: %s",
+		  test_errname(rc));
+	CHECK_RC(kvt_ping(c), KVT_ECLOSED);
+	kvt_put_item it = { .key = test_key(30, 1), .region = r, .length = 10,
+			    .desc = test_desc };
+	CHECK_RC(kvt_block_put(c, &it, 1), KVT_ECLOSED);
+	kvt_region_destroy(r);
+	kvt_conn_close(c);
+	kvt_conn *late = NULL;
+	rc = kvt_conn_open(sock, &late);
+	CHECK_MSG(rc == KVT_ECONNREFUSED || rc == KVT_ENOENT, "connect to a dead daemon: %s",
+		  test_errname(rc));
+}
+
+TEST(unresponsive_daemon_times_the_call_out)
+{
+	struct kvtd d;
+	kvtd_start(&d, NULL);
+	kvt_conn *c = open_conn(&d);
+	kvt_conn_set_timeout(c, 300);
+	CHECK_RC(kvt_ping(c), 0);
+	CHECK(kill(d.pid, SIGSTOP) == 0);
+	int rc = kvt_ping(c);
+	CHECK(kill(d.pid, SIGCONT) == 0);
+	CHECK_RC(rc, KVT_ETIMEDOUT);
+	/* The stream position is lost: the connection is broken for good. */
+	CHECK_RC(kvt_ping(c), KVT_ECLOSED);
+	kvt_region *r = NULL;
+	CHECK_RC(kvt_region_create(c, 4096, &r), KVT_ECLOSED);
+	kvt_conn_close(c);
+	/* The daemon itself is fine once it runs again. */
+	c = open_conn(&d);
+	ping_ok_or_died(&d, c);
+	kvt_conn_close(c);
+	stop_clean(&d);
+}
+
 TEST(bad_configuration_is_refused_with_file_and_line)
 {
 	char dir[] = "/tmp/kvtd-badconf.XXXXXX";
@@ -530,4 +578,5 @@ TEST_MAIN(client_killed_mid_transfer_leaves_nothing_behind, many_clients_killed_
 	  many_short_connections_do_not_leak,
 	  sigterm_removes_the_socket_and_exits_zero, sigint_shuts_down_like_sigterm,
 	  sigterm_with_idle_clients_closes_them, sigterm_during_transfers_answers_or_refuses_each,
+	  clients_see_a_crashed_daemon_as_an_error, unresponsive_daemon_times_the_call_out,
 	  bad_configuration_is_refused_with_file_and_line)

@@ -474,6 +474,107 @@ TEST(raw_pipelined_frames_are_all_answered_by_id)
 	stop_clean(&d);
 }
 
+static uint32_t unregister_body(uint8_t *body, uint32_t region)
+{
+	struct kvt_unregister_req ur = { .region_id = region };
+	CHECK_EQ(kvt_unregister_req_encode(&ur, body, KVT_UNREGISTER_REQ_SIZE),
+		 KVT_UNREGISTER_REQ_SIZE);
+	return KVT_UNREGISTER_REQ_SIZE;
+}
+
+/* Receive the replies to a batch request (id) and an UNREGISTER (uid) sent together,
+ * in either order; checks that both and every item succeeded. */
+static void expect_batch_and_unregister(int s, uint64_t id, uint16_t op, uint32_t n, uint64_t uid)
+{
+	bool got_batch = false, got_unreg = false;
+	while (!got_batch || !got_unreg) {
+		struct kvt_hdr h;
+		uint8_t rep[512];
+		CHECK_RC(raw_recv_frame(s, &h, rep, sizeof(rep), 20000), 0);
+		CHECK_RC(h.status, 0);
+		if (h.request_id == uid) {
+			CHECK(!got_unreg);
+			CHECK_EQ(h.opcode, KVT_OP_UNREGISTER);
+			got_unreg = true;
+			continue;
+		}
+		CHECK_EQ(h.request_id, id);
+		CHECK(!got_batch);
+		CHECK_EQ(h.opcode, op);
+		got_batch = true;
+		if (op == KVT_OP_PUT) {
+			int32_t st[16];
+			CHECK(n <= 16);
+			CHECK_RC(kvt_status_rep_decode(rep, h.body_len, n, st), 0);
+			for (uint32_t i = 0; i < n; i++)
+				CHECK_RC(st[i], 0);
+		} else {
+			struct kvt_get_result gr[8];
+			CHECK(n <= 8);
+			CHECK_RC(kvt_get_rep_decode(rep, h.body_len, n, gr), 0);
+			for (uint32_t i = 0; i < n; i++)
+				CHECK_RC(gr[i].status, 0);
+		}
+	}
+}
+
+TEST(unregister_waits_for_transfers_using_the_region)
+{
+	enum { N = 4, BLK = 4 * 1024 * 1024 };
+	struct kvtd d;
+	kvtd_start(&d, NULL);
+	int s = raw_connect(d.sock);
+	raw_hello(s);
+	uint8_t *src, *dst;
+	int mfd = sealed_memfd(N * BLK, &src);
+	pattern(src, N * BLK, 8);
+	uint32_t rsrc = raw_register(s, mfd, N * BLK);
+	close(mfd);
+
+	/* PUT N big blocks from the region and UNREGISTER it, in one write. */
+	static uint8_t buf[2 * KVT_HDR_SIZE + 8 + N * KVT_PUT_ITEM_SIZE + KVT_UNREGISTER_REQ_SIZE];
+	uint8_t body[8 + N * KVT_PUT_ITEM_SIZE];
+	CHECK_EQ(kvt_batch_prefix_encode(N, body, 8), 8);
+	for (int i = 0; i < N; i++) {
+		struct kvt_put_wire w = { .key = test_key(8, (uint64_t)i), .region_id = rsrc,
+					  .offset = (uint64_t)i * BLK, .length = BLK,
+					  .desc = test_desc };
+		kvt_put_item_encode(&w, body + 8 + i * KVT_PUT_ITEM_SIZE);
+	}
+	size_t len = 0;
+	append_frame(buf, &len, KVT_OP_PUT, 1, body, sizeof(body));
+	uint8_t ub[KVT_UNREGISTER_REQ_SIZE];
+	append_frame(buf, &len, KVT_OP_UNREGISTER, 2, ub, unregister_body(ub, rsrc));
+	CHECK_RC(raw_send(s, buf, len), 0);
+	expect_batch_and_unregister(s, 1, KVT_OP_PUT, N, 2);
+
+	/* GET them into a second region and UNREGISTER that one at once too. */
+	mfd = sealed_memfd(N * BLK, &dst);
+	uint32_t rdst = raw_register(s, mfd, N * BLK);
+	close(mfd);
+	CHECK(rdst != rsrc);
+	uint8_t gbody[8 + N * KVT_GET_ITEM_SIZE];
+	CHECK_EQ(kvt_batch_prefix_encode(N, gbody, 8), 8);
+	for (int i = 0; i < N; i++) {
+		struct kvt_get_wire w = { .key = test_key(8, (uint64_t)i), .region_id = rdst,
+					  .offset = (uint64_t)(N - 1 - i) * BLK, .capacity = BLK };
+		kvt_get_item_encode(&w, gbody + 8 + i * KVT_GET_ITEM_SIZE);
+	}
+	len = 0;
+	append_frame(buf, &len, KVT_OP_GET, 3, gbody, sizeof(gbody));
+	append_frame(buf, &len, KVT_OP_UNREGISTER, 4, ub, unregister_body(ub, rdst));
+	CHECK_RC(raw_send(s, buf, len), 0);
+	expect_batch_and_unregister(s, 3, KVT_OP_GET, N, 4);
+	for (int i = 0; i < N; i++)
+		check_same(dst + (size_t)(N - 1 - i) * BLK, src + (size_t)i * BLK, BLK,
+			   "GET into a region unregistered behind it");
+	close(s);
+	munmap(src, N * BLK);
+	munmap(dst, N * BLK);
+	stop_clean(&d);
+}
+
 TEST_MAIN(tickets_complete_when_waited_in_reverse_order, tickets_interleave_with_synchronous_calls,
 	  ticket_limit_and_unknown_tickets, batches_larger_than_a_frame_are_split,
-	  closing_with_tickets_outstanding_is_safe, raw_pipelined_frames_are_all_answered_by_id)
+	  closing_with_tickets_outstanding_is_safe, raw_pipelined_frames_are_all_answered_by_id,
+	  unregister_waits_for_transfers_using_the_region)

@@ -174,6 +174,8 @@ void kvtd_start(struct kvtd *d, const char *extra_config)
 			 "socket = %s\n"
 			 "data_dir = %s/data\n"
 			 "host_capacity = 64MiB\n"
+			 "# host tier only unless a test turns the NVMe tier on\n"
+			 "nvme_capacity = 0\n"
 			 "socket_mode = 0666\n"
 			 "workers = 2\n"
 			 "log_level = debug\n"
