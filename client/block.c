@@ -257,6 +257,55 @@ KVT_EXPORT int kvt_block_lookup(kvt_conn *c, const kvt_key *keys, size_t n, size
 	return rc;
 }
 
+static int prefetch_encode(struct kvt_conn *c, struct kvt_op *op, size_t first, size_t count,
+			   uint8_t *out, size_t cap)
+{
+	const struct kvt_prefetch_params *p = op->ctx;
+	int pos = kvt_prefetch_params_encode(p, out, cap);
+	if (pos < 0)
+		return pos;
+	int rc = keys_encode(c, op, first, count, out + pos, cap - (size_t)pos);
+	return rc < 0 ? rc : pos + rc;
+}
+
+static int prefetch_reply(struct kvt_conn *c, struct kvt_op *op, const struct kvt_req *rq,
+			  const uint8_t *body, size_t len)
+{
+	uint8_t *tiers = op->tiers ? op->tiers + rq->first : kvt_scratch(c, rq->count);
+
+	if (!tiers)
+		return KVT_ENOMEM;
+	return kvt_prefetch_rep_decode(body, len, (uint32_t)rq->count, tiers);
+}
+
+KVT_EXPORT int kvt_block_prefetch(kvt_conn *c, const kvt_key *keys, size_t n, uint8_t tier,
+				  uint32_t deadline_ms, uint8_t *tiers)
+{
+	struct kvt_op op;
+	struct kvt_prefetch_params p = { .deadline_ms = deadline_ms, .tier = tier };
+	int rc;
+
+	if (tier > KVT_TIER_NVME)
+		return KVT_EINVAL;
+	rc = batch_check(c, keys, n);
+	if (rc || n == 0)
+		return rc;
+	kvt_op_init_batch(c, &op, KVT_OP_PREFETCH, n, KVT_KEY_SIZE, prefetch_encode,
+			  prefetch_reply, NULL);
+	/* The parameters take 8 bytes of each frame ahead of the key batch. */
+	size_t room = c->info.max_frame > KVT_HDR_SIZE + 8 + KVT_PREFETCH_PARAMS_SIZE
+			      ? (c->info.max_frame - KVT_HDR_SIZE - 8 - KVT_PREFETCH_PARAMS_SIZE) /
+					KVT_KEY_SIZE
+			      : 1;
+	if (room < op.per_req)
+		op.per_req = room ? room : 1;
+	op.body_len = KVT_PREFETCH_PARAMS_SIZE;
+	op.keys = keys;
+	op.tiers = tiers;
+	op.ctx = &p;
+	return kvt_op_run(c, &op);
+}
+
 static int keys_call(kvt_conn *c, uint16_t opcode, const kvt_key *keys, size_t n, int *status)
 {
 	struct kvt_op op;

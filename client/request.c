@@ -181,7 +181,8 @@ int kvt_op_send_some(struct kvt_conn *c, struct kvt_op *op, int64_t deadline)
 	while (op->sent < op->n) {
 		size_t first = op->sent;
 		size_t count = op->n - first < op->per_req ? op->n - first : op->per_req;
-		size_t body = op->item_size ? 8 + count * op->item_size : op->body_len;
+		/* Batches: body_len is what comes before the batch (PREFETCH's parameters). */
+		size_t body = op->item_size ? op->body_len + 8 + count * op->item_size : op->body_len;
 		uint64_t id;
 		struct kvt_req *rq;
 		uint8_t *buf;

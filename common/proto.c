@@ -105,6 +105,8 @@ const char *kvt_op_name(uint16_t opcode)
 		return "UNPIN";
 	case KVT_OP_STATS:
 		return "STATS";
+	case KVT_OP_PREFETCH:
+		return "PREFETCH";
 	case KVT_OP_NOTICE:
 		return "NOTICE";
 	}
@@ -802,5 +804,66 @@ int kvt_notice_decode(const uint8_t *in, size_t len, const char **msg, uint16_t 
 		return KVT_EBADMSG;
 	*msg = (const char *)(in + NOTICE_FIXED);
 	*msg_len = n;
+	return 0;
+}
+
+/* ---- PREFETCH ---------------------------------------------------------------- */
+
+int kvt_prefetch_params_encode(const struct kvt_prefetch_params *p, uint8_t *out, size_t cap)
+{
+	if (!p || !out)
+		return KVT_EINVAL;
+	if (cap < KVT_PREFETCH_PARAMS_SIZE)
+		return KVT_EMSGSIZE;
+	kvt_put32(out, p->deadline_ms);
+	out[4] = p->tier;
+	out[5] = out[6] = out[7] = 0;
+	return KVT_PREFETCH_PARAMS_SIZE;
+}
+
+int kvt_prefetch_req_decode(const uint8_t *in, size_t len, uint32_t max_batch,
+			    struct kvt_prefetch_params *p, struct kvt_batch *b)
+{
+	if (!in || !p || !b || len < KVT_PREFETCH_PARAMS_SIZE)
+		return KVT_EBADMSG;
+	if (in[5] || in[6] || in[7])
+		return KVT_ERESERVED;
+	if (in[4] > KVT_TIER_NVME)
+		return KVT_EBADMSG;
+	p->deadline_ms = kvt_get32(in);
+	p->tier = in[4];
+	return kvt_batch_decode(in + KVT_PREFETCH_PARAMS_SIZE, len - KVT_PREFETCH_PARAMS_SIZE,
+				KVT_KEY_SIZE, max_batch, b);
+}
+
+size_t kvt_prefetch_rep_size(uint32_t count)
+{
+	return 8 + (size_t)count;
+}
+
+int kvt_prefetch_rep_encode(const uint8_t *tiers, uint32_t count, uint8_t *out, size_t cap)
+{
+	if (!out || (count && !tiers))
+		return KVT_EINVAL;
+	if (cap < kvt_prefetch_rep_size(count))
+		return KVT_EMSGSIZE;
+	kvt_put32(out, count);
+	kvt_put32(out + 4, 0);
+	if (count)
+		memcpy(out + 8, tiers, count);
+	return (int)kvt_prefetch_rep_size(count);
+}
+
+int kvt_prefetch_rep_decode(const uint8_t *in, size_t len, uint32_t count, uint8_t *tiers)
+{
+	if (!in || len < 8 || len != kvt_prefetch_rep_size(count) || kvt_get32(in) != count)
+		return KVT_EBADMSG;
+	if (kvt_get32(in + 4))
+		return KVT_ERESERVED;
+	for (uint32_t i = 0; i < count; i++)
+		if (in[8 + i] > KVT_TIER_NVME && in[8 + i] != KVT_TIER_NONE)
+			return KVT_EBADMSG;
+	if (tiers && count)
+		memcpy(tiers, in + 8, count);
 	return 0;
 }

@@ -39,6 +39,7 @@ enum kvt_opcode {
 	KVT_OP_PIN = 9,
 	KVT_OP_UNPIN = 10,
 	KVT_OP_STATS = 11,
+	KVT_OP_PREFETCH = 12,
 	/* Sent by the daemon only, request id 0, just before it closes the
 	 * connection for a stream-level reason (status says which). */
 	KVT_OP_NOTICE = 255,
@@ -210,6 +211,26 @@ size_t kvt_lookup_rep_size(uint32_t found);
 int kvt_lookup_rep_encode(uint32_t found, const uint8_t *tiers, uint8_t *out, size_t cap);
 int kvt_lookup_rep_decode(const uint8_t *in, size_t len, uint32_t asked, uint32_t *found,
 			  uint8_t *tiers);
+
+/* PREFETCH request: u32 deadline_ms, u8 tier, 3 reserved bytes (0), then a key batch
+ * (u32 count, u32 flags, keys). Reply: u32 count, u32 reserved, count x u8 where each
+ * key is when the reply is sent: a tier (0..2) or KVT_TIER_NONE. */
+#define KVT_PREFETCH_PARAMS_SIZE 8
+
+struct kvt_prefetch_params {
+	uint32_t deadline_ms;
+	uint8_t tier;
+};
+
+int kvt_prefetch_params_encode(const struct kvt_prefetch_params *p, uint8_t *out, size_t cap);
+/* Checks the parameters (reserved bytes 0: KVT_ERESERVED; tier 0..2: else KVT_EBADMSG)
+ * and decodes the key batch after them like kvt_batch_decode. */
+int kvt_prefetch_req_decode(const uint8_t *in, size_t len, uint32_t max_batch,
+			    struct kvt_prefetch_params *p, struct kvt_batch *b);
+size_t kvt_prefetch_rep_size(uint32_t count);
+int kvt_prefetch_rep_encode(const uint8_t *tiers, uint32_t count, uint8_t *out, size_t cap);
+/* count must match the reply's (KVT_EBADMSG); each value 0..2 or KVT_TIER_NONE. */
+int kvt_prefetch_rep_decode(const uint8_t *in, size_t len, uint32_t count, uint8_t *tiers);
 
 /* STATS request: u32 flags (0). Reply: u32 count, u32 reserved, then count entries of
  * u8 kind (1 = u64, 2 = text), u8 reserved, u16 name_len, u32 value_len, name, value. */

@@ -565,6 +565,7 @@ void server_begin_shutdown(struct server *s)
 	if (s->stopping)
 		return;
 	s->stopping = true;
+	prefetch_answer_all(s);
 	tier2_begin_stop(s);
 	if (s->lfd >= 0) {
 		epoll_ctl(s->epfd, EPOLL_CTL_DEL, s->lfd, NULL);

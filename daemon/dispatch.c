@@ -877,6 +877,171 @@ static void do_key_batch(struct conn *c, const struct kvt_hdr *h, const uint8_t 
 	free(st);
 }
 
+/* ---- PREFETCH -------------------------------------------------------------------- */
+
+/* A PREFETCH answered when every key is where it was asked to be, or at its
+ * deadline; the fetches it started go on after the answer. */
+struct prefetch {
+	struct prefetch *next, *prev; /* server's list of unanswered ones */
+	struct conn *c;
+	uint64_t id;
+	uint64_t deadline_ms;
+	uint32_t count;
+	unsigned pending;  /* fetches not back yet */
+	bool answered;
+	uint8_t *tiers;
+	struct prefetch_item *items;
+};
+
+struct prefetch_item {
+	struct prefetch *pf;
+	uint32_t i;
+};
+
+static void prefetch_free_if_done(struct prefetch *pf)
+{
+	if (!pf->answered || pf->pending)
+		return;
+	struct conn *c = pf->c;
+	free(pf->tiers);
+	free(pf->items);
+	free(pf);
+	conn_put(c);
+}
+
+static void prefetch_answer(struct prefetch *pf)
+{
+	struct conn *c = pf->c;
+	struct server *s = c->srv;
+	if (pf->answered)
+		return;
+	pf->answered = true;
+	if (pf->prev)
+		pf->prev->next = pf->next;
+	else if (s->prefetches == pf)
+		s->prefetches = pf->next;
+	if (pf->next)
+		pf->next->prev = pf->prev;
+	c->inflight--;
+	if (!c->dead) {
+		size_t len = kvt_prefetch_rep_size(pf->count);
+		uint8_t *buf = malloc(len);
+		if (buf) {
+			kvt_prefetch_rep_encode(pf->tiers, pf->count, buf, len);
+			conn_reply(c, KVT_OP_PREFETCH, pf->id, 0, buf, len);
+			free(buf);
+		} else {
+			conn_reply(c, KVT_OP_PREFETCH, pf->id, KVT_ENOMEM, NULL, 0);
+		}
+		conn_update_events(c);
+	}
+}
+
+static void prefetch_cb(void *arg, int status, struct t1_block *b)
+{
+	struct prefetch_item *it = arg;
+	struct prefetch *pf = it->pf;
+	if (b) {
+		if (!pf->answered)
+			pf->tiers[it->i] = KVT_TIER_HOST;
+		t1_block_unref(pf->c->srv->t1, b);
+	} else if (status && !pf->answered) {
+		pf->tiers[it->i] = KVT_TIER_NONE; /* turned out missing or corrupt */
+	}
+	pf->pending--;
+	if (pf->pending == 0)
+		prefetch_answer(pf);
+	prefetch_free_if_done(pf);
+}
+
+void prefetch_answer_all(struct server *s)
+{
+	while (s->prefetches) {
+		struct prefetch *pf = s->prefetches;
+		prefetch_answer(pf);
+		prefetch_free_if_done(pf);
+	}
+}
+
+uint64_t prefetch_tick(struct server *s)
+{
+	uint64_t t = now_ms(), next = UINT64_MAX;
+	struct prefetch *pf = s->prefetches, *nx;
+	for (; pf; pf = nx) {
+		nx = pf->next;
+		if (pf->deadline_ms <= t) {
+			prefetch_answer(pf);
+			prefetch_free_if_done(pf);
+		} else if (pf->deadline_ms < next) {
+			next = pf->deadline_ms;
+		}
+	}
+	return next;
+}
+
+static void do_prefetch(struct conn *c, const struct kvt_hdr *h, const uint8_t *body)
+{
+	struct server *s = c->srv;
+	struct kvt_prefetch_params p;
+	struct kvt_batch bt;
+	int rc = kvt_prefetch_req_decode(body, h->body_len, s->cfg->max_batch, &p, &bt);
+	if (!rc && p.tier == KVT_TIER_HBM)
+		rc = KVT_EOPNOTSUPP; /* no GPU tier in this build */
+	if (rc) {
+		reply_status(c, h, rc);
+		return;
+	}
+	struct prefetch *pf = calloc(1, sizeof(*pf));
+	if (pf) {
+		pf->tiers = malloc(bt.count ? bt.count : 1);
+		pf->items = calloc(bt.count ? bt.count : 1, sizeof(*pf->items));
+	}
+	if (!pf || !pf->tiers || !pf->items) {
+		if (pf) {
+			free(pf->tiers);
+			free(pf->items);
+		}
+		free(pf);
+		reply_status(c, h, KVT_ENOMEM);
+		return;
+	}
+	pf->c = c;
+	pf->id = h->request_id;
+	pf->count = bt.count;
+	pf->deadline_ms = now_ms() + p.deadline_ms;
+	c->refs++;
+	c->inflight++;
+	for (uint32_t i = 0; i < bt.count; i++) {
+		struct t1_key tk = { .tenant = c->tenant };
+		kvt_key_decode(bt.items + (size_t)i * KVT_KEY_SIZE, &tk.key);
+		struct t1_block *b = t1_find(s->t1, &tk);
+		if (b) {
+			pf->tiers[i] = KVT_TIER_HOST;
+			continue;
+		}
+		if (tier2_lookup(s, &tk, NULL) < 0) {
+			pf->tiers[i] = KVT_TIER_NONE;
+			continue;
+		}
+		pf->tiers[i] = KVT_TIER_NVME;
+		if (p.tier != KVT_TIER_HOST)
+			continue;
+		pf->items[i] = (struct prefetch_item){ pf, i };
+		pf->pending++;
+		if (tier2_fetch(s, &tk, NULL, prefetch_cb, &pf->items[i]) < 0)
+			pf->pending--; /* no room in the host tier now: it stays on NVMe */
+	}
+	if (pf->pending == 0 || p.deadline_ms == 0) {
+		prefetch_answer(pf);
+		prefetch_free_if_done(pf);
+		return;
+	}
+	pf->next = s->prefetches;
+	if (s->prefetches)
+		s->prefetches->prev = pf;
+	s->prefetches = pf;
+}
+
 static void do_stats(struct conn *c, const struct kvt_hdr *h, const uint8_t *body)
 {
 	if (h->body_len != KVT_STATS_REQ_SIZE) {
@@ -932,6 +1097,7 @@ void dispatch_frame(struct conn *c, const struct kvt_hdr *h, const uint8_t *body
 	case KVT_OP_PIN:
 	case KVT_OP_UNPIN: do_key_batch(c, h, body); break;
 	case KVT_OP_STATS: do_stats(c, h, body); break;
+	case KVT_OP_PREFETCH: do_prefetch(c, h, body); break;
 	default: reply_status(c, h, KVT_EOPCODE); break;
 	}
 }

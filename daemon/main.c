@@ -225,7 +225,10 @@ static void event_loop(struct server *s)
 					break;
 			}
 		}
-		int n = epoll_wait(s->epfd, evs, 64, TICK_MS);
+		/* Wake for the next PREFETCH deadline if it comes before the tick. */
+		uint64_t due = prefetch_tick(s), now = now_ms();
+		int wait_ms = due <= now ? 0 : due - now < TICK_MS ? (int)(due - now) : TICK_MS;
+		int n = epoll_wait(s->epfd, evs, 64, wait_ms);
 		if (n < 0) {
 			if (errno == EINTR)
 				continue;

@@ -107,6 +107,8 @@ struct server {
 	uint32_t nconns;
 	uint64_t next_serial;
 
+	struct prefetch *prefetches; /* unanswered PREFETCH requests (dispatch.c) */
+
 	struct tenant_counters *tenants;
 	size_t ntenants, tenants_cap;
 
@@ -139,6 +141,11 @@ void server_begin_shutdown(struct server *s);
 void dispatch_frame(struct conn *c, const struct kvt_hdr *h, const uint8_t *body,
 		    uint64_t frame_start);
 void conn_release_all(struct conn *c); /* pins and regions, at close */
+/* Answer PREFETCH requests whose deadline passed; returns the next deadline (ms on
+ * the now_ms clock) or UINT64_MAX. */
+uint64_t prefetch_tick(struct server *s);
+/* Answer every waiting PREFETCH now (shutdown). */
+void prefetch_answer_all(struct server *s);
 void region_put(struct region *r);
 
 /* stats.c */

@@ -201,6 +201,7 @@ enum kvt_tier {
 	KVT_TIER_HBM = 0,  /* daemon's GPU pool */
 	KVT_TIER_HOST = 1, /* host RAM arena */
 	KVT_TIER_NVME = 2, /* NVMe segment store */
+	KVT_TIER_NONE = 255, /* not stored anywhere (PREFETCH) */
 };
 
 /* ------------------------------------------------------------------------ */
@@ -357,6 +358,20 @@ int kvt_block_lookup(kvt_conn *c, const kvt_key *keys, size_t n, size_t *found,
 int kvt_block_delete(kvt_conn *c, const kvt_key *keys, size_t n, int *status);
 int kvt_block_pin(kvt_conn *c, const kvt_key *keys, size_t n, int *status);
 int kvt_block_unpin(kvt_conn *c, const kvt_key *keys, size_t n, int *status);
+
+/*
+ * Ask for n blocks to be brought to tier (KVT_TIER_HOST; KVT_TIER_NVME is a no-op
+ * that only reports) and wait at most deadline_ms for it (0: do not wait). Blocks
+ * on NVMe are read, verified and decoded into the host tier in the background; the
+ * reply comes when all are there or at the deadline, whichever is first, and the
+ * rest keeps going after it. tiers (n entries, may be NULL) receives where each
+ * block is when the daemon answers: KVT_TIER_HOST, KVT_TIER_NVME (not brought up
+ * yet, or no room in the host tier), or KVT_TIER_NONE (not stored).
+ * Returns 0, KVT_EOPNOTSUPP (tier not available, e.g. HBM without a GPU),
+ * KVT_EINVAL, KVT_E2BIG, or a request-level error.
+ */
+int kvt_block_prefetch(kvt_conn *c, const kvt_key *keys, size_t n, uint8_t tier,
+		       uint32_t deadline_ms, uint8_t *tiers);
 
 /* ------------------------------------------------------------------------ */
 /* Pipelining                                                                 */

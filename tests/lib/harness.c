@@ -71,6 +71,10 @@ const char *kvtd_log_text(struct kvtd *d)
 	int fd = open(d->log, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return buf;
+	if (d->log_start > 0 && lseek(fd, (off_t)d->log_start, SEEK_SET) < 0) {
+		close(fd);
+		return buf;
+	}
 	for (;;) {
 		ssize_t r = read(fd, buf + len, sizeof(buf) - 1 - len);
 		if (r < 0 && errno == EINTR)
@@ -154,6 +158,8 @@ static bool try_connect(const char *path)
 	return ok;
 }
 
+static void spawn(struct kvtd *d);
+
 void kvtd_start(struct kvtd *d, const char *extra_config)
 {
 	memset(d, 0, sizeof(*d));
@@ -193,7 +199,13 @@ void kvtd_start(struct kvtd *d, const char *extra_config)
 	char *save = NULL;
 	for (char *line = strtok_r(conf, "\n", &save); line; line = strtok_r(NULL, "\n", &save))
 		test_log("| %s", line);
+	spawn(d);
+}
 
+/* Fork and exec the daemon on d's configuration, its output appended to d->log,
+ * and wait until its socket accepts connections. */
+static void spawn(struct kvtd *d)
+{
 	const char *bin = kvtd_bin("kvtierd");
 	if (access(bin, X_OK) < 0)
 		test_fail(__FILE__, __LINE__, "%s: %s (build it, or set KVT_BIN_DIR)", bin,
@@ -256,6 +268,19 @@ void kvtd_start(struct kvtd *d, const char *extra_config)
 	test_log("kvtierd pid %d up on %s, log in %s", (int)pid, d->sock, d->log);
 }
 
+void kvtd_restart(struct kvtd *d)
+{
+	if (d->pid > 0)
+		test_fail(__FILE__, __LINE__, "kvtd_restart: the daemon is still running");
+	if (access(d->conf, R_OK) < 0)
+		test_fail(__FILE__, __LINE__, "kvtd_restart: %s: %s (set keep_dir before stopping)",
+			  d->conf, strerror(errno));
+	struct stat st;
+	d->log_start = stat(d->log, &st) == 0 ? (long)st.st_size : 0;
+	test_log("restarting kvtierd on %s", d->dir);
+	spawn(d);
+}
+
 bool kvtd_alive(struct kvtd *d)
 {
 	if (d->pid <= 0)
@@ -301,7 +326,8 @@ int kvtd_stop(struct kvtd *d)
 	}
 	d->pid = -1;
 	if (WIFEXITED(st) && WEXITSTATUS(st) == 0) {
-		remove_tree(d->dir);
+		if (!d->keep_dir)
+			remove_tree(d->dir);
 	} else {
 		/* Keep the directory and show how it ended, for the failure report. */
 		if (WIFEXITED(st))
@@ -322,7 +348,8 @@ void kvtd_kill(struct kvtd *d)
 	if (!reap(d, STOP_TIMEOUT_MS, &st))
 		test_fail(__FILE__, __LINE__, "kvtierd survived SIGKILL");
 	d->pid = -1;
-	remove_tree(d->dir);
+	if (!d->keep_dir)
+		remove_tree(d->dir);
 }
 
 /* ---- raw protocol ---------------------------------------------------------- */

@@ -6,6 +6,7 @@
 #ifndef KVT_HARNESS_H
 #define KVT_HARNESS_H
 
+#include <stdbool.h>
 #include <stdint.h>
 #include <sys/types.h>
 
@@ -17,6 +18,8 @@ struct kvtd {
 	char sock[320];  /* socket path */
 	char conf[320];  /* configuration file written for this daemon */
 	char log[320];   /* the daemon's stderr */
+	bool keep_dir;   /* set by the test: kvtd_stop/kvtd_kill keep dir (for restarts) */
+	long log_start;  /* where the current run's lines start in log (kvtd_restart) */
 };
 
 /*
@@ -28,16 +31,26 @@ struct kvtd {
 void kvtd_start(struct kvtd *d, const char *extra_config);
 
 /* SIGTERM and wait; returns the daemon's exit status (as from waitpid) and removes
- * the temporary directory unless the test failed. */
+ * the temporary directory unless the daemon failed or d->keep_dir is set. */
 int kvtd_stop(struct kvtd *d);
 
-/* SIGKILL and wait (for crash tests). */
+/* SIGKILL and wait (for crash tests); removes the temporary directory unless
+ * d->keep_dir is set. */
 void kvtd_kill(struct kvtd *d);
+
+/*
+ * Start the daemon again, stopped or killed, on the same directory and
+ * configuration (set d->keep_dir before stopping it), appending to the same log;
+ * kvtd_log_text then shows this run's lines only. Waits until the socket accepts
+ * connections; fails the test on any error.
+ */
+void kvtd_restart(struct kvtd *d);
 
 /* true while the daemon process is alive. */
 bool kvtd_alive(struct kvtd *d);
 
-/* The daemon's stderr so far, in a static buffer (for checking log lines). */
+/* The daemon's stderr so far (since the last kvtd_restart), in a static buffer
+ * (for checking log lines). */
 const char *kvtd_log_text(struct kvtd *d);
 
 /* Path of a program from the build's bin directory, in a static buffer. */

@@ -343,7 +343,7 @@ TEST(op_names)
 		{ KVT_OP_LOOKUP, "LOOKUP" }, { KVT_OP_DELETE, "DELETE" },
 		{ KVT_OP_PIN, "PIN" },	     { KVT_OP_UNPIN, "UNPIN" },
 		{ KVT_OP_STATS, "STATS" },   { KVT_OP_NOTICE, "NOTICE" },
-		{ 0, "UNKNOWN" },	     { 12, "UNKNOWN" },
+		{ KVT_OP_PREFETCH, "PREFETCH" }, { 0, "UNKNOWN" }, { 13, "UNKNOWN" },
 		{ 254, "UNKNOWN" },	     { 0xffff, "UNKNOWN" },
 	};
 	for (size_t i = 0; i < sizeof(ops) / sizeof(ops[0]); i++)
@@ -1418,6 +1418,44 @@ TEST(mutation_loop)
 	}
 }
 
+TEST(prefetch_round_trip_and_malformed)
+{
+	uint8_t buf[KVT_PREFETCH_PARAMS_SIZE + 8 + 2 * KVT_KEY_SIZE];
+	struct kvt_prefetch_params p = { .deadline_ms = 1234, .tier = KVT_TIER_HOST }, q;
+	CHECK_EQ(kvt_prefetch_params_encode(&p, buf, sizeof(buf)), KVT_PREFETCH_PARAMS_SIZE);
+	CHECK_EQ(kvt_batch_prefix_encode(2, buf + 8, sizeof(buf) - 8), 8);
+	memset(buf + 16, 0xab, 2 * KVT_KEY_SIZE);
+	struct kvt_batch b;
+	CHECK_RC(kvt_prefetch_req_decode(buf, sizeof(buf), 16, &q, &b), 0);
+	CHECK_EQ(q.deadline_ms, 1234);
+	CHECK_EQ(q.tier, KVT_TIER_HOST);
+	CHECK_EQ(b.count, 2);
+	CHECK(b.items == buf + 16);
+	/* every shorter body is refused */
+	for (size_t n = 0; n < sizeof(buf); n++)
+		CHECK(kvt_prefetch_req_decode(buf, n, 16, &q, &b) < 0);
+	CHECK_RC(kvt_prefetch_req_decode(buf, sizeof(buf), 1, &q, &b), KVT_E2BIG);
+	buf[6] = 1;
+	CHECK_RC(kvt_prefetch_req_decode(buf, sizeof(buf), 16, &q, &b), KVT_ERESERVED);
+	buf[6] = 0;
+	buf[4] = 3;
+	CHECK_RC(kvt_prefetch_req_decode(buf, sizeof(buf), 16, &q, &b), KVT_EBADMSG);
+
+	uint8_t tiers[3] = { KVT_TIER_HOST, KVT_TIER_NVME, KVT_TIER_NONE }, out[3];
+	uint8_t rep[16];
+	CHECK_EQ(kvt_prefetch_rep_encode(tiers, 3, rep, sizeof(rep)), 11);
+	CHECK_RC(kvt_prefetch_rep_decode(rep, 11, 3, out), 0);
+	CHECK(memcmp(tiers, out, 3) == 0);
+	CHECK_RC(kvt_prefetch_rep_decode(rep, 11, 2, out), KVT_EBADMSG);
+	CHECK_RC(kvt_prefetch_rep_decode(rep, 10, 3, out), KVT_EBADMSG);
+	rep[9] = 7; /* not a tier */
+	CHECK_RC(kvt_prefetch_rep_decode(rep, 11, 3, out), KVT_EBADMSG);
+	rep[9] = 1;
+	rep[4] = 1; /* reserved */
+	CHECK_RC(kvt_prefetch_rep_decode(rep, 11, 3, out), KVT_ERESERVED);
+	CHECK_EQ(kvt_prefetch_rep_encode(tiers, 3, rep, 10), KVT_EMSGSIZE);
+}
+
 TEST_MAIN(hdr_roundtrip, hdr_bytes_are_little_endian, hdr_bad_magic_still_fills_header,
 	  hdr_bad_version, hdr_reserved_nonzero, hdr_body_len_over_max,
 	  hdr_flags_must_understand, op_names, hello_req_roundtrip, hello_req_malformed,
@@ -1427,4 +1465,4 @@ TEST_MAIN(hdr_roundtrip, hdr_bytes_are_little_endian, hdr_bad_magic_still_fills_
 	  status_rep_roundtrip, status_rep_malformed, get_rep_roundtrip, get_rep_malformed,
 	  lookup_rep_roundtrip, lookup_rep_malformed, stats_roundtrip, stats_writer_limits,
 	  stats_malformed, notice_roundtrip, notice_malformed,
-	  encoders_leave_short_buffers_alone, mutation_loop)
+	  encoders_leave_short_buffers_alone, mutation_loop, prefetch_round_trip_and_malformed)
