@@ -84,6 +84,10 @@ struct kvt_op {
 	uint8_t *tiers;             /* LOOKUP: caller's tiers, or NULL */
 	size_t found;               /* LOOKUP: leading keys present (min over short requests) */
 	void *ctx;                  /* single requests: where the reply goes */
+	bool error_body;            /* single requests: error replies go to reply too (with
+				     * reply_status set), for error bodies that carry details:
+				     * CTX_SAVE's MISSING on KVT_ENOENT */
+	int reply_status;           /* the request-level status reply is called for */
 };
 
 /* A registered region. Stays allocated until kvt_region_destroy; conn is NULL once
@@ -195,6 +199,12 @@ int kvt_op_result(const struct kvt_conn *c, const struct kvt_op *op, bool was_br
 /* Attach op, run it to completion and detach it: the body of every synchronous call. */
 int kvt_op_run(struct kvt_conn *c, struct kvt_op *op);
 
+/* Run a single request whose body is a field list (CTX_*, MEM_*): op->encode writes
+ * it with a kvt_fields_writer over the (out, cap) it gets, and is first called with
+ * out NULL and cap SIZE_MAX, a counting writer, to size the body. A body over
+ * max_frame fails with KVT_EMSGSIZE before anything is sent. */
+int kvt_op_run_fields(struct kvt_conn *c, struct kvt_op *op);
+
 /* Dispatch a complete reply frame. Returns 0, or an error that breaks the stream. */
 int kvt_dispatch(struct kvt_conn *c, const struct kvt_hdr *h, const uint8_t *body);
 
@@ -203,6 +213,43 @@ void *kvt_scratch(struct kvt_conn *c, size_t bytes);
 
 /* KVT_ECLOSED if c can take no new request, else 0. */
 int kvt_conn_usable(const struct kvt_conn *c);
+
+/* ---- ctx.c: argument and reply helpers shared with mem.c ---------------------- */
+
+/* LIMIT (CTX_LIST, MEM_LIST) and K (MEM_SEARCH) on the wire: 1..this. */
+#define KVT_LIST_LIMIT_MAX 1000u
+
+/* Length of the name argument s: min..KVT_NAME_LEN_MAX bytes (0 for a NULL s when
+ * min is 0), else KVT_EINVAL. */
+int kvt_name_arg(const char *s, size_t min, size_t *len);
+
+/* Copy the name field tag of a reply (1..KVT_NAME_LEN_MAX bytes, no NUL inside) into
+ * out, NUL-terminated: 0 or KVT_EBADMSG. *len (may be NULL) receives its length. */
+int kvt_name_field(const struct kvt_fields *f, unsigned tag, char out[KVT_NAME_LEN_MAX + 1],
+		   size_t *len);
+
+/* The MORE field of a list reply: required, 0 or 1 (KVT_EBADMSG otherwise). */
+int kvt_more_field(const struct kvt_fields *f, bool *more);
+
+/* The wire image (little-endian) of n 32-bit words (u32 or f32) at v: v itself on a
+ * little-endian host, else a converted copy that *tmp owns (free it; NULL when v
+ * was returned). NULL if out of memory. */
+const void *kvt_le32_image(const void *v, size_t n, void **tmp);
+
+/* Copy n little-endian 32-bit words from the wire into dst (u32 or f32 array). */
+void kvt_le32_copy(void *dst, const uint8_t *src, size_t n);
+
+/* What a field-list encoder returns: the body length, or the writer's error. */
+int kvt_fw_result(const struct kvt_fields_writer *w);
+
+/* kvt_reply_fn for replies with no fields to read (CTX_DELETE, MEM_PUT, MEM_DELETE):
+ * the framing must still be right; fields a later daemon adds are ignored. */
+int kvt_empty_reply(struct kvt_conn *c, struct kvt_op *op, const struct kvt_req *rq,
+		    const uint8_t *body, size_t len);
+
+/* Bytewise order of (a, alen) and (b, blen), a shorter string before its extensions:
+ * <0, 0, >0 like memcmp. */
+int kvt_name_cmp(const char *a, size_t alen, const char *b, size_t blen);
 
 /* ---- region.c ------------------------------------------------------------------ */
 

@@ -1,7 +1,8 @@
 /*
  * memstat.c - the kvtier diagnostics CLI: asks kvtierd for its STATS and shows
- * the daemon, its tiers, connections and per-tenant usage, once or every N
- * seconds with rates, as text or JSON. Uses only the public API (kvtier.h).
+ * the daemon, its tiers (host RAM, NVMe), connections and per-tenant usage, once
+ * or every N seconds with rates, as text or JSON. Uses only the public API
+ * (kvtier.h).
  */
 #include <errno.h>
 #include <getopt.h>
@@ -32,12 +33,13 @@ static void on_signal(int sig)
 static void usage(FILE *f)
 {
 	fprintf(f,
-		"Usage: " PROG " [-s SOCKET] [-w SECONDS] [--json] [-h] [-V]\n"
+		"Usage: " PROG " [-s SOCKET] [-w SECONDS [-n COUNT]] [--json] [-h] [-V]\n"
 		"Show what kvtierd holds: its tiers, connections and per-tenant usage.\n"
 		"\n"
 		"  -s, --socket SOCKET   daemon socket (default: $KVTIER_SOCKET, else %s)\n"
 		"  -w, --watch SECONDS   refresh every SECONDS (fractions allowed) and show\n"
 		"                        rates, until interrupted\n"
+		"  -n, --count COUNT     with -w, stop after COUNT samples\n"
 		"  -j, --json            one JSON object per sample instead of text\n"
 		"  -h, --help            this help\n"
 		"  -V, --version         version\n"
@@ -186,14 +188,18 @@ struct sample {
 	double t;        /* CLOCK_MONOTONIC seconds */
 	uint64_t pid;
 	uint64_t in, out, hits, misses, requests;
+	uint64_t t2_read, t2_write, t2_prom, t2_dem;
 	bool have_in, have_out, have_hits, have_misses, have_requests;
+	bool have_t2_read, have_t2_write, have_t2_prom, have_t2_dem;
 };
 
 struct rates {
 	bool valid;
 	double interval;
 	double in_gbps, out_gbps, hits_ps, misses_ps, requests_ps;
+	double t2_read_gbps, t2_write_gbps, t2_prom_ps, t2_dem_ps;
 	bool have_in, have_out, have_hits, have_misses, have_requests;
+	bool have_t2_read, have_t2_write, have_t2_prom, have_t2_dem;
 };
 
 static double mono_now(void)
@@ -215,6 +221,10 @@ static void sample_take(const kvt_stats *s, struct sample *x)
 	x->have_hits = num(s, "t1.hits", &x->hits);
 	x->have_misses = num(s, "t1.misses", &x->misses);
 	x->have_requests = num(s, "requests.total", &x->requests);
+	x->have_t2_read = num(s, "t2.read_bytes", &x->t2_read);
+	x->have_t2_write = num(s, "t2.write_bytes", &x->t2_write);
+	x->have_t2_prom = num(s, "t2.promotions", &x->t2_prom);
+	x->have_t2_dem = num(s, "t2.demotions", &x->t2_dem);
 }
 
 /* Rates between two samples of the same daemon (a restart resets counters). */
@@ -239,7 +249,89 @@ static void rates_compute(const struct sample *a, const struct sample *b, struct
 	RATE(hits, have_hits, hits_ps, 1);
 	RATE(misses, have_misses, misses_ps, 1);
 	RATE(requests, have_requests, requests_ps, 1);
+	RATE(t2_read, have_t2_read, t2_read_gbps, 1e9);
+	RATE(t2_write, have_t2_write, t2_write_gbps, 1e9);
+	RATE(t2_prom, have_t2_prom, t2_prom_ps, 1);
+	RATE(t2_dem, have_t2_dem, t2_dem_ps, 1);
 #undef RATE
+}
+
+/* logical / stored, or a negative number when nothing is stored. */
+static double t2_ratio(const kvt_stats *s)
+{
+	uint64_t logical, stored;
+
+	if (!num(s, "t2.logical_bytes", &logical) || !num(s, "t2.stored_bytes", &stored) ||
+	    !stored)
+		return -1;
+	return (double)logical / (double)stored;
+}
+
+/* The NVMe tier's lines of the Tiers section. */
+static void print_t2(const kvt_stats *s)
+{
+	char b1[32], b2[32], b3[32], b4[32], b5[32];
+	uint64_t v, cap = 0, used = 0;
+	double ratio;
+	const char *t;
+
+	if (!num(s, "t2.active", &v)) {
+		printf("  T2 NVMe       not reported (visible to root and the daemon's user"
+		       " only)\n");
+		return;
+	}
+	if (!v) {
+		printf("  NVMe (T2) off\n");
+		return;
+	}
+	num(s, "t2.capacity_bytes", &cap);
+	num(s, "t2.used_bytes", &used);
+	printf("  T2 NVMe       capacity %s  used %s (%s)", fmt_size(cap, b1, sizeof(b1)),
+	       fmt_size(used, b2, sizeof(b2)), pct(used, cap, b3, sizeof(b3)));
+	if (cap >= used)
+		printf("  free %s (%s)", fmt_size(cap - used, b4, sizeof(b4)),
+		       pct(cap - used, cap, b5, sizeof(b5)));
+	printf("\n");
+	ratio = t2_ratio(s);
+	if (ratio > 0)
+		snprintf(b5, sizeof(b5), "%.2fx", ratio);
+	else
+		snprintf(b5, sizeof(b5), "-");
+	printf("                blocks %s  data %s stored in %s  compression %s\n",
+	       count_of(s, "t2.blocks", b1, sizeof(b1)),
+	       size_of(s, "t2.logical_bytes", b2, sizeof(b2)),
+	       size_of(s, "t2.stored_bytes", b3, sizeof(b3)), b5);
+	printf("                segments %s (%s free, %s cleaned, %s blocks dropped)\n",
+	       count_of(s, "t2.segments_total", b1, sizeof(b1)),
+	       count_of(s, "t2.segments_free", b2, sizeof(b2)),
+	       count_of(s, "t2.cleaned_segments", b3, sizeof(b3)),
+	       count_of(s, "t2.dropped_blocks", b4, sizeof(b4)));
+	printf("                read %s (%s reads)", size_of(s, "t2.read_bytes", b1, sizeof(b1)),
+	       count_of(s, "t2.reads", b2, sizeof(b2)));
+	printf("  written %s (%s writes)  hits %s\n",
+	       size_of(s, "t2.write_bytes", b3, sizeof(b3)),
+	       count_of(s, "t2.writes", b4, sizeof(b4)), count_of(s, "t2.hits", b5, sizeof(b5)));
+	printf("                promotions %s  demotions %s  demote failures %s  readahead %s\n",
+	       count_of(s, "t2.promotions", b1, sizeof(b1)),
+	       count_of(s, "t2.demotions", b2, sizeof(b2)),
+	       count_of(s, "t2.demote_failures", b3, sizeof(b3)),
+	       count_of(s, "t2.readahead", b4, sizeof(b4)));
+	/* Blocks the admission rule let go: evicted from RAM, never written. */
+	printf("                dropped unwritten %s  fetch failures %s\n",
+	       count_of(s, "t1.dropped_unwritten", b1, sizeof(b1)),
+	       count_of(s, "t2.fetch_failures", b2, sizeof(b2)));
+	printf("                checksum failures %s  I/O errors %s  ENOSPC %s\n",
+	       count_of(s, "t2.checksum_failures", b1, sizeof(b1)),
+	       count_of(s, "t2.io_errors", b2, sizeof(b2)),
+	       count_of(s, "t2.enospc", b3, sizeof(b3)));
+	t = text(s, "t2.backend");
+	printf("                backend %s\n", t ? t : "-");
+	printf("                queue depth %s  in flight %s  staging %s  %s\n",
+	       count_of(s, "t2.queue_depth", b1, sizeof(b1)),
+	       count_of(s, "t2.inflight", b2, sizeof(b2)),
+	       size_of(s, "t2.staging_bytes", b3, sizeof(b3)),
+	       !num(s, "t2.direct_io", &v) ? "" :
+	       v ? "O_DIRECT" : "buffered I/O (O_DIRECT refused)");
 }
 
 /* ---- text output ---------------------------------------------------------------------- */
@@ -319,6 +411,7 @@ static void print_text(const char *sock, kvt_conn *c, const kvt_stats *s, const 
 		printf("                hugepages %s  mlock %s\n", t ? t : "-",
 		       num(s, "t1.mlocked", &v) ? (v ? "yes" : "no") : "-");
 	}
+	print_t2(s);
 
 	/* Connections */
 	printf("\nConnections     current %s  total %s  rejected %s  requests %s (errors %s)\n",
@@ -341,6 +434,15 @@ static void print_text(const char *sock, kvt_conn *c, const kvt_stats *s, const 
 		if (r->have_requests)
 			printf("requests %.1f/s", r->requests_ps);
 		printf("\n");
+		if (r->have_t2_read || r->have_t2_write) {
+			printf("T2 rates        read %.3f GB/s  write %.3f GB/s", r->t2_read_gbps,
+			       r->t2_write_gbps);
+			if (r->have_t2_prom)
+				printf("  promotions %.1f/s", r->t2_prom_ps);
+			if (r->have_t2_dem)
+				printf("  demotions %.1f/s", r->t2_dem_ps);
+			printf("\n");
+		}
 	}
 
 	/* Tenants */
@@ -422,7 +524,7 @@ static void json_number(double d)
 
 static void print_json(const char *sock, kvt_conn *c, const kvt_stats *s, const struct rates *r)
 {
-	static const char *const groups[] = { "server", "conn", "requests", "t0", "t1" };
+	static const char *const groups[] = { "server", "conn", "requests", "t0", "t1", "t2" };
 	const kvt_server_info *si = kvt_conn_server(c);
 	size_t n = kvt_stats_count(s);
 	uint32_t *ids;
@@ -439,6 +541,11 @@ static void print_json(const char *sock, kvt_conn *c, const kvt_stats *s, const 
 		snprintf(prefix, sizeof(prefix), "%s.", groups[g]);
 		printf(",\"%s\":{", groups[g]);
 		json_members(s, prefix);
+		/* Derived, so a JSON reader need not divide (absent if nothing is stored). */
+		if (!strcmp(groups[g], "t2") && t2_ratio(s) > 0) {
+			printf(",\"compression_ratio\":");
+			json_number(t2_ratio(s));
+		}
 		putchar('}');
 	}
 
@@ -510,6 +617,22 @@ static void print_json(const char *sock, kvt_conn *c, const kvt_stats *s, const 
 			printf(",\"requests_per_s\":");
 			json_number(r->requests_ps);
 		}
+		if (r->have_t2_read) {
+			printf(",\"t2_read_gbps\":");
+			json_number(r->t2_read_gbps);
+		}
+		if (r->have_t2_write) {
+			printf(",\"t2_write_gbps\":");
+			json_number(r->t2_write_gbps);
+		}
+		if (r->have_t2_prom) {
+			printf(",\"t2_promotions_per_s\":");
+			json_number(r->t2_prom_ps);
+		}
+		if (r->have_t2_dem) {
+			printf(",\"t2_demotions_per_s\":");
+			json_number(r->t2_dem_ps);
+		}
 		putchar('}');
 	}
 	printf("}\n");
@@ -553,6 +676,7 @@ int main(int argc, char **argv)
 	static const struct option longopts[] = {
 		{ "socket", required_argument, NULL, 's' },
 		{ "watch", required_argument, NULL, 'w' },
+		{ "count", required_argument, NULL, 'n' },
 		{ "json", no_argument, NULL, 'j' },
 		{ "help", no_argument, NULL, 'h' },
 		{ "version", no_argument, NULL, 'V' },
@@ -561,12 +685,13 @@ int main(int argc, char **argv)
 	const char *sock = NULL;
 	bool json = false, clear;
 	double interval = 0;
+	unsigned long count = 0, samples = 0;
 	struct sample prev = { 0 }, cur;
 	struct sigaction sa;
 	kvt_conn *c = NULL;
 	int opt, rc, status = 0;
 
-	while ((opt = getopt_long(argc, argv, "s:w:jhV", longopts, NULL)) != -1) {
+	while ((opt = getopt_long(argc, argv, "s:w:n:jhV", longopts, NULL)) != -1) {
 		switch (opt) {
 		case 's':
 			sock = optarg;
@@ -578,6 +703,20 @@ int main(int argc, char **argv)
 			interval = strtod(optarg, &end);
 			if (errno || end == optarg || *end || !(interval > 0) || interval > 86400) {
 				fprintf(stderr, PROG ": -w wants seconds between 0 and 86400, not '%s'\n",
+					optarg);
+				return 2;
+			}
+			break;
+		}
+		case 'n': {
+			char *end;
+
+			errno = 0;
+			count = strtoul(optarg, &end, 10);
+			if (errno || end == optarg || *end || optarg[0] == '-' || count == 0 ||
+			    count > 1000000000) {
+				fprintf(stderr,
+					PROG ": -n wants a count from 1 to 1000000000, not '%s'\n",
 					optarg);
 				return 2;
 			}
@@ -596,6 +735,11 @@ int main(int argc, char **argv)
 			usage(stderr);
 			return 2;
 		}
+	}
+	if (count && interval <= 0) {
+		fprintf(stderr, PROG ": -n counts the samples of -w; give -w too\n");
+		usage(stderr);
+		return 2;
 	}
 	if (optind < argc) {
 		fprintf(stderr, PROG ": unexpected argument '%s'\n", argv[optind]);
@@ -653,7 +797,7 @@ int main(int argc, char **argv)
 			status = 1; /* e.g. the reader of a pipe went away */
 			break;
 		}
-		if (interval <= 0 || stop)
+		if (interval <= 0 || stop || (count && ++samples >= count))
 			break;
 		if (!json && !clear)
 			printf("\n");

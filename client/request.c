@@ -272,6 +272,19 @@ int kvt_op_run(struct kvt_conn *c, struct kvt_op *op)
 	return rc;
 }
 
+int kvt_op_run_fields(struct kvt_conn *c, struct kvt_op *op)
+{
+	/* The same function sizes the body and writes it, so the two cannot differ. */
+	int len = op->encode(c, op, 0, 1, NULL, SIZE_MAX);
+
+	if (len < 0)
+		return len;
+	if ((size_t)len > c->info.max_frame - KVT_HDR_SIZE)
+		return KVT_EMSGSIZE;
+	op->body_len = (size_t)len;
+	return kvt_op_run(c, op);
+}
+
 int kvt_dispatch(struct kvt_conn *c, const struct kvt_hdr *h, const uint8_t *body)
 {
 	struct kvt_req *slot;
@@ -294,7 +307,10 @@ int kvt_dispatch(struct kvt_conn *c, const struct kvt_hdr *h, const uint8_t *bod
 	op = rq.op;
 	op->inflight--;
 
-	if (h->status) {
+	if (h->status < 0 && op->error_body) {
+		op->reply_status = h->status;
+		rc = op->reply(c, op, &rq, body, h->body_len);
+	} else if (h->status) {
 		rc = h->status < 0 ? h->status : KVT_EPROTO;
 		if (op->fail)
 			op->fail(op, &rq, rc);

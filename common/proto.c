@@ -1,5 +1,6 @@
 /*
- * proto.c - kvtier wire protocol v1 codec: frame header and message bodies.
+ * proto.c - kvtier wire protocol v1 codec: frame header, message bodies, and the
+ * field lists that CTX_* and MEM_* bodies are made of.
  *
  * Decoders are pure functions over (bytes, length) so they can be fuzzed as they
  * are: every length is checked against the bytes present before anything is read,
@@ -107,6 +108,24 @@ const char *kvt_op_name(uint16_t opcode)
 		return "STATS";
 	case KVT_OP_PREFETCH:
 		return "PREFETCH";
+	case KVT_OP_CTX_SAVE:
+		return "CTX_SAVE";
+	case KVT_OP_CTX_LOAD:
+		return "CTX_LOAD";
+	case KVT_OP_CTX_LIST:
+		return "CTX_LIST";
+	case KVT_OP_CTX_DELETE:
+		return "CTX_DELETE";
+	case KVT_OP_MEM_PUT:
+		return "MEM_PUT";
+	case KVT_OP_MEM_GET:
+		return "MEM_GET";
+	case KVT_OP_MEM_DELETE:
+		return "MEM_DELETE";
+	case KVT_OP_MEM_LIST:
+		return "MEM_LIST";
+	case KVT_OP_MEM_SEARCH:
+		return "MEM_SEARCH";
 	case KVT_OP_NOTICE:
 		return "NOTICE";
 	}
@@ -866,4 +885,253 @@ int kvt_prefetch_rep_decode(const uint8_t *in, size_t len, uint32_t count, uint8
 	if (tiers && count)
 		memcpy(tiers, in + 8, count);
 	return 0;
+}
+
+/* ---- field lists (CTX_*, MEM_*) ------------------------------------------------
+ * A body is a sequence of fields: u16 tag, u16 reserved, u32 length, value. The
+ * decoder checks the framing of one level and indexes it; an ENTRY's value is a
+ * field list of its own, checked when the caller decodes it (so a list of 1000
+ * entries is walked once here and once per entry, never recursively). Which tags
+ * an operation needs, and their sizes, is for the caller: these functions only
+ * promise that every indexed value lies inside the body. */
+
+#define FIELD_HDR 8
+
+int kvt_fields_decode(const uint8_t *in, size_t len, struct kvt_fields *f)
+{
+	struct kvt_fields t;
+	size_t p = 0;
+
+	memset(&t, 0, sizeof(t));
+	/* Checked field by field, in order: the header present, reserved 0, the value
+	 * inside the body, then the tag. The first field that fails decides. */
+	while (p < len) {
+		if (len - p < FIELD_HDR)
+			return KVT_EBADMSG;
+		uint16_t tag = kvt_get16(in + p);
+		uint32_t flen = kvt_get32(in + p + 4);
+		if (kvt_get16(in + p + 2) != 0)
+			return KVT_ERESERVED;
+		if (flen > len - p - FIELD_HDR)
+			return KVT_EBADMSG;
+		const uint8_t *val = in + p + FIELD_HDR;
+		p += FIELD_HDR + (size_t)flen;
+		if (tag >= KVT_TAG_IGNORABLE)
+			continue; /* a later version's hint: skipped, framing still checked */
+		if (tag == 0 || tag > KVT_TAG_MAX)
+			return KVT_EBADMSG;
+		if (tag == KVT_TAG_ENTRY) {
+			/* Each entry takes at least 8 bytes, so only a body over 32 GiB
+			 * could overflow the count; refuse rather than wrap. */
+			if (t.nentries == UINT32_MAX)
+				return KVT_EBADMSG;
+			if (t.nentries++ == 0) {
+				t.val[tag] = val;
+				t.len[tag] = flen;
+			}
+			continue;
+		}
+		/* Two values for one tag would let sender and receiver disagree on
+		 * which one counts: refused. */
+		if (t.val[tag])
+			return KVT_EBADMSG;
+		t.val[tag] = val;
+		t.len[tag] = flen;
+	}
+	t.body = in;
+	t.body_len = len;
+	*f = t;
+	return 0;
+}
+
+int kvt_fields_next_entry(const struct kvt_fields *f, size_t *pos, const uint8_t **val,
+			  uint32_t *len)
+{
+	size_t p = *pos;
+
+	/* The framing was checked by kvt_fields_decode, but a position the caller
+	 * made up (or a struct it filled itself) is still checked, never trusted. */
+	while (p < f->body_len) {
+		if (f->body_len - p < FIELD_HDR)
+			return KVT_EBADMSG;
+		const uint8_t *q = f->body + p;
+		uint32_t flen = kvt_get32(q + 4);
+		if (flen > f->body_len - p - FIELD_HDR)
+			return KVT_EBADMSG;
+		p += FIELD_HDR + (size_t)flen;
+		if (kvt_get16(q) == KVT_TAG_ENTRY) {
+			*val = q + FIELD_HDR;
+			*len = flen;
+			*pos = p;
+			return 1;
+		}
+	}
+	if (p > f->body_len)
+		return KVT_EBADMSG;
+	*pos = p;
+	return 0;
+}
+
+/* The value of tag if it is present with exactly size bytes. */
+static int field_fixed(const struct kvt_fields *f, unsigned tag, uint32_t size,
+		       const uint8_t **val)
+{
+	if (tag == 0 || tag > KVT_TAG_MAX || !f->val[tag])
+		return KVT_ENOENT;
+	if (f->len[tag] != size)
+		return KVT_EBADMSG;
+	*val = f->val[tag];
+	return 0;
+}
+
+int kvt_fields_u8(const struct kvt_fields *f, unsigned tag, uint8_t *v)
+{
+	const uint8_t *p;
+	int rc = field_fixed(f, tag, 1, &p);
+
+	if (rc == 0)
+		*v = p[0];
+	return rc;
+}
+
+int kvt_fields_u32(const struct kvt_fields *f, unsigned tag, uint32_t *v)
+{
+	const uint8_t *p;
+	int rc = field_fixed(f, tag, 4, &p);
+
+	if (rc == 0)
+		*v = kvt_get32(p);
+	return rc;
+}
+
+int kvt_fields_u64(const struct kvt_fields *f, unsigned tag, uint64_t *v)
+{
+	const uint8_t *p;
+	int rc = field_fixed(f, tag, 8, &p);
+
+	if (rc == 0)
+		*v = kvt_get64(p);
+	return rc;
+}
+
+int kvt_fields_bytes(const struct kvt_fields *f, unsigned tag, size_t min, size_t max,
+		     const uint8_t **p, uint32_t *len)
+{
+	if (tag == 0 || tag > KVT_TAG_MAX || !f->val[tag])
+		return KVT_ENOENT;
+	if (f->len[tag] < min || f->len[tag] > max)
+		return KVT_EBADMSG;
+	*p = f->val[tag];
+	*len = f->len[tag];
+	return 0;
+}
+
+/*
+ * The writer appends whole fields only: a field that does not fit is not started,
+ * err becomes KVT_EMSGSIZE and stays, and buf[0, len) remains a well-formed list.
+ * A writer over a NULL buffer (kvt_fw_init(w, NULL, SIZE_MAX)) writes nothing and
+ * only counts, so one function can size a body and then write it.
+ */
+void kvt_fw_init(struct kvt_fields_writer *w, uint8_t *buf, size_t cap)
+{
+	w->buf = buf;
+	w->cap = cap;
+	w->len = 0;
+	w->err = 0;
+}
+
+/* Room for a field header and n value bytes at w->len; sets err if there is none. */
+static bool fw_room(struct kvt_fields_writer *w, unsigned tag, size_t n)
+{
+	if (w->err)
+		return false;
+	if (tag > 0xffff) {
+		w->err = KVT_EINVAL;
+		return false;
+	}
+	if (n > UINT32_MAX || w->len > w->cap || w->cap - w->len < FIELD_HDR ||
+	    n > w->cap - w->len - FIELD_HDR) {
+		w->err = KVT_EMSGSIZE;
+		return false;
+	}
+	return true;
+}
+
+static void fw_header(struct kvt_fields_writer *w, unsigned tag, size_t n)
+{
+	if (w->buf) {
+		uint8_t *q = w->buf + w->len;
+		kvt_put16(q, (uint16_t)tag);
+		kvt_put16(q + 2, 0);
+		kvt_put32(q + 4, (uint32_t)n);
+	}
+	w->len += FIELD_HDR;
+}
+
+void kvt_fw_bytes(struct kvt_fields_writer *w, unsigned tag, const void *p, size_t n)
+{
+	if (!fw_room(w, tag, n))
+		return;
+	if (n && !p) {
+		w->err = KVT_EINVAL;
+		return;
+	}
+	fw_header(w, tag, n);
+	if (w->buf && n)
+		memcpy(w->buf + w->len, p, n);
+	w->len += n;
+}
+
+void kvt_fw_u8(struct kvt_fields_writer *w, unsigned tag, uint8_t v)
+{
+	kvt_fw_bytes(w, tag, &v, 1);
+}
+
+void kvt_fw_u32(struct kvt_fields_writer *w, unsigned tag, uint32_t v)
+{
+	uint8_t b[4];
+
+	kvt_put32(b, v);
+	kvt_fw_bytes(w, tag, b, sizeof(b));
+}
+
+void kvt_fw_u64(struct kvt_fields_writer *w, unsigned tag, uint64_t v)
+{
+	uint8_t b[8];
+
+	kvt_put64(b, v);
+	kvt_fw_bytes(w, tag, b, sizeof(b));
+}
+
+/*
+ * begin writes the entry's header with length 0 and returns where it starts; end
+ * patches the length to what was written since. If anything failed in between (or
+ * before), end drops the whole entry, so the list never holds a half entry: a
+ * reply that runs out of room ends with the last complete one.
+ */
+size_t kvt_fw_begin(struct kvt_fields_writer *w, unsigned tag)
+{
+	size_t mark = w->len;
+
+	if (fw_room(w, tag, 0))
+		fw_header(w, tag, 0);
+	return mark;
+}
+
+void kvt_fw_end(struct kvt_fields_writer *w, size_t mark)
+{
+	if (mark > w->len || (!w->err && w->len - mark < FIELD_HDR)) {
+		/* Not a mark of this writer: nothing sane to patch or to drop. */
+		if (!w->err)
+			w->err = KVT_EINVAL;
+		return;
+	}
+	if (!w->err && w->len - mark - FIELD_HDR > UINT32_MAX)
+		w->err = KVT_EMSGSIZE;
+	if (w->err) {
+		w->len = mark;
+		return;
+	}
+	if (w->buf)
+		kvt_put32(w->buf + mark + 4, (uint32_t)(w->len - mark - FIELD_HDR));
 }

@@ -40,6 +40,15 @@ enum kvt_opcode {
 	KVT_OP_UNPIN = 10,
 	KVT_OP_STATS = 11,
 	KVT_OP_PREFETCH = 12,
+	KVT_OP_CTX_SAVE = 20,
+	KVT_OP_CTX_LOAD = 21,
+	KVT_OP_CTX_LIST = 22,
+	KVT_OP_CTX_DELETE = 23,
+	KVT_OP_MEM_PUT = 30,
+	KVT_OP_MEM_GET = 31,
+	KVT_OP_MEM_DELETE = 32,
+	KVT_OP_MEM_LIST = 33,
+	KVT_OP_MEM_SEARCH = 34,
 	/* Sent by the daemon only, request id 0, just before it closes the
 	 * connection for a stream-level reason (status says which). */
 	KVT_OP_NOTICE = 255,
@@ -273,6 +282,95 @@ int kvt_stats_rep_next(const uint8_t *in, size_t len, size_t *pos, struct kvt_st
 #define KVT_NOTICE_MAX 256
 int kvt_notice_encode(const char *msg, uint8_t *out, size_t cap);
 int kvt_notice_decode(const uint8_t *in, size_t len, const char **msg, uint16_t *msg_len);
+
+/* ---- field lists (contexts and memory records) -------------------------- */
+
+/*
+ * The bodies of CTX_* and MEM_* requests and replies are lists of fields:
+ * u16 tag, u16 reserved (0), u32 length, then length bytes; no padding. Tags below
+ * 0x8000 must be understood (an unknown one refuses the frame, KVT_EBADMSG); tags
+ * from 0x8000 may be ignored. A tag appears at most once, except KVT_TAG_ENTRY,
+ * whose value is itself a field list (one list or search result). Which tags each
+ * operation needs, and their sizes, are in docs/PROTOCOL.md; the daemon and the
+ * client check them after kvt_fields_decode has checked the framing.
+ */
+enum kvt_tag {
+	KVT_TAG_NAME = 1,        /* bytes 1..255: context name */
+	KVT_TAG_SALT = 2,        /* 16: model salt key */
+	KVT_TAG_TOKEN_COUNT = 3, /* u64 */
+	KVT_TAG_TTL_S = 4,       /* u32 */
+	KVT_TAG_KEYS = 5,        /* 16 x n */
+	KVT_TAG_TOKENS = 6,      /* u32 x n */
+	KVT_TAG_METADATA = 7,    /* bytes */
+	KVT_TAG_TIER = 8,        /* u8 */
+	KVT_TAG_DEADLINE_MS = 9, /* u32 */
+	KVT_TAG_PREFIX = 10,     /* bytes 0..255 */
+	KVT_TAG_AFTER = 11,      /* bytes 0..255 (a name or a key) */
+	KVT_TAG_LIMIT = 12,      /* u32 */
+	KVT_TAG_NS = 13,         /* bytes 1..255: namespace */
+	KVT_TAG_KEY = 14,        /* bytes 1..255: record key */
+	KVT_TAG_VALUE = 15,      /* bytes */
+	KVT_TAG_EMBEDDING = 16,  /* f32 x dim, little-endian IEEE 754 */
+	KVT_TAG_K = 17,          /* u32 */
+	KVT_TAG_CREATED_MS = 18, /* u64 */
+	KVT_TAG_UPDATED_MS = 19, /* u64 */
+	KVT_TAG_EXPIRES_MS = 20, /* u64, 0 = never */
+	KVT_TAG_TIERS = 21,      /* u8 x n */
+	KVT_TAG_RESIDENT = 22,   /* u32 */
+	KVT_TAG_ENTRY = 23,      /* nested field list; repeatable */
+	KVT_TAG_MORE = 24,       /* u8 0/1 */
+	KVT_TAG_SCORE = 25,      /* f32 */
+	KVT_TAG_BYTES = 26,      /* u64 */
+	KVT_TAG_MISSING = 27,    /* u32: index of the first block stored nowhere */
+	KVT_TAG_AFTER_NS = 28,   /* bytes 0..255 */
+	KVT_TAG_NKEYS = 29,      /* u32 */
+	KVT_TAG_MAX = 29,
+};
+
+#define KVT_TAG_IGNORABLE 0x8000u
+
+struct kvt_fields {
+	const uint8_t *val[KVT_TAG_MAX + 1]; /* NULL if absent */
+	uint32_t len[KVT_TAG_MAX + 1];
+	uint32_t nentries;                   /* KVT_TAG_ENTRY occurrences */
+	const uint8_t *body;                 /* for kvt_fields_next_entry */
+	size_t body_len;
+};
+
+/* Check the framing of a field list and index it. KVT_EBADMSG (truncated, unknown
+ * must-understand tag, repeated tag), KVT_ERESERVED (reserved != 0). */
+int kvt_fields_decode(const uint8_t *in, size_t len, struct kvt_fields *f);
+/* Iterate KVT_TAG_ENTRY values: *pos starts at 0; returns 1 with the entry's bytes,
+ * 0 at the end. (The framing was checked by kvt_fields_decode.) */
+int kvt_fields_next_entry(const struct kvt_fields *f, size_t *pos, const uint8_t **val,
+			  uint32_t *len);
+/* Typed getters: 0, KVT_ENOENT (absent), KVT_EBADMSG (wrong size). */
+int kvt_fields_u8(const struct kvt_fields *f, unsigned tag, uint8_t *v);
+int kvt_fields_u32(const struct kvt_fields *f, unsigned tag, uint32_t *v);
+int kvt_fields_u64(const struct kvt_fields *f, unsigned tag, uint64_t *v);
+/* Bytes of length min..max (KVT_EBADMSG otherwise); *p points into the body. */
+int kvt_fields_bytes(const struct kvt_fields *f, unsigned tag, size_t min, size_t max,
+		     const uint8_t **p, uint32_t *len);
+
+/* Writer: appends fields; on overflow sets err = KVT_EMSGSIZE and stops writing. */
+struct kvt_fields_writer {
+	uint8_t *buf;
+	size_t cap, len;
+	int err;
+};
+void kvt_fw_init(struct kvt_fields_writer *w, uint8_t *buf, size_t cap);
+void kvt_fw_bytes(struct kvt_fields_writer *w, unsigned tag, const void *p, size_t n);
+void kvt_fw_u8(struct kvt_fields_writer *w, unsigned tag, uint8_t v);
+void kvt_fw_u32(struct kvt_fields_writer *w, unsigned tag, uint32_t v);
+void kvt_fw_u64(struct kvt_fields_writer *w, unsigned tag, uint64_t v);
+/* Nested entry: begin returns a mark; fields written until end go inside. */
+size_t kvt_fw_begin(struct kvt_fields_writer *w, unsigned tag);
+void kvt_fw_end(struct kvt_fields_writer *w, size_t mark);
+/* Bytes needed for a field of n bytes. */
+static inline size_t kvt_fw_size(size_t n)
+{
+	return 8 + n;
+}
 
 /* ---- little-endian helpers ---------------------------------------------- */
 

@@ -99,7 +99,7 @@ struct key_def {
 	  "Serve client uid UID as tenant TENANT (else tenant = uid); repeatable.")               \
 	X(max_connections, KK_COUNT, max_connections, 1, 1048576, 0, "", "256",                   \
 	  "Most client connections at once; more are refused (ECONNLIMIT).")                      \
-	X(max_frame, KK_SIZE, max_frame, 4 * SZ_KIB, 64 * SZ_MIB, 0, "", "1MiB",                  \
+	X(max_frame, KK_SIZE, max_frame, 4 * SZ_KIB, 64 * SZ_MIB, 0, "", "4MiB",                  \
 	  "Largest frame, header included, a client may send; larger ends the connection.")       \
 	X(max_inflight, KK_COUNT, max_inflight, 1, 65536, 0, "", "64",                            \
 	  "Most unanswered requests per connection; more are answered EINFLIGHT.")                \
@@ -145,7 +145,9 @@ struct key_def {
 	X(io_backend, KK_ENUM, io_backend, ENUM_IO, 0, 0, "", "auto",                             \
 	  "NVMe I/O: auto (io_uring, else a thread pool), uring, or threads.")                    \
 	X(io_queue_depth, KK_COUNT, io_queue_depth, 1, 4096, 0, "", "64",                         \
-	  "NVMe requests in flight at once.")
+	  "NVMe requests in flight at once.")                                                     \
+	X(mem_value_max, KK_SIZE, mem_value_max, 1, 64 * SZ_MIB, 0, "", "1MiB",                    \
+	  "Largest value of a memory record (MEM_PUT); larger: EMSGSIZE.")
 
 #define EMBED_LINE_(name, kind, field, lo, hi, fl, prefix, def, help) \
 	"\n# " help "\n" prefix #name " = " def "\n"
@@ -204,7 +206,7 @@ void config_defaults(struct kvtd_config *c)
 	c->host_mlock = T1_AUTO;
 	c->tenant_quota = 0;
 	c->max_connections = 256;
-	c->max_frame = 1 << 20;
+	c->max_frame = 4 << 20; /* a 256K-token context manifest with token ids fits */
 	c->max_inflight = 64;
 	c->max_batch = 4096;
 	c->max_regions = 64;
@@ -227,6 +229,7 @@ void config_defaults(struct kvtd_config *c)
 	c->readahead = 4;
 	c->io_backend = 0;     /* auto */
 	c->io_queue_depth = 64;
+	c->mem_value_max = SZ_MIB;
 }
 
 void config_free(struct kvtd_config *c)

@@ -65,6 +65,7 @@ struct kvtd_config {
 	uint32_t readahead;             /* blocks fetched ahead along a chain */
 	uint32_t io_backend;            /* enum io_backend */
 	uint32_t io_queue_depth;
+	uint64_t mem_value_max;         /* largest memory-record value */
 	enum log_level log_level;
 };
 

@@ -15,6 +15,7 @@
 
 #include "log.h"
 #include "server.h"
+#include "ctxmem.h"
 #include "tier2.h"
 
 /* ---- regions ------------------------------------------------------------- */
@@ -568,17 +569,26 @@ static int put_wire_item(struct xfer *x, uint32_t i, const struct kvt_put_wire *
 	 * that are part of a usable prefix. */
 	struct t1_key pk = { .tenant = c->tenant, .key = it->parent };
 	bool orphan = !kvt_key_is_zero(&it->parent) && !t1_contains(s->t1, &pk);
-	int rc = orphan ? t1_reserve_free(s->t1, &tk, &it->parent, it->length, &it->desc, &b)
-			: t1_reserve(s->t1, &tk, &it->parent, it->length, &it->desc, &b);
-	if ((rc == -ENOSPC || rc == -EDQUOT) && !s->stopping) {
-		/* What would have to go is not on NVMe yet: wait for the write-back
-		 * rather than fail a store the tiers together can take. */
-		x->pw[i] = *it;
-		x->irefs[i] = (struct item_ref){ x, i, NULL };
-		if (tier2_wait_room(s, put_room_cb, &x->irefs[i])) {
-			x->pending++;
-			return PUT_PARKED;
+	int rc;
+	if (orphan) {
+		rc = t1_reserve_free(s->t1, &tk, &it->parent, it->length, &it->desc, &b);
+	} else if (tier2_active(s)) {
+		/* With an NVMe tier, a store first takes room that costs nothing (blocks
+		 * NVMe has too). If there is not enough, cold blocks are written back
+		 * and the store waits for them rather than dropping them; only when no
+		 * write-back can help does eviction drop what was never admitted. */
+		rc = t1_reserve_clean(s->t1, &tk, &it->parent, it->length, &it->desc, &b);
+		if ((rc == -ENOSPC || rc == -EDQUOT) && !s->stopping) {
+			x->pw[i] = *it;
+			x->irefs[i] = (struct item_ref){ x, i, NULL };
+			if (tier2_wait_room(s, put_room_cb, &x->irefs[i])) {
+				x->pending++;
+				return PUT_PARKED;
+			}
+			rc = t1_reserve(s->t1, &tk, &it->parent, it->length, &it->desc, &b);
 		}
+	} else {
+		rc = t1_reserve(s->t1, &tk, &it->parent, it->length, &it->desc, &b);
 	}
 	if (rc)
 		return map_reserve_error(rc);
@@ -891,6 +901,8 @@ struct prefetch {
 	bool answered;
 	uint8_t *tiers;
 	struct prefetch_item *items;
+	pagein_answer_fn answer; /* builds and sends the reply */
+	void *arg;
 };
 
 struct prefetch_item {
@@ -923,17 +935,25 @@ static void prefetch_answer(struct prefetch *pf)
 	if (pf->next)
 		pf->next->prev = pf->prev;
 	c->inflight--;
-	if (!c->dead) {
-		size_t len = kvt_prefetch_rep_size(pf->count);
-		uint8_t *buf = malloc(len);
-		if (buf) {
-			kvt_prefetch_rep_encode(pf->tiers, pf->count, buf, len);
-			conn_reply(c, KVT_OP_PREFETCH, pf->id, 0, buf, len);
-			free(buf);
-		} else {
-			conn_reply(c, KVT_OP_PREFETCH, pf->id, KVT_ENOMEM, NULL, 0);
-		}
+	pf->answer(c, pf->id, pf->tiers, pf->count, pf->arg);
+	if (!c->dead)
 		conn_update_events(c);
+}
+
+static void prefetch_reply(struct conn *c, uint64_t id, const uint8_t *tiers, uint32_t count,
+			   void *arg)
+{
+	(void)arg;
+	if (c->dead)
+		return;
+	size_t len = kvt_prefetch_rep_size(count);
+	uint8_t *buf = malloc(len);
+	if (buf) {
+		kvt_prefetch_rep_encode(tiers, count, buf, len);
+		conn_reply(c, KVT_OP_PREFETCH, id, 0, buf, len);
+		free(buf);
+	} else {
+		conn_reply(c, KVT_OP_PREFETCH, id, KVT_ENOMEM, NULL, 0);
 	}
 }
 
@@ -979,22 +999,14 @@ uint64_t prefetch_tick(struct server *s)
 	return next;
 }
 
-static void do_prefetch(struct conn *c, const struct kvt_hdr *h, const uint8_t *body)
+int pagein_start(struct conn *c, uint64_t id, const uint8_t *keys, uint32_t n, uint8_t tier,
+		 uint32_t deadline_ms, pagein_answer_fn answer, void *arg)
 {
 	struct server *s = c->srv;
-	struct kvt_prefetch_params p;
-	struct kvt_batch bt;
-	int rc = kvt_prefetch_req_decode(body, h->body_len, s->cfg->max_batch, &p, &bt);
-	if (!rc && p.tier == KVT_TIER_HBM)
-		rc = KVT_EOPNOTSUPP; /* no GPU tier in this build */
-	if (rc) {
-		reply_status(c, h, rc);
-		return;
-	}
 	struct prefetch *pf = calloc(1, sizeof(*pf));
 	if (pf) {
-		pf->tiers = malloc(bt.count ? bt.count : 1);
-		pf->items = calloc(bt.count ? bt.count : 1, sizeof(*pf->items));
+		pf->tiers = malloc(n ? n : 1);
+		pf->items = calloc(n ? n : 1, sizeof(*pf->items));
 	}
 	if (!pf || !pf->tiers || !pf->items) {
 		if (pf) {
@@ -1002,18 +1014,19 @@ static void do_prefetch(struct conn *c, const struct kvt_hdr *h, const uint8_t *
 			free(pf->items);
 		}
 		free(pf);
-		reply_status(c, h, KVT_ENOMEM);
-		return;
+		return KVT_ENOMEM;
 	}
 	pf->c = c;
-	pf->id = h->request_id;
-	pf->count = bt.count;
-	pf->deadline_ms = now_ms() + p.deadline_ms;
+	pf->id = id;
+	pf->count = n;
+	pf->answer = answer;
+	pf->arg = arg;
+	pf->deadline_ms = now_ms() + deadline_ms;
 	c->refs++;
 	c->inflight++;
-	for (uint32_t i = 0; i < bt.count; i++) {
+	for (uint32_t i = 0; i < n; i++) {
 		struct t1_key tk = { .tenant = c->tenant };
-		kvt_key_decode(bt.items + (size_t)i * KVT_KEY_SIZE, &tk.key);
+		kvt_key_decode(keys + (size_t)i * KVT_KEY_SIZE, &tk.key);
 		struct t1_block *b = t1_find(s->t1, &tk);
 		if (b) {
 			pf->tiers[i] = KVT_TIER_HOST;
@@ -1024,22 +1037,37 @@ static void do_prefetch(struct conn *c, const struct kvt_hdr *h, const uint8_t *
 			continue;
 		}
 		pf->tiers[i] = KVT_TIER_NVME;
-		if (p.tier != KVT_TIER_HOST)
+		if (tier != KVT_TIER_HOST)
 			continue;
 		pf->items[i] = (struct prefetch_item){ pf, i };
 		pf->pending++;
 		if (tier2_fetch(s, &tk, NULL, prefetch_cb, &pf->items[i]) < 0)
 			pf->pending--; /* no room in the host tier now: it stays on NVMe */
 	}
-	if (pf->pending == 0 || p.deadline_ms == 0) {
+	if (pf->pending == 0 || deadline_ms == 0) {
 		prefetch_answer(pf);
 		prefetch_free_if_done(pf);
-		return;
+		return 0;
 	}
 	pf->next = s->prefetches;
 	if (s->prefetches)
 		s->prefetches->prev = pf;
 	s->prefetches = pf;
+	return 0;
+}
+
+static void do_prefetch(struct conn *c, const struct kvt_hdr *h, const uint8_t *body)
+{
+	struct kvt_prefetch_params p;
+	struct kvt_batch bt;
+	int rc = kvt_prefetch_req_decode(body, h->body_len, c->srv->cfg->max_batch, &p, &bt);
+	if (!rc && p.tier == KVT_TIER_HBM)
+		rc = KVT_EOPNOTSUPP; /* no GPU tier in this build */
+	if (!rc)
+		rc = pagein_start(c, h->request_id, bt.items, bt.count, p.tier, p.deadline_ms,
+				  prefetch_reply, NULL);
+	if (rc)
+		reply_status(c, h, rc);
 }
 
 static void do_stats(struct conn *c, const struct kvt_hdr *h, const uint8_t *body)
@@ -1098,6 +1126,11 @@ void dispatch_frame(struct conn *c, const struct kvt_hdr *h, const uint8_t *body
 	case KVT_OP_UNPIN: do_key_batch(c, h, body); break;
 	case KVT_OP_STATS: do_stats(c, h, body); break;
 	case KVT_OP_PREFETCH: do_prefetch(c, h, body); break;
-	default: reply_status(c, h, KVT_EOPCODE); break;
+	default:
+		if (ctxmem_handles(h->opcode))
+			ctxmem_dispatch(c, h, body);
+		else
+			reply_status(c, h, KVT_EOPCODE);
+		break;
 	}
 }

@@ -15,6 +15,7 @@
 
 #include "log.h"
 #include "reload.h"
+#include "ctxmem.h"
 #include "tier2.h"
 #include "sd.h"
 #include "server.h"
@@ -213,12 +214,13 @@ static void event_loop(struct server *s)
 	for (;;) {
 		if (s->stopping) {
 			/* Done when every copy is answered and every reply flushed. */
-			bool pending = workers_busy(s->workers) > 0 || tier2_busy(s);
+			bool pending = workers_busy(s->workers) > 0 || tier2_busy(s) ||
+				       ctxmem_busy(s);
 			for (struct conn *c = s->conns; c && !pending; c = c->next)
 				pending = c->wlen > c->woff;
 			if (!pending)
 				break;
-			if (!workers_busy(s->workers) && !tier2_busy(s)) {
+			if (!workers_busy(s->workers) && !tier2_busy(s) && !ctxmem_busy(s)) {
 				if (!stop_at)
 					stop_at = now_ms() + SHUTDOWN_FLUSH_MS;
 				else if (now_ms() >= stop_at)
@@ -245,6 +247,8 @@ static void event_loop(struct server *s)
 				workers_reap(s->workers);
 			else if (tier2_is_tag(s, tag))
 				tier2_handle(s, tag);
+			else if (ctxmem_is_tag(tag))
+				ctxmem_handle(s);
 			else
 				conn_handle_io(tag, evs[i].events);
 		}
@@ -255,12 +259,14 @@ static void event_loop(struct server *s)
 		if (t - last_sweep >= TICK_MS) {
 			conn_sweep(s);
 			tier2_tick(s);
+			ctxmem_tick(s);
 			last_sweep = t;
 		}
 		/* An NVMe index that LMDB declared unusable: stop cleanly and let the
 		 * service manager restart us on the store as it was last committed. */
-		if (!s->stopping && tier2_failed(s)) {
-			log_error("NVMe index failed; shutting down for a restart");
+		if (!s->stopping && (tier2_failed(s) || ctxmem_failed(s))) {
+			log_error("%s failed; shutting down for a restart",
+				  tier2_failed(s) ? "NVMe index" : "metadata store");
 			s->failed = true;
 			server_begin_shutdown(s);
 		}
@@ -326,6 +332,9 @@ int main(int argc, char **argv)
 	kvtd_sd_status("Starting: opening the NVMe tier");
 	if (tier2_open(&s) < 0)
 		goto out;
+	kvtd_sd_status("Starting: opening contexts and memory records");
+	if (ctxmem_open(&s) < 0)
+		goto out;
 	kvtd_sd_status("Starting: opening the socket");
 	if (server_listen(&s) < 0)
 		goto out;
@@ -362,6 +371,7 @@ out:
 	}
 	/* Commits and I/O still in flight finish; their callbacks need the workers'
 	 * results reaped and the host tier alive. */
+	ctxmem_close(&s);
 	tier2_close(&s);
 	workers_stop(s.workers);
 	server_free_dead(&s);

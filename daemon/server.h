@@ -89,11 +89,13 @@ struct conn {
 };
 
 struct tier2;
+struct meta;
 
 struct server {
 	struct kvtd_config *cfg;
 	struct t1 *t1;
 	struct tier2 *tier2; /* NULL when the NVMe tier is off */
+	struct meta *meta;   /* contexts and memory records (ctxmem.c) */
 	struct t1_report t1_report;
 	struct workers *workers;
 	int epfd, lfd, sigfd;
@@ -144,6 +146,16 @@ void conn_release_all(struct conn *c); /* pins and regions, at close */
 /* Answer PREFETCH requests whose deadline passed; returns the next deadline (ms on
  * the now_ms clock) or UINT64_MAX. */
 uint64_t prefetch_tick(struct server *s);
+/*
+ * Bring n blocks (keys: n wire-encoded keys of c's tenant) up to tier, and call
+ * answer once: when all are there or at the deadline, with where each one is then
+ * (the work goes on after it). Holds an in-flight slot of c until the answer.
+ * Returns 0 or KVT_ENOMEM (then answer is never called).
+ */
+typedef void (*pagein_answer_fn)(struct conn *c, uint64_t id, const uint8_t *tiers, uint32_t n,
+				 void *arg);
+int pagein_start(struct conn *c, uint64_t id, const uint8_t *keys, uint32_t n, uint8_t tier,
+		 uint32_t deadline_ms, pagein_answer_fn answer, void *arg);
 /* Answer every waiting PREFETCH now (shutdown). */
 void prefetch_answer_all(struct server *s);
 void region_put(struct region *r);

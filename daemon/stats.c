@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "server.h"
+#include "ctxmem.h"
 #include "tier2.h"
 
 struct tenant_counters *tenant_counters(struct server *s, uint32_t tenant)
@@ -126,6 +127,7 @@ size_t stats_build(struct conn *c, uint8_t *buf, size_t cap)
 		tier2_stats(s, &w);
 	}
 
+	ctxmem_stats(c, &w);
 	struct tenant_walk tw = { .w = &w, .s = s, .all = c->admin, .only = c->tenant };
 	t1_foreach_tenant(s->t1, tenant_cb, &tw);
 	/* A tenant with nothing stored still sees its own (zero) line. */

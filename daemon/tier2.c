@@ -53,7 +53,15 @@ struct fetch {
 	struct waiter *waiters;
 };
 
+struct persist_waiter {
+	struct persist_waiter *next;
+	tier2_persist_cb cb;
+	void *arg;
+};
+
 struct demote {
+	struct demote *next_active; /* tier2's list of demotions in flight */
+	struct persist_waiter *waiters; /* saved contexts waiting for this block */
 	struct server *s;
 	struct t1_block *b;
 	struct t1_key key;
@@ -86,6 +94,7 @@ struct tier2 {
 	size_t nactive, nqueued;
 	uint64_t staging_used;
 	size_t demoting;
+	struct demote *active_demotes; /* in flight, for persist waiters to find */
 	bool flushing; /* stopping: write every admitted dirty block before exit */
 	/* counters */
 	uint64_t promotions, demotions, demote_failures, fetch_failures, corrupt;
@@ -416,6 +425,11 @@ static void demote_finish(struct demote *d, int status)
 {
 	struct server *s = d->s;
 	struct tier2 *t = s->tier2;
+	for (struct demote **pp = &t->active_demotes; *pp; pp = &(*pp)->next_active)
+		if (*pp == d) {
+			*pp = d->next_active;
+			break;
+		}
 	free(d->buf);
 	t->staging_used -= d->cap;
 	t->demoting--;
@@ -438,6 +452,13 @@ static void demote_finish(struct demote *d, int status)
 	}
 	t1_block_set_flags(d->b, fl);
 	t1_block_unref(s->t1, d->b);
+	struct persist_waiter *pw = d->waiters;
+	while (pw) {
+		struct persist_waiter *next = pw->next;
+		pw->cb(pw->arg, status == T2_EFATAL ? -EIO : status);
+		free(pw);
+		pw = next;
+	}
 	free(d->spans);
 	free(d);
 	if (t->flushing)
@@ -489,24 +510,25 @@ static bool admitted(const struct server *s, const struct t1_block *b)
 	}
 }
 
-/* Start writing b to NVMe. false if staging memory is exhausted or allocation failed. */
-static bool demote_start(struct server *s, struct t1_block *b)
+/* Start writing b to NVMe. NULL if staging memory is exhausted (unless force) or
+ * allocation failed. */
+static struct demote *demote_start_ex(struct server *s, struct t1_block *b, bool force)
 {
 	struct tier2 *t = s->tier2;
 	uint64_t len = t1_block_len(b);
 	size_t cap = align_up(t2_record_bound(len));
-	if (t->staging_used && t->staging_used + cap > s->cfg->nvme_staging)
-		return false;
+	if (!force && t->staging_used && t->staging_used + cap > s->cfg->nvme_staging)
+		return NULL;
 	struct demote *d = calloc(1, sizeof(*d));
 	if (!d)
-		return false;
+		return NULL;
 	d->buf = aligned_alloc(T2_ALIGN, cap);
 	d->spans = block_spans(b, &d->nspans);
 	if (!d->buf || !d->spans) {
 		free(d->buf);
 		free(d->spans);
 		free(d);
-		return false;
+		return NULL;
 	}
 	d->s = s;
 	d->b = b;
@@ -520,9 +542,16 @@ static bool demote_start(struct server *s, struct t1_block *b)
 	t->demoting++;
 	t1_block_ref(s->t1, b);
 	t1_block_set_flags(b, t1_block_flags(b) | T1F_DEMOTING);
+	d->next_active = t->active_demotes;
+	t->active_demotes = d;
 	d->job = (struct job){ .nsegs = 1, .run = encode_task, .done = encode_done, .arg = d };
 	workers_submit(s->workers, &d->job);
-	return true;
+	return d;
+}
+
+static bool demote_start(struct server *s, struct t1_block *b)
+{
+	return demote_start_ex(s, b, false) != NULL;
 }
 
 /* Write cold dirty blocks until the free target is met (force: as many as staging
@@ -608,6 +637,67 @@ void tier2_after_put(struct server *s, struct t1_block *b)
 		demote_start(s, b); /* if staging is full, the next pump catches up */
 	else
 		pump(s);
+}
+
+void tier2_persist(struct server *s, const struct t1_key *key, tier2_persist_cb cb, void *arg)
+{
+	struct tier2 *t = s->tier2;
+	if (!t) {
+		cb(arg, -EOPNOTSUPP);
+		return;
+	}
+	struct t1_block *b = t1_find(s->t1, key);
+	if (b && (t1_block_flags(b) & T1F_DEMOTING)) {
+		for (struct demote *d = t->active_demotes; d; d = d->next_active) {
+			if (d->b != b)
+				continue;
+			struct persist_waiter *w = malloc(sizeof(*w));
+			if (!w) {
+				cb(arg, -ENOMEM);
+				return;
+			}
+			*w = (struct persist_waiter){ d->waiters, cb, arg };
+			d->waiters = w;
+			return;
+		}
+	}
+	if (t2_lookup(t->t2, key, NULL) == 0) {
+		cb(arg, 0);
+		return;
+	}
+	if (!b) {
+		cb(arg, -ENOENT);
+		return;
+	}
+	/* Only in RAM: write it now, admitted or not; a saved context needs it. */
+	struct persist_waiter *w = malloc(sizeof(*w));
+	struct demote *d = w ? demote_start_ex(s, b, true) : NULL;
+	if (!d) {
+		free(w);
+		cb(arg, -ENOMEM);
+		return;
+	}
+	*w = (struct persist_waiter){ NULL, cb, arg };
+	d->waiters = w;
+}
+
+int tier2_ref(struct server *s, const struct t1_key *key)
+{
+	return s->tier2 ? t2_ref(s->tier2->t2, key) : -EOPNOTSUPP;
+}
+
+int tier2_unref(struct server *s, const struct t1_key *key)
+{
+	return s->tier2 ? t2_unref(s->tier2->t2, key) : -EOPNOTSUPP;
+}
+
+void tier2_flush(struct server *s, t2_done_fn done, void *arg)
+{
+	if (!s->tier2) {
+		done(arg, -EOPNOTSUPP);
+		return;
+	}
+	t2_flush(s->tier2->t2, done, arg);
 }
 
 void tier2_on_evict(const struct t1_block *b, void *arg)

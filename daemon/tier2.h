@@ -88,6 +88,19 @@ void tier2_readahead(struct server *s, const struct t1_key *key, unsigned n);
 /* A GET was answered from NVMe (for the t2.hits counter). */
 void tier2_count_hit(struct server *s);
 
+/*
+ * Make key durable on NVMe for a saved context: if it is only in the host tier it
+ * is written now (whatever the admission rule says). cb(arg, 0) runs once it is
+ * indexed on NVMe (possibly before this returns), or cb(arg, error): -ENOENT
+ * (stored in no tier), -ENOSPC, -EIO, -EOPNOTSUPP (no NVMe tier).
+ */
+typedef void (*tier2_persist_cb)(void *arg, int status);
+void tier2_persist(struct server *s, const struct t1_key *key, tier2_persist_cb cb, void *arg);
+/* Context references on NVMe blocks (see t2_ref); flush makes them durable. */
+int tier2_ref(struct server *s, const struct t1_key *key);
+int tier2_unref(struct server *s, const struct t1_key *key);
+void tier2_flush(struct server *s, t2_done_fn done, void *arg);
+
 /* Admin STATS entries for the tier. */
 void tier2_stats(struct server *s, struct kvt_stats_writer *w);
 

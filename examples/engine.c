@@ -10,6 +10,12 @@
  * while the daemon copies one batch, the next is generated); LOOKUP the chain;
  * GET the present prefix back through the region (pipelined the same way) and
  * verify it. Uses only the public API (kvtier.h).
+ *
+ * Saved contexts: --save NAME writes the context and saves it in the daemon (the
+ * block keys, the token ids and a metadata text recording the shape, the seed and
+ * the write time); --restore NAME, typically after the daemon was restarted,
+ * writes nothing: it loads the saved context into the host tier, GETs every block
+ * in chain order and verifies every byte against the generator that wrote it.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -26,12 +32,29 @@
 #define VOCAB 128256u         /* Llama 3 vocabulary size: token ids are below it */
 #define LAYOUT_ID 1           /* our layout id in block descriptors */
 #define CALL_TIMEOUT_MS 120000 /* a daemon stuck this long is a failure, not a wait */
+/* Saving makes every block durable on NVMe first and loading pages them all in:
+ * give those calls as long as writing 64 GiB at 0.2 GB/s would take. */
+#define CTX_TIMEOUT_MS 600000
+#define META_MAGIC "kvtier-engine context v1"
 
 struct opts {
 	const char *socket;
 	const char *model;
 	uint64_t tokens, block_tokens, layers, kv_heads, head_dim;
 	uint64_t region_blocks, batch, seed;
+	const char *save, *restore; /* context names, or NULL */
+	uint64_t deadline_ms;       /* CTX_LOAD deadline */
+	unsigned given;             /* shape options given on the command line (GIVEN_*) */
+};
+
+enum {
+	GIVEN_TOKENS = 1u << 0,
+	GIVEN_BT = 1u << 1,
+	GIVEN_LAYERS = 1u << 2,
+	GIVEN_HEADS = 1u << 3,
+	GIVEN_DIM = 1u << 4,
+	GIVEN_SEED = 1u << 5,
+	GIVEN_MODEL = 1u << 6,
 };
 
 /* One batch slot group of the region, with its ticket while a request is out. */
@@ -50,7 +73,9 @@ struct engine {
 	uint8_t *base;
 	uint64_t block_bytes;
 	size_t nblocks;
+	kvt_key salt;
 	kvt_key *keys;
+	uint32_t *tokens;  /* every token id of the context, when saving or restoring */
 	kvt_block_desc desc;
 	struct group *groups;
 	size_t ngroups, batch;
@@ -66,7 +91,8 @@ static void usage(FILE *f)
 	fprintf(f,
 		"Usage: " PROG " [-s SOCKET] [--tokens N] [--block-tokens N] [--layers N]\n"
 		"                     [--kv-heads N] [--head-dim N] [--region-blocks N]\n"
-		"                     [--batch N] [--seed N] [--model NAME] [-h]\n"
+		"                     [--batch N] [--seed N] [--model NAME]\n"
+		"                     [--save NAME | --restore NAME [--deadline MS]] [-h]\n"
 		"Write a context's KV cache to kvtierd as chained blocks and read it back,\n"
 		"verifying every byte. KV bytes per token = layers x 2 x kv-heads x head-dim x 2\n"
 		"(bf16 keys and values).\n"
@@ -82,6 +108,20 @@ static void usage(FILE *f)
 		"      --seed N           token and data generator seed (default 1)\n"
 		"      --model NAME       model id for the key salt (default\n"
 		"                         meta-llama/Meta-Llama-3-8B)\n"
+		"      --save NAME        write the context, then save it in the daemon as NAME\n"
+		"                         (CTX_SAVE: acknowledged once every block is durable\n"
+		"                         on NVMe; needs the daemon's NVMe tier) with its token\n"
+		"                         ids and a metadata text recording the shape, the seed\n"
+		"                         and the write time; report the save time and GB/s.\n"
+		"                         Nothing is read back: --restore does that\n"
+		"      --restore NAME     write nothing: load the context saved as NAME into the\n"
+		"                         host tier (e.g. after a daemon restart), GET every\n"
+		"                         block in chain order, verify every byte, and report\n"
+		"                         the restore time against the saved write time. The\n"
+		"                         shape and seed come from the saved metadata; shape\n"
+		"                         options given as well must agree with it\n"
+		"      --deadline MS      --restore: how long the load may wait for blocks to\n"
+		"                         reach the host tier (default 30000)\n"
 		"  -h, --help             this help\n"
 		"\n"
 		"Exit status: 0 when everything read back matched, 1 on a mismatch or error,\n"
@@ -208,7 +248,10 @@ locate:
 
 /* ---- setup --------------------------------------------------------------------------- */
 
-static int make_keys(struct engine *e)
+/* Chained keys of the context's blocks from its token ids (deterministic in the
+ * seed). With keep_tokens, e->tokens receives every token id of the context, the
+ * uncached tail too, drawn from the same stream after the blocks' ones. */
+static int make_keys(struct engine *e, bool keep_tokens)
 {
 	char layout[96];
 	kvt_salt_params p = {
@@ -223,31 +266,42 @@ static int make_keys(struct engine *e)
 	};
 	uint64_t rng = e->o.seed;
 	uint32_t *tokens;
-	kvt_key salt;
+	kvt_key *salt = &e->salt;
 	int rc;
 
 	/* The shape is part of what makes blocks interchangeable, so it goes in the salt. */
 	snprintf(layout, sizeof(layout), "kvtier-engine:L%" PRIu64 ":H%" PRIu64 ":D%" PRIu64,
 		 e->o.layers, e->o.kv_heads, e->o.head_dim);
-	rc = kvt_key_salt(&p, &salt);
+	rc = kvt_key_salt(&p, salt);
 	if (rc) {
 		fprintf(stderr, PROG ": kvt_key_salt: %s\n", kvt_strerror(rc));
 		return -1;
 	}
-	tokens = malloc(e->o.block_tokens * sizeof(*tokens));
+	if (keep_tokens)
+		tokens = e->tokens = malloc(e->o.tokens * sizeof(*tokens));
+	else
+		tokens = malloc(e->o.block_tokens * sizeof(*tokens));
 	e->keys = calloc(e->nblocks ? e->nblocks : 1, sizeof(*e->keys));
 	if (!tokens || !e->keys) {
 		fprintf(stderr, PROG ": out of memory for %zu keys\n", e->nblocks);
-		free(tokens);
+		if (!keep_tokens)
+			free(tokens);
 		return -1;
 	}
 	for (size_t b = 0; b < e->nblocks; b++) {
+		uint32_t *bt = keep_tokens ? tokens + b * e->o.block_tokens : tokens;
+
 		for (uint64_t t = 0; t < e->o.block_tokens; t++)
-			tokens[t] = (uint32_t)(splitmix64(&rng) % VOCAB);
-		kvt_key_chain(&salt, b ? &e->keys[b - 1] : NULL, tokens, e->o.block_tokens,
+			bt[t] = (uint32_t)(splitmix64(&rng) % VOCAB);
+		kvt_key_chain(salt, b ? &e->keys[b - 1] : NULL, bt, e->o.block_tokens,
 			      &e->keys[b]);
 	}
-	free(tokens);
+	if (keep_tokens) {
+		for (uint64_t t = e->nblocks * e->o.block_tokens; t < e->o.tokens; t++)
+			tokens[t] = (uint32_t)(splitmix64(&rng) % VOCAB);
+	} else {
+		free(tokens);
+	}
 	return 0;
 }
 
@@ -497,9 +551,261 @@ static int get_blocks(struct engine *e, size_t from, size_t to)
 
 /* ---- main ---------------------------------------------------------------------------- */
 
+/* ---- saved contexts ------------------------------------------------------------------ */
+
+/* Bounds of the shape options, shared by the command line and the saved metadata. */
+#define TOKENS_MAX (1u << 30)
+#define BT_MAX (1u << 20)
+#define HEADS_MAX 4096
+#define DIM_MAX 65536
+
+/* The metadata text saved with a context: what a restore needs to regenerate and
+ * check every byte, and how long the write took. */
+static int meta_format(const struct engine *e, double t_put, uint64_t ctx_bytes, char *buf,
+		       size_t cap)
+{
+	int n = snprintf(buf, cap,
+			 META_MAGIC "\n"
+			 "model=%s\ntokens=%" PRIu64 "\nblock_tokens=%" PRIu64 "\nlayers=%" PRIu64
+			 "\nkv_heads=%" PRIu64 "\nhead_dim=%" PRIu64 "\nseed=%" PRIu64
+			 "\nput_bytes=%" PRIu64 "\nput_s=%.6f\nput_gbps=%.4f\nsaved_unix=%lld\n",
+			 e->o.model, e->o.tokens, e->o.block_tokens, e->o.layers, e->o.kv_heads,
+			 e->o.head_dim, e->o.seed, ctx_bytes, t_put,
+			 (double)ctx_bytes / t_put / 1e9, (long long)time(NULL));
+
+	return n < 0 || (size_t)n >= cap ? -1 : n;
+}
+
+struct saved {
+	double put_s, put_gbps;
+	uint64_t put_bytes;
+	long long saved_unix;
+};
+
+/* One "key=value" number of the metadata; false if absent or out of [min, max]. */
+static bool meta_u64(const char *text, const char *key, uint64_t min, uint64_t max,
+		     uint64_t *out)
+{
+	size_t klen = strlen(key);
+
+	for (const char *l = text; l && *l; l = strchr(l, '\n'), l = l ? l + 1 : NULL) {
+		if (strncmp(l, key, klen) == 0 && l[klen] == '=') {
+			char *end;
+			unsigned long long v;
+
+			errno = 0;
+			v = strtoull(l + klen + 1, &end, 10);
+			if (errno || end == l + klen + 1 || (*end && *end != '\n') || v < min ||
+			    v > max)
+				return false;
+			*out = v;
+			return true;
+		}
+	}
+	return false;
+}
+
+static bool meta_double(const char *text, const char *key, double *out)
+{
+	size_t klen = strlen(key);
+
+	for (const char *l = text; l && *l; l = strchr(l, '\n'), l = l ? l + 1 : NULL) {
+		if (strncmp(l, key, klen) == 0 && l[klen] == '=') {
+			char *end;
+
+			*out = strtod(l + klen + 1, &end);
+			return end != l + klen + 1;
+		}
+	}
+	return false;
+}
+
+/* The model line, copied into buf. */
+static bool meta_model(const char *text, char *buf, size_t cap)
+{
+	const char *l = strstr(text, "\nmodel=");
+	size_t len;
+
+	if (!l)
+		return false;
+	l += 7;
+	len = strcspn(l, "\n");
+	if (len == 0 || len >= cap)
+		return false;
+	memcpy(buf, l, len);
+	buf[len] = '\0';
+	return true;
+}
+
+/*
+ * Take the shape and seed from a saved context's metadata. Options also given on
+ * the command line must agree (they would describe other bytes). Returns 0, or -1
+ * with a message.
+ */
+static int meta_apply(const char *name, const uint8_t *meta, size_t len, struct opts *o,
+		      char *model, size_t model_cap, struct saved *sv)
+{
+	char *text = malloc(len + 1);
+	struct {
+		const char *key;
+		unsigned flag;
+		uint64_t min, max, *dst;
+	} f[] = {
+		{ "tokens", GIVEN_TOKENS, 1, TOKENS_MAX, NULL },
+		{ "block_tokens", GIVEN_BT, 1, BT_MAX, NULL },
+		{ "layers", GIVEN_LAYERS, 1, UINT16_MAX, NULL },
+		{ "kv_heads", GIVEN_HEADS, 1, HEADS_MAX, NULL },
+		{ "head_dim", GIVEN_DIM, 1, DIM_MAX, NULL },
+		{ "seed", GIVEN_SEED, 0, UINT64_MAX, NULL },
+	};
+	int rc = -1;
+
+	f[0].dst = &o->tokens;
+	f[1].dst = &o->block_tokens;
+	f[2].dst = &o->layers;
+	f[3].dst = &o->kv_heads;
+	f[4].dst = &o->head_dim;
+	f[5].dst = &o->seed;
+	if (!text) {
+		fprintf(stderr, PROG ": out of memory\n");
+		return -1;
+	}
+	if (len)
+		memcpy(text, meta, len);
+	text[len] = '\0';
+	if (strncmp(text, META_MAGIC "\n", strlen(META_MAGIC) + 1) != 0) {
+		fprintf(stderr, PROG ": context '%s' was not saved by " PROG " (its metadata does "
+				"not start with \"" META_MAGIC "\")\n", name);
+		goto out;
+	}
+	for (size_t i = 0; i < sizeof(f) / sizeof(f[0]); i++) {
+		uint64_t v;
+
+		if (!meta_u64(text, f[i].key, f[i].min, f[i].max, &v)) {
+			fprintf(stderr, PROG ": context '%s': metadata has no valid %s\n", name,
+				f[i].key);
+			goto out;
+		}
+		if ((o->given & f[i].flag) && *f[i].dst != v) {
+			fprintf(stderr, PROG ": context '%s' was saved with %s %" PRIu64 ", not %"
+					PRIu64 " as given\n", name, f[i].key, v, *f[i].dst);
+			goto out;
+		}
+		*f[i].dst = v;
+	}
+	if (!meta_model(text, model, model_cap)) {
+		fprintf(stderr, PROG ": context '%s': metadata has no valid model\n", name);
+		goto out;
+	}
+	if ((o->given & GIVEN_MODEL) && strcmp(o->model, model) != 0) {
+		fprintf(stderr, PROG ": context '%s' was saved for model %s, not %s\n", name, model,
+			o->model);
+		goto out;
+	}
+	o->model = model;
+	memset(sv, 0, sizeof(*sv));
+	if (!meta_double(text, "put_s", &sv->put_s) || !(sv->put_s > 0) ||
+	    !meta_double(text, "put_gbps", &sv->put_gbps) ||
+	    !meta_u64(text, "put_bytes", 0, UINT64_MAX, &sv->put_bytes))
+		sv->put_s = 0; /* reported as unknown */
+	{
+		uint64_t t;
+
+		if (meta_u64(text, "saved_unix", 0, INT64_MAX, &t))
+			sv->saved_unix = (long long)t;
+	}
+	rc = 0;
+out:
+	free(text);
+	return rc;
+}
+
+/* CTX_SAVE the written context as name and report how long it took. */
+static int save_context(struct engine *e, const char *name, double t_put, uint64_t ctx_bytes)
+{
+	char meta[1024], s1[32];
+	kvt_context ctx;
+	size_t missing = 0;
+	double t0, t_save;
+	int rc;
+
+	if (meta_format(e, t_put, ctx_bytes, meta, sizeof(meta)) < 0) {
+		fprintf(stderr, PROG ": the model name is too long for the metadata\n");
+		return -1;
+	}
+	ctx = (kvt_context){
+		.name = name,
+		.model_salt = e->salt,
+		.token_count = e->o.tokens,
+		.keys = e->keys,
+		.nkeys = e->nblocks,
+		.tokens = e->tokens,
+		.metadata = meta,
+		.metadata_len = strlen(meta),
+	};
+	kvt_conn_set_timeout(e->c, CTX_TIMEOUT_MS);
+	t0 = now_s();
+	rc = kvt_ctx_save(e->c, &ctx, &missing);
+	t_save = now_s() - t0;
+	kvt_conn_set_timeout(e->c, CALL_TIMEOUT_MS);
+	if (rc == KVT_ENOENT) {
+		fprintf(stderr, PROG ": SAVE '%s': block %zu is stored in no tier (evicted before"
+				" it was saved; a larger host tier or nvme_write = through keeps it)\n",
+			name, missing);
+		return -1;
+	}
+	if (rc) {
+		fprintf(stderr, PROG ": SAVE '%s': %s (%s)%s\n", name, kvt_strerror(rc),
+			kvt_errname(rc),
+			rc == KVT_EOPNOTSUPP ? ": the daemon has no NVMe tier (nvme_capacity)" :
+			rc == KVT_EMSGSIZE ? ": the manifest with its token ids exceeds the daemon's"
+					     " max_frame" :
+			rc == KVT_E2BIG || rc == KVT_EINVAL ? ": more blocks than max_batch?" : "");
+		return -1;
+	}
+	printf("SAVE    '%s': %zu blocks, %s, %" PRIu64 " token ids, durable on NVMe in %.3f s:"
+	       " %.2f GB/s\n", name, e->nblocks, fmt_size(ctx_bytes, s1, sizeof(s1)),
+	       e->o.tokens, t_save, (double)ctx_bytes / t_save / 1e9);
+	printf("OK: context saved; restore it with --restore %s (after a daemon restart, too)\n",
+	       name);
+	return 0;
+}
+
+/* The loaded manifest is the one this engine would write with these options. */
+static int check_manifest(const struct engine *e, const kvt_ctx_info *in)
+{
+	if (!kvt_key_equal(&in->model_salt, &e->salt)) {
+		fprintf(stderr, PROG ": context '%s' was saved with another model salt than its"
+				" metadata's model and shape give\n", in->name);
+		return -1;
+	}
+	if (in->nkeys != e->nblocks) {
+		fprintf(stderr, PROG ": context '%s' has %zu blocks; its metadata says %zu\n",
+			in->name, in->nkeys, e->nblocks);
+		return -1;
+	}
+	for (size_t b = 0; b < e->nblocks; b++) {
+		if (!kvt_key_equal(&in->keys[b], &e->keys[b])) {
+			fprintf(stderr, PROG ": MISMATCH: key of block %zu of context '%s' is not the"
+					" one its token ids and shape give\n", b, in->name);
+			return -1;
+		}
+	}
+	if (in->token_count != e->o.tokens || !in->tokens || in->ntokens != e->o.tokens ||
+	    memcmp(in->tokens, e->tokens, e->o.tokens * sizeof(*e->tokens)) != 0) {
+		fprintf(stderr, PROG ": MISMATCH: the token ids of context '%s' are not the"
+				" generator's\n", in->name);
+		return -1;
+	}
+	return 0;
+}
+
+/* ---- main ---------------------------------------------------------------------------- */
+
 static int parse_args(int argc, char **argv, struct opts *o)
 {
-	enum { O_TOKENS = 256, O_BT, O_LAYERS, O_HEADS, O_DIM, O_RB, O_BATCH, O_SEED, O_MODEL };
+	enum { O_TOKENS = 256, O_BT, O_LAYERS, O_HEADS, O_DIM, O_RB, O_BATCH, O_SEED, O_MODEL,
+	       O_SAVE, O_RESTORE, O_DEADLINE };
 	static const struct option longopts[] = {
 		{ "socket", required_argument, NULL, 's' },
 		{ "tokens", required_argument, NULL, O_TOKENS },
@@ -511,6 +817,9 @@ static int parse_args(int argc, char **argv, struct opts *o)
 		{ "batch", required_argument, NULL, O_BATCH },
 		{ "seed", required_argument, NULL, O_SEED },
 		{ "model", required_argument, NULL, O_MODEL },
+		{ "save", required_argument, NULL, O_SAVE },
+		{ "restore", required_argument, NULL, O_RESTORE },
+		{ "deadline", required_argument, NULL, O_DEADLINE },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -525,6 +834,7 @@ static int parse_args(int argc, char **argv, struct opts *o)
 		.head_dim = 128,
 		.region_blocks = 8,
 		.seed = 1,
+		.deadline_ms = 30000,
 	};
 	while (rc == 0 && (opt = getopt_long(argc, argv, "s:h", longopts, NULL)) != -1) {
 		switch (opt) {
@@ -532,19 +842,24 @@ static int parse_args(int argc, char **argv, struct opts *o)
 			o->socket = optarg;
 			break;
 		case O_TOKENS:
-			rc = parse_u64("tokens", optarg, 1, 1u << 30, &o->tokens);
+			rc = parse_u64("tokens", optarg, 1, TOKENS_MAX, &o->tokens);
+			o->given |= GIVEN_TOKENS;
 			break;
 		case O_BT:
-			rc = parse_u64("block-tokens", optarg, 1, 1u << 20, &o->block_tokens);
+			rc = parse_u64("block-tokens", optarg, 1, BT_MAX, &o->block_tokens);
+			o->given |= GIVEN_BT;
 			break;
 		case O_LAYERS:
 			rc = parse_u64("layers", optarg, 1, UINT16_MAX, &o->layers);
+			o->given |= GIVEN_LAYERS;
 			break;
 		case O_HEADS:
-			rc = parse_u64("kv-heads", optarg, 1, 4096, &o->kv_heads);
+			rc = parse_u64("kv-heads", optarg, 1, HEADS_MAX, &o->kv_heads);
+			o->given |= GIVEN_HEADS;
 			break;
 		case O_DIM:
-			rc = parse_u64("head-dim", optarg, 1, 65536, &o->head_dim);
+			rc = parse_u64("head-dim", optarg, 1, DIM_MAX, &o->head_dim);
+			o->given |= GIVEN_DIM;
 			break;
 		case O_RB:
 			rc = parse_u64("region-blocks", optarg, 1, 4096, &o->region_blocks);
@@ -554,9 +869,26 @@ static int parse_args(int argc, char **argv, struct opts *o)
 			break;
 		case O_SEED:
 			rc = parse_u64("seed", optarg, 0, UINT64_MAX, &o->seed);
+			o->given |= GIVEN_SEED;
 			break;
 		case O_MODEL:
 			o->model = optarg;
+			o->given |= GIVEN_MODEL;
+			break;
+		case O_SAVE:
+		case O_RESTORE:
+			if (!optarg[0] || strlen(optarg) > KVT_NAME_LEN_MAX) {
+				fprintf(stderr, PROG ": --%s wants a name of 1 to %d bytes\n",
+					opt == O_SAVE ? "save" : "restore", KVT_NAME_LEN_MAX);
+				rc = -1;
+			}
+			if (opt == O_SAVE)
+				o->save = optarg;
+			else
+				o->restore = optarg;
+			break;
+		case O_DEADLINE:
+			rc = parse_u64("deadline", optarg, 0, UINT32_MAX, &o->deadline_ms);
 			break;
 		case 'h':
 			usage(stdout);
@@ -570,19 +902,46 @@ static int parse_args(int argc, char **argv, struct opts *o)
 		fprintf(stderr, PROG ": unexpected argument '%s'\n", argv[optind]);
 		return -1;
 	}
+	if (rc == 0 && o->save && o->restore) {
+		fprintf(stderr, PROG ": --save and --restore do not go together\n");
+		return -1;
+	}
 	return rc;
+}
+
+/* Sizes derived from the shape. Returns 0, or -1 (nothing to cache). */
+static int set_shape(struct engine *e, uint64_t *token_bytes, uint64_t *ctx_bytes)
+{
+	/* Keys and values, bf16: 2 x 2 bytes per layer, head and dimension. The option
+	 * bounds keep every product below 2^64. */
+	*token_bytes = e->o.layers * 2 * e->o.kv_heads * e->o.head_dim * 2;
+	e->block_bytes = *token_bytes * e->o.block_tokens;
+	e->nblocks = (size_t)(e->o.tokens / e->o.block_tokens);
+	*ctx_bytes = e->block_bytes * e->nblocks;
+	e->desc = (kvt_block_desc){ .dtype = KVT_DTYPE_BF16,
+				    .layout = LAYOUT_ID,
+				    .layers = (uint16_t)e->o.layers,
+				    .tokens = (uint32_t)e->o.block_tokens };
+	if (e->nblocks == 0) {
+		fprintf(stderr, PROG ": %" PRIu64 " tokens do not fill one block of %" PRIu64 "\n",
+			e->o.tokens, e->o.block_tokens);
+		return -1;
+	}
+	return 0;
 }
 
 int main(int argc, char **argv)
 {
 	struct engine e;
-	char s1[32], s2[32], s3[32];
+	char s1[32], s2[32], s3[32], model[256];
 	const kvt_server_info *si;
-	uint64_t token_bytes, region_bytes, ctx_bytes, cap = 0;
+	uint64_t token_bytes = 0, region_bytes, ctx_bytes = 0, cap = 0;
 	const char *sock;
 	kvt_stats *st;
+	kvt_ctx_info *saved = NULL;
+	struct saved sv = { 0 };
 	size_t found = 0;
-	double t0, t_put, t_lookup, t_get;
+	double t0, t_put, t_lookup, t_get, t_load = 0;
 	int rc, status = 1;
 
 	memset(&e, 0, sizeof(e));
@@ -595,21 +954,9 @@ int main(int argc, char **argv)
 			sock = KVT_DEFAULT_SOCKET;
 	}
 
-	/* Keys and values, bf16: 2 x 2 bytes per layer, head and dimension. The option
-	 * bounds keep every product below 2^64. */
-	token_bytes = e.o.layers * 2 * e.o.kv_heads * e.o.head_dim * 2;
-	e.block_bytes = token_bytes * e.o.block_tokens;
-	e.nblocks = (size_t)(e.o.tokens / e.o.block_tokens);
-	ctx_bytes = e.block_bytes * e.nblocks;
-	e.desc = (kvt_block_desc){ .dtype = KVT_DTYPE_BF16,
-				   .layout = LAYOUT_ID,
-				   .layers = (uint16_t)e.o.layers,
-				   .tokens = (uint32_t)e.o.block_tokens };
-	if (e.nblocks == 0) {
-		fprintf(stderr, PROG ": %" PRIu64 " tokens do not fill one block of %" PRIu64 "\n",
-			e.o.tokens, e.o.block_tokens);
+	/* A restore learns its shape from the saved context, after connecting. */
+	if (!e.o.restore && set_shape(&e, &token_bytes, &ctx_bytes))
 		return 2;
-	}
 
 	rc = kvt_conn_open(e.o.socket, &e.c);
 	if (rc) {
@@ -619,6 +966,28 @@ int main(int argc, char **argv)
 	}
 	kvt_conn_set_timeout(e.c, CALL_TIMEOUT_MS);
 	si = kvt_conn_server(e.c);
+
+	if (e.o.restore) {
+		/* Nothing is written: the manifest and the blocks come from the daemon. */
+		kvt_conn_set_timeout(e.c, CTX_TIMEOUT_MS);
+		t0 = now_s();
+		rc = kvt_ctx_load(e.c, e.o.restore, KVT_TIER_HOST, (uint32_t)e.o.deadline_ms,
+				  &saved);
+		t_load = now_s() - t0;
+		kvt_conn_set_timeout(e.c, CALL_TIMEOUT_MS);
+		if (rc) {
+			fprintf(stderr, PROG ": LOAD '%s': %s (%s)%s\n", e.o.restore, kvt_strerror(rc),
+				kvt_errname(rc),
+				rc == KVT_ENOENT ? ": no such context for this tenant (never saved, "
+						   "deleted or expired)" :
+				rc == KVT_EOPNOTSUPP ? ": the daemon has no NVMe tier" : "");
+			goto out;
+		}
+		if (meta_apply(e.o.restore, saved->metadata, saved->metadata_len, &e.o, model,
+			       sizeof(model), &sv) ||
+		    set_shape(&e, &token_bytes, &ctx_bytes))
+			goto out;
+	}
 	if (e.block_bytes > si->max_block_size) {
 		fprintf(stderr, PROG ": blocks of %s exceed the daemon's max_block_size (%s)\n",
 			fmt_size(e.block_bytes, s1, sizeof(s1)),
@@ -633,7 +1002,7 @@ int main(int argc, char **argv)
 			fmt_size(si->max_region_size, s1, sizeof(s1)));
 		goto out;
 	}
-	if (make_keys(&e) || make_groups(&e))
+	if (make_keys(&e, e.o.save || e.o.restore) || make_groups(&e))
 		goto out;
 	rc = kvt_region_create(e.c, (size_t)region_bytes, &e.region);
 	if (rc) {
@@ -656,6 +1025,48 @@ int main(int argc, char **argv)
 	       si->server, sock, si->tenant, e.o.region_blocks,
 	       fmt_size(region_bytes, s3, sizeof(s3)), e.batch, e.ngroups);
 
+	if (e.o.restore) {
+		size_t resident = saved->resident;
+
+		if (check_manifest(&e, saved))
+			goto out;
+		printf("LOAD    '%s' (saved", e.o.restore);
+		if (sv.saved_unix) {
+			time_t ts = (time_t)sv.saved_unix;
+			struct tm tm;
+			char when[32];
+
+			gmtime_r(&ts, &tm);
+			strftime(when, sizeof(when), "%Y-%m-%d %H:%M:%S UTC", &tm);
+			printf(" %s", when);
+		}
+		printf(", seed %" PRIu64 "): manifest and token ids match the generator; %zu of %zu"
+		       " blocks in the host tier after %.3f s (deadline %" PRIu64 " ms)\n",
+		       e.o.seed, resident, e.nblocks, t_load, e.o.deadline_ms);
+		/* Every block, in chain order; none may be missing. */
+		t0 = now_s();
+		if (get_blocks(&e, 0, e.nblocks))
+			goto out;
+		t_get = now_s() - t0;
+		printf("GET     %zu blocks, %s in %.3f s: %.2f GB/s (clearing + verifying %.3f s of"
+		       " it)\n", e.nblocks, fmt_size(ctx_bytes, s1, sizeof(s1)), t_get,
+		       (double)ctx_bytes / t_get / 1e9, e.verify_s);
+		printf("RESTORE %s in %.3f s (load %.3f s + GET %.3f s): %.2f GB/s, %.2f GB/s not"
+		       " counting this engine's own clearing and checking\n",
+		       fmt_size(ctx_bytes, s1, sizeof(s1)), t_load + t_get, t_load, t_get,
+		       (double)ctx_bytes / (t_load + t_get) / 1e9,
+		       (double)ctx_bytes / (t_load + t_get - e.verify_s) / 1e9);
+		if (sv.put_s > 0)
+			printf("        written (PUT) in %.3f s at %.2f GB/s when it was saved: the"
+			       " restore took %.2fx the write time\n", sv.put_s, sv.put_gbps,
+			       (t_load + t_get) / sv.put_s);
+		else
+			printf("        (the saved metadata has no write time to compare with)\n");
+		printf("OK: every byte of the %zu blocks read back matched\n", e.verified);
+		status = 0;
+		goto out;
+	}
+
 	t0 = now_s();
 	if (put_all(&e))
 		goto out;
@@ -663,6 +1074,16 @@ int main(int argc, char **argv)
 	printf("PUT     %zu blocks, %s in %.3f s: %.2f GB/s, %.0f tokens/s\n", e.nblocks,
 	       fmt_size(ctx_bytes, s1, sizeof(s1)), t_put, (double)ctx_bytes / t_put / 1e9,
 	       (double)e.nblocks * (double)e.o.block_tokens / t_put);
+	if (e.o.save) {
+		if (e.refused) {
+			fprintf(stderr, PROG ": %zu blocks were refused: not saving an incomplete"
+					" context\n", e.refused);
+			goto out;
+		}
+		if (save_context(&e, e.o.save, t_put, ctx_bytes) == 0)
+			status = 0;
+		goto out;
+	}
 
 	t0 = now_s();
 	if (lookup_chain(&e, &found))
@@ -718,7 +1139,9 @@ out:
 	/* Closing abandons any tickets still out; the region handle is freed after. */
 	kvt_conn_close(e.c);
 	kvt_region_destroy(e.region);
+	kvt_ctx_free(saved);
 	free_groups(&e);
 	free(e.keys);
+	free(e.tokens);
 	return status;
 }

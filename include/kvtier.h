@@ -374,6 +374,162 @@ int kvt_block_prefetch(kvt_conn *c, const kvt_key *keys, size_t n, uint8_t tier,
 		       uint32_t deadline_ms, uint8_t *tiers);
 
 /* ------------------------------------------------------------------------ */
+/* Contexts: named, persistent sessions                                      */
+/* ------------------------------------------------------------------------ */
+
+#define KVT_NAME_LEN_MAX 255     /* context names, namespaces, record keys: 1..255 bytes */
+#define KVT_CTX_META_MAX 65536   /* bytes of context metadata */
+
+/* A context to save. Everything is borrowed for the call. */
+typedef struct kvt_context {
+	const char *name;          /* 1..KVT_NAME_LEN_MAX bytes, no NUL inside; per tenant */
+	kvt_key model_salt;        /* from kvt_key_salt: what the blocks were made with */
+	uint64_t token_count;
+	const kvt_key *keys;       /* the context's blocks, in chain order (head first) */
+	size_t nkeys;              /* 1 .. max_batch */
+	const uint32_t *tokens;    /* optional token ids (NULL or token_count of them) */
+	const void *metadata;      /* optional, up to KVT_CTX_META_MAX bytes */
+	size_t metadata_len;
+	uint32_t ttl_s;            /* expires this many seconds after the save; 0 = never */
+} kvt_context;
+
+/*
+ * Save a context: returns 0 only once every block it names is durable on NVMe
+ * (blocks still only in RAM are written first) and the manifest is committed.
+ * Saving again under the same name replaces the context atomically. Blocks a saved
+ * context names are never dropped from NVMe while it lives.
+ * Returns 0; KVT_ENOENT (a block is stored in no tier; *missing, if not NULL,
+ * receives its index); KVT_EOPNOTSUPP (the daemon has no NVMe tier); KVT_ENOSPC (no
+ * room on NVMe); KVT_EINVAL (name, sizes); KVT_EMSGSIZE (the request is larger than
+ * max_frame); KVT_EIO; a connection error.
+ */
+int kvt_ctx_save(kvt_conn *c, const kvt_context *ctx, size_t *missing);
+
+/* A loaded (or listed) context; owned by the library. */
+typedef struct kvt_ctx_info {
+	char name[KVT_NAME_LEN_MAX + 1];
+	kvt_key model_salt;
+	uint64_t token_count;
+	size_t nkeys;
+	kvt_key *keys;             /* nkeys (NULL in kvt_ctx_list entries) */
+	uint8_t *tiers;            /* load: nkeys, where each block is at the reply */
+	size_t resident;           /* load: leading blocks in the asked tier at the reply */
+	uint32_t *tokens;          /* NULL if saved without them */
+	size_t ntokens;
+	uint8_t *metadata;
+	size_t metadata_len;
+	uint64_t bytes;            /* logical bytes of its blocks */
+	uint64_t created_ms;       /* CLOCK_REALTIME milliseconds */
+	uint64_t expires_ms;       /* 0 = never */
+} kvt_ctx_info;
+
+/*
+ * Load a context saved by this tenant: returns its manifest and pages its blocks
+ * up to tier (KVT_TIER_HOST) in chain order, waiting at most deadline_ms; the reply
+ * says which blocks are resident (info->tiers, info->resident). Works after daemon
+ * restarts without the engine re-sending anything. *out owns the result; free it
+ * with kvt_ctx_free. Returns 0, KVT_ENOENT (no such context, or it expired),
+ * KVT_EINVAL, KVT_EOPNOTSUPP, or a connection error.
+ */
+int kvt_ctx_load(kvt_conn *c, const char *name, uint8_t tier, uint32_t deadline_ms,
+		 kvt_ctx_info **out);
+void kvt_ctx_free(kvt_ctx_info *info); /* NULL-safe */
+
+/*
+ * One page of this tenant's contexts whose names start with prefix (NULL or "" for
+ * all), in name order, after the name after (NULL: from the start), at most cap
+ * entries. *list owns an array of *n entries (keys, tiers, tokens and metadata are
+ * NULL in them); free it with kvt_ctx_list_free. *more says whether another page
+ * follows (ask again with after = the last name). Returns 0 or an error.
+ */
+int kvt_ctx_list(kvt_conn *c, const char *prefix, const char *after, size_t cap,
+		 kvt_ctx_info **list, size_t *n, bool *more);
+void kvt_ctx_list_free(kvt_ctx_info *list, size_t n);
+
+/* Delete a context: its blocks lose this reference and become evictable.
+ * Returns 0, KVT_ENOENT, or an error. */
+int kvt_ctx_delete(kvt_conn *c, const char *name);
+
+/* ------------------------------------------------------------------------ */
+/* Memory records: cross-session long-term memory                            */
+/* ------------------------------------------------------------------------ */
+
+#define KVT_MEM_META_MAX 65536   /* bytes of record metadata (text) */
+#define KVT_MEM_DIM_MAX 4096     /* embedding dimension */
+/* The largest value is a daemon limit: mem_value_max in kvtierd.conf(5). */
+
+/* A record to store. Everything is borrowed for the call. */
+typedef struct kvt_mem_record {
+	const char *ns;            /* namespace, 1..KVT_NAME_LEN_MAX bytes; per tenant */
+	const char *key;           /* 1..KVT_NAME_LEN_MAX bytes */
+	const void *value;
+	size_t value_len;          /* 0 .. the daemon's mem_value_max */
+	const char *metadata;      /* optional text */
+	size_t metadata_len;
+	const float *embedding;    /* optional; NULL or dim floats */
+	uint32_t dim;              /* 0 = none; a namespace's dimension is fixed by its first
+				    * record with an embedding */
+	uint32_t ttl_s;            /* 0 = never expires */
+} kvt_mem_record;
+
+/* A record read back; owned by the library. */
+typedef struct kvt_mem_item {
+	char ns[KVT_NAME_LEN_MAX + 1];
+	char key[KVT_NAME_LEN_MAX + 1];
+	uint8_t *value;
+	size_t value_len;
+	char *metadata;            /* NUL-terminated copy (metadata_len bytes before it) */
+	size_t metadata_len;
+	float *embedding;          /* NULL if none */
+	uint32_t dim;
+	uint64_t created_ms, updated_ms, expires_ms; /* CLOCK_REALTIME ms; expires 0 = never */
+	float score;               /* search: cosine similarity to the query */
+} kvt_mem_item;
+
+/*
+ * Insert or replace (ns, key): durable (fsync'd, group-committed with other
+ * writers) when this returns 0. Putting the same record again is harmless.
+ * Returns 0; KVT_EINVAL (empty or long names, metadata too long, dim > KVT_MEM_DIM_MAX,
+ * NaN/Inf in the embedding); KVT_EMSGSIZE (value over mem_value_max, or the request
+ * over max_frame); KVT_ERANGE (embedding dimension differs from the namespace's);
+ * KVT_ENOSPC; KVT_EIO; a connection error.
+ */
+int kvt_mem_put(kvt_conn *c, const kvt_mem_record *rec);
+
+/* Read one record; KVT_ENOENT if absent or expired. *out: free with kvt_mem_item_free. */
+int kvt_mem_get(kvt_conn *c, const char *ns, const char *key, kvt_mem_item **out);
+void kvt_mem_item_free(kvt_mem_item *item); /* NULL-safe */
+
+/* Delete one record (durable when it returns). Returns 0 or KVT_ENOENT. */
+int kvt_mem_delete(kvt_conn *c, const char *ns, const char *key);
+
+/* Several records (list or search results); owned by the library. */
+typedef struct kvt_mem_items {
+	size_t n;
+	kvt_mem_item *items;
+	bool more;                 /* list: another page follows */
+} kvt_mem_items;
+void kvt_mem_items_free(kvt_mem_items *items); /* NULL-safe */
+
+/*
+ * Records whose namespace starts with ns_prefix (NULL or "" for all of this
+ * tenant's), in (namespace, key) order, after (after_ns, after_key) (NULLs: from
+ * the start), at most limit (1..1000). Values and embeddings are included.
+ * *out: free with kvt_mem_items_free.
+ */
+int kvt_mem_list(kvt_conn *c, const char *ns_prefix, const char *after_ns, const char *after_key,
+		 size_t limit, kvt_mem_items **out);
+
+/*
+ * The k (1..1000) records most similar to query (cosine similarity) among those
+ * with an embedding in namespaces starting with ns_prefix, best first; exact, not
+ * approximate. Returns 0, KVT_ENOENT (no namespace matches ns_prefix), KVT_ERANGE
+ * (dim differs from a matching namespace's), KVT_EINVAL, or a connection error.
+ */
+int kvt_mem_search(kvt_conn *c, const char *ns_prefix, const float *query, uint32_t dim,
+		   uint32_t k, kvt_mem_items **out);
+
+/* ------------------------------------------------------------------------ */
 /* Pipelining                                                                 */
 /* ------------------------------------------------------------------------ */
 
@@ -383,7 +539,8 @@ typedef uint64_t kvt_ticket;
  * Send a PUT or GET and return at once with a ticket; the daemon answers
  * requests in any order. The items array is kept by the library and must stay
  * valid and unchanged until kvt_wait returns for the ticket (which fills the
- * items' out fields). At most max_inflight tickets may be outstanding.
+ * items' out fields) or, for a ticket never waited for, until kvt_conn_close:
+ * replies that arrive during other calls are decoded into their items. At most max_inflight tickets may be outstanding.
  * Returns 0 (and *ticket), KVT_EAGAIN (max_inflight outstanding), KVT_E2BIG, or a
  * connection error.
  */

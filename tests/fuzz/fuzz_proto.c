@@ -3,7 +3,8 @@
  * oracle that tests/unit/test_proto.c runs over mutated frames under ASan.
  *
  * Every decoder gets the input, both as a whole and, when it starts with a
- * header, as the body of the frame it claims to be. The oracle asserts more than
+ * header, as the body of the frame it claims to be (field lists for CTX_* and
+ * MEM_*, with their entries followed a few levels down). The oracle asserts more than
  * "no crash": a decoder either fails with one of the codes it may return, or
  * succeeds with a result that encodes back to exactly the input bytes (so the
  * format has one encoding per message, and nothing was read past the end).
@@ -48,6 +49,8 @@ enum fuzz_dec {
 	FZ_LOOKUP_REP,
 	FZ_STATS_REP,
 	FZ_NOTICE,
+	FZ_FIELDS,
+	FZ_FIELDS_ENTRY,
 	FZ_COUNT
 };
 static unsigned long fuzz_ok[FZ_COUNT], fuzz_err[FZ_COUNT];
@@ -413,6 +416,161 @@ static void fuzz_stats_rep(const uint8_t *in, size_t len)
 	free(buf);
 }
 
+/* ---- field lists (CTX_*, MEM_*) ------------------------------------------- */
+
+/* How deep the oracle follows entries inside entries (the protocol uses one level). */
+#define FUZZ_FIELDS_DEPTH 3
+
+/* The verdict kvt_fields_decode must reach, from an independent walk that follows
+ * docs/PROTOCOL.md: field by field, header present, reserved 0, value inside the
+ * body, then the tag (ignorable, known, not repeated unless ENTRY). */
+static int fuzz_fields_verdict(const uint8_t *in, size_t len)
+{
+	bool seen[KVT_TAG_MAX + 1] = { false };
+	size_t p = 0;
+
+	while (p < len) {
+		if (len - p < 8)
+			return KVT_EBADMSG;
+		if (in[p + 2] || in[p + 3])
+			return KVT_ERESERVED;
+		uint64_t flen = kvt_get32(in + p + 4);
+		unsigned tag = kvt_get16(in + p);
+		if (flen > len - p - 8)
+			return KVT_EBADMSG;
+		p += 8 + (size_t)flen;
+		if (tag & KVT_TAG_IGNORABLE)
+			continue;
+		if (tag == 0 || tag > KVT_TAG_MAX || (tag != KVT_TAG_ENTRY && seen[tag]))
+			return KVT_EBADMSG;
+		seen[tag] = true;
+	}
+	return 0;
+}
+
+/* Write the (valid) list in[0, len) again, field by field, with the writer: entries
+ * whose value is itself a valid list go through kvt_fw_begin/kvt_fw_end. */
+static void fuzz_fields_write(struct kvt_fields_writer *w, const uint8_t *in, size_t len,
+			      int depth)
+{
+	for (size_t p = 0; p < len;) {
+		unsigned tag = kvt_get16(in + p);
+		uint32_t flen = kvt_get32(in + p + 4);
+		const uint8_t *val = in + p + 8;
+		if (tag == KVT_TAG_ENTRY && depth < FUZZ_FIELDS_DEPTH &&
+		    fuzz_fields_verdict(val, flen) == 0) {
+			size_t mark = kvt_fw_begin(w, tag);
+			fuzz_fields_write(w, val, flen, depth + 1);
+			kvt_fw_end(w, mark);
+		} else {
+			kvt_fw_bytes(w, tag, val, flen);
+		}
+		p += 8 + (size_t)flen;
+	}
+}
+
+/* The typed getters agree with the value's length. */
+static void fuzz_fields_getters(const struct kvt_fields *f, unsigned tag, const uint8_t *val,
+				uint32_t flen)
+{
+	uint8_t v8 = 0x5a;
+	uint32_t v32 = 0x5a5a5a5a;
+	uint64_t v64 = 0x5a5a5a5a5a5a5a5aull;
+	const uint8_t *p = NULL;
+	uint32_t n = 0;
+
+	int rc = kvt_fields_u8(f, tag, &v8);
+	FUZZ_CHECK(rc == (flen == 1 ? 0 : KVT_EBADMSG));
+	FUZZ_CHECK(rc ? v8 == 0x5a : v8 == val[0]);
+	rc = kvt_fields_u32(f, tag, &v32);
+	FUZZ_CHECK(rc == (flen == 4 ? 0 : KVT_EBADMSG));
+	FUZZ_CHECK(rc ? v32 == 0x5a5a5a5a : v32 == kvt_get32(val));
+	rc = kvt_fields_u64(f, tag, &v64);
+	FUZZ_CHECK(rc == (flen == 8 ? 0 : KVT_EBADMSG));
+	FUZZ_CHECK(rc ? v64 == 0x5a5a5a5a5a5a5a5aull : v64 == kvt_get64(val));
+	FUZZ_CHECK(kvt_fields_bytes(f, tag, flen, flen, &p, &n) == 0 && p == val && n == flen);
+	FUZZ_CHECK(kvt_fields_bytes(f, tag, (size_t)flen + 1, SIZE_MAX, &p, &n) == KVT_EBADMSG);
+	if (flen)
+		FUZZ_CHECK(kvt_fields_bytes(f, tag, 0, flen - 1, &p, &n) == KVT_EBADMSG);
+}
+
+static void fuzz_fields_at(const uint8_t *in, size_t len, int depth, enum fuzz_dec which)
+{
+	struct kvt_fields f;
+	bool present[KVT_TAG_MAX + 1] = { false };
+	uint32_t entries = 0;
+
+	int rc = kvt_fields_decode(in, len, &f);
+	fuzz_count(which, rc);
+	FUZZ_CHECK(rc == fuzz_fields_verdict(in, len));
+	if (rc)
+		return;
+	FUZZ_CHECK(f.body == in && f.body_len == len);
+
+	/* Every field is indexed where it is (the first ENTRY for ENTRY). */
+	for (size_t p = 0; p < len;) {
+		unsigned tag = kvt_get16(in + p);
+		uint32_t flen = kvt_get32(in + p + 4);
+		const uint8_t *val = in + p + 8;
+		p += 8 + (size_t)flen;
+		if (tag & KVT_TAG_IGNORABLE)
+			continue;
+		if (tag == KVT_TAG_ENTRY && entries++)
+			continue;
+		present[tag] = true;
+		FUZZ_CHECK(f.val[tag] == val && f.len[tag] == flen);
+		fuzz_fields_getters(&f, tag, val, flen);
+	}
+	FUZZ_CHECK(entries == f.nentries);
+	for (unsigned tag = 0; tag <= KVT_TAG_MAX + 1; tag++) {
+		uint64_t v;
+		if (tag <= KVT_TAG_MAX && present[tag])
+			continue;
+		FUZZ_CHECK(tag > KVT_TAG_MAX || f.val[tag] == NULL);
+		FUZZ_CHECK(kvt_fields_u64(&f, tag, &v) == KVT_ENOENT);
+	}
+
+	/* The entries come out in order, and each is a list of its own. */
+	size_t pos = 0;
+	const uint8_t *ev;
+	uint32_t elen, k = 0;
+	while ((rc = kvt_fields_next_entry(&f, &pos, &ev, &elen)) == 1) {
+		FUZZ_CHECK(ev >= in + 8 && elen <= len && ev + elen <= in + len && pos <= len);
+		k++;
+		if (depth < FUZZ_FIELDS_DEPTH)
+			fuzz_fields_at(ev, elen, depth + 1, FZ_FIELDS_ENTRY);
+	}
+	FUZZ_CHECK(rc == 0 && k == f.nentries && pos == len);
+
+	/* Written again, field by field (entries through begin/end), it is the same
+	 * bytes; into one byte less, the writer fails and what it kept is a
+	 * well-formed prefix of the input. */
+	if (depth > 0)
+		return;
+	uint8_t *buf = malloc(len ? len : 1);
+	FUZZ_CHECK(buf != NULL);
+	struct kvt_fields_writer w;
+	kvt_fw_init(&w, NULL, SIZE_MAX);
+	fuzz_fields_write(&w, in, len, 0);
+	FUZZ_CHECK(w.err == 0 && w.len == len);
+	kvt_fw_init(&w, buf, len);
+	fuzz_fields_write(&w, in, len, 0);
+	FUZZ_CHECK(w.err == 0 && w.len == len && memcmp(buf, in, len) == 0);
+	if (len > 0) {
+		kvt_fw_init(&w, buf, len - 1);
+		fuzz_fields_write(&w, in, len, 0);
+		FUZZ_CHECK(w.err == KVT_EMSGSIZE && w.len < len);
+		FUZZ_CHECK(memcmp(buf, in, w.len) == 0);
+		FUZZ_CHECK(fuzz_fields_verdict(buf, w.len) == 0);
+	}
+	free(buf);
+}
+
+static void fuzz_fields(const uint8_t *in, size_t len)
+{
+	fuzz_fields_at(in, len, 0, FZ_FIELDS);
+}
+
 /* ---- entry points --------------------------------------------------------- */
 
 /* Every body decoder on one buffer. */
@@ -430,6 +588,7 @@ static void fuzz_bodies(const uint8_t *in, size_t len)
 	fuzz_lookup_rep(in, len);
 	fuzz_stats_rep(in, len);
 	fuzz_notice(in, len);
+	fuzz_fields(in, len);
 }
 
 /* A frame as a daemon or client would see it: the header, then the body handed
@@ -476,6 +635,17 @@ static void fuzz_frame(const uint8_t *in, size_t len)
 		break;
 	case KVT_OP_NOTICE:
 		fuzz_notice(body, blen);
+		break;
+	case KVT_OP_CTX_SAVE:
+	case KVT_OP_CTX_LOAD:
+	case KVT_OP_CTX_LIST:
+	case KVT_OP_CTX_DELETE:
+	case KVT_OP_MEM_PUT:
+	case KVT_OP_MEM_GET:
+	case KVT_OP_MEM_DELETE:
+	case KVT_OP_MEM_LIST:
+	case KVT_OP_MEM_SEARCH:
+		fuzz_fields(body, blen);
 		break;
 	default:
 		fuzz_bodies(body, blen);

@@ -141,7 +141,7 @@ TEST(hello_reports_default_limits_and_tenant)
 	CHECK(si != NULL);
 	CHECK_EQ(si->version, 1);
 	CHECK_EQ(si->tenant, geteuid());
-	CHECK_EQ(si->max_frame, 1 * MiB);
+	CHECK_EQ(si->max_frame, 4 * MiB);
 	CHECK_EQ(si->max_inflight, 64);
 	CHECK_EQ(si->max_batch, 4096);
 	CHECK_EQ(si->max_regions, 64);

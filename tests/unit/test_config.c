@@ -259,7 +259,7 @@ TEST(defaults_match_the_spec)
 	CHECK(c.quotas == NULL && c.nquotas == 0);
 	CHECK(c.uid_maps == NULL && c.nuid_maps == 0);
 	CHECK_EQ(c.max_connections, 256);
-	CHECK_EQ(c.max_frame, MIB);
+	CHECK_EQ(c.max_frame, 4 * MIB);
 	CHECK_EQ(c.max_inflight, 64);
 	CHECK_EQ(c.max_batch, 4096);
 	CHECK_EQ(c.max_regions, 64);
@@ -802,7 +802,7 @@ TEST(print_roundtrips_defaults)
 	CHECK(strstr(text, "\nhost_capacity = auto\n"));
 	CHECK(strstr(text, "\nworkers = auto\n"));
 	CHECK(strstr(text, "\nsocket_mode = 0660\n"));
-	CHECK(strstr(text, "\nmax_frame = 1MiB\n"));
+	CHECK(strstr(text, "\nmax_frame = 4MiB\n"));
 	CHECK(strstr(text, "\nidle_timeout = 10m\n"));
 	free(text);
 }

@@ -343,7 +343,13 @@ TEST(op_names)
 		{ KVT_OP_LOOKUP, "LOOKUP" }, { KVT_OP_DELETE, "DELETE" },
 		{ KVT_OP_PIN, "PIN" },	     { KVT_OP_UNPIN, "UNPIN" },
 		{ KVT_OP_STATS, "STATS" },   { KVT_OP_NOTICE, "NOTICE" },
-		{ KVT_OP_PREFETCH, "PREFETCH" }, { 0, "UNKNOWN" }, { 13, "UNKNOWN" },
+		{ KVT_OP_PREFETCH, "PREFETCH" }, { KVT_OP_CTX_SAVE, "CTX_SAVE" },
+		{ KVT_OP_CTX_LOAD, "CTX_LOAD" }, { KVT_OP_CTX_LIST, "CTX_LIST" },
+		{ KVT_OP_CTX_DELETE, "CTX_DELETE" }, { KVT_OP_MEM_PUT, "MEM_PUT" },
+		{ KVT_OP_MEM_GET, "MEM_GET" }, { KVT_OP_MEM_DELETE, "MEM_DELETE" },
+		{ KVT_OP_MEM_LIST, "MEM_LIST" }, { KVT_OP_MEM_SEARCH, "MEM_SEARCH" },
+		{ 24, "UNKNOWN" }, { 35, "UNKNOWN" },
+		{ 0, "UNKNOWN" }, { 13, "UNKNOWN" },
 		{ 254, "UNKNOWN" },	     { 0xffff, "UNKNOWN" },
 	};
 	for (size_t i = 0; i < sizeof(ops) / sizeof(ops[0]); i++)
@@ -1224,6 +1230,415 @@ TEST(encoders_leave_short_buffers_alone)
 #undef SHORT
 }
 
+/* ---- field lists ------------------------------------------------------------- */
+
+static int dec_fields(const uint8_t *in, size_t len)
+{
+	struct kvt_fields f;
+	return kvt_fields_decode(in, len, &f);
+}
+
+/* A list with every kind of field: numbers of each size, bytes (one of them
+ * empty), an ignorable hint, and two entries, the second holding one of its own. */
+static void write_fields(struct kvt_fields_writer *w)
+{
+	kvt_key k[2] = { key_n(1), key_n(2) }, salt = key_n(9);
+
+	kvt_fw_bytes(w, KVT_TAG_NAME, "chat-1", 6);
+	kvt_fw_bytes(w, KVT_TAG_SALT, salt.b, 16);
+	kvt_fw_u64(w, KVT_TAG_TOKEN_COUNT, 0x0102030405060708ull);
+	kvt_fw_bytes(w, KVT_TAG_KEYS, k, sizeof(k));
+	kvt_fw_u8(w, KVT_TAG_TIER, 2);
+	kvt_fw_u32(w, KVT_TAG_RESIDENT, 0xa1b2c3d4u);
+	kvt_fw_bytes(w, KVT_TAG_VALUE, NULL, 0);
+	kvt_fw_bytes(w, 0x8123, "hint", 4);
+	size_t m = kvt_fw_begin(w, KVT_TAG_ENTRY);
+	kvt_fw_bytes(w, KVT_TAG_NS, "ns", 2);
+	kvt_fw_u32(w, KVT_TAG_SCORE, 0x3f800000u);
+	kvt_fw_end(w, m);
+	m = kvt_fw_begin(w, KVT_TAG_ENTRY);
+	kvt_fw_bytes(w, KVT_TAG_KEY, "k", 1);
+	size_t inner = kvt_fw_begin(w, KVT_TAG_ENTRY);
+	kvt_fw_u8(w, KVT_TAG_MORE, 1);
+	kvt_fw_end(w, inner);
+	kvt_fw_end(w, m);
+	kvt_fw_u8(w, KVT_TAG_MORE, 0);
+}
+
+#define FIELDS_LEN 208 /* what write_fields writes */
+
+static size_t build_fields(uint8_t *buf, size_t cap)
+{
+	struct kvt_fields_writer w;
+	kvt_fw_init(&w, buf, cap);
+	write_fields(&w);
+	CHECK_RC(w.err, 0);
+	CHECK_EQ(w.len, FIELDS_LEN);
+	return w.len;
+}
+
+/* Top-level field boundaries of a valid list: at[l] is true if a field ends at l. */
+static void field_bounds(const uint8_t *in, size_t len, bool *at)
+{
+	memset(at, 0, len + 1);
+	at[0] = true;
+	for (size_t p = 0; p < len;) {
+		p += 8 + (size_t)kvt_get32(in + p + 4);
+		CHECK(p <= len);
+		at[p] = true;
+	}
+}
+
+TEST(fields_roundtrip)
+{
+	uint8_t buf[256];
+	struct kvt_fields f, e, e2;
+	const uint8_t *p, *ev;
+	uint32_t n, elen, v32;
+	uint64_t v64;
+	uint8_t v8;
+	size_t len = build_fields(buf, sizeof(buf)), pos = 0;
+
+	/* Byte for byte: u16 tag, u16 reserved, u32 length, little-endian, no padding. */
+	static const uint8_t head[] = { 0x01, 0x00, 0x00, 0x00, 0x06, 0x00, 0x00, 0x00,
+					'c',  'h',  'a',  't',	'-',  '1',  0x02, 0x00,
+					0x00, 0x00, 0x10, 0x00, 0x00, 0x00 };
+	CHECK(memcmp(buf, head, sizeof(head)) == 0);
+	static const uint8_t tc[] = { 0x03, 0x00, 0x00, 0x00, 0x08, 0x00, 0x00, 0x00,
+				      0x08, 0x07, 0x06, 0x05, 0x04, 0x03, 0x02, 0x01 };
+	CHECK(memcmp(buf + 14 + 24, tc, sizeof(tc)) == 0);
+
+	/* A counting writer (NULL buffer) measures the same length. */
+	CHECK_EQ(build_fields(NULL, SIZE_MAX), len);
+
+	CHECK_RC(dec_exact(dec_fields, buf, len), 0);
+	CHECK_RC(kvt_fields_decode(buf, len, &f), 0);
+	CHECK(f.body == buf && f.body_len == len);
+	CHECK_RC(kvt_fields_bytes(&f, KVT_TAG_NAME, 1, 255, &p, &n), 0);
+	CHECK(n == 6 && memcmp(p, "chat-1", 6) == 0 && p == buf + 8);
+	kvt_key salt = key_n(9), k1 = key_n(1), k2 = key_n(2);
+	CHECK_RC(kvt_fields_bytes(&f, KVT_TAG_SALT, 16, 16, &p, &n), 0);
+	CHECK(memcmp(p, salt.b, 16) == 0);
+	CHECK_RC(kvt_fields_u64(&f, KVT_TAG_TOKEN_COUNT, &v64), 0);
+	CHECK(v64 == 0x0102030405060708ull);
+	CHECK_RC(kvt_fields_bytes(&f, KVT_TAG_KEYS, 0, 1 << 20, &p, &n), 0);
+	CHECK(n == 32 && memcmp(p, k1.b, 16) == 0 && memcmp(p + 16, k2.b, 16) == 0);
+	CHECK_RC(kvt_fields_u8(&f, KVT_TAG_TIER, &v8), 0);
+	CHECK_EQ(v8, 2);
+	CHECK_RC(kvt_fields_u32(&f, KVT_TAG_RESIDENT, &v32), 0);
+	CHECK_EQ(v32, 0xa1b2c3d4u);
+	/* An empty value is present, not absent. */
+	CHECK_RC(kvt_fields_bytes(&f, KVT_TAG_VALUE, 0, 0, &p, &n), 0);
+	CHECK(p != NULL && n == 0);
+	CHECK_RC(kvt_fields_u8(&f, KVT_TAG_MORE, &v8), 0);
+	CHECK_EQ(v8, 0);
+	/* The ignorable hint is skipped, not indexed; absent tags are absent. */
+	CHECK_RC(kvt_fields_bytes(&f, 0x8123, 0, 100, &p, &n), KVT_ENOENT);
+	CHECK_RC(kvt_fields_u32(&f, KVT_TAG_TTL_S, &v32), KVT_ENOENT);
+	CHECK(f.val[KVT_TAG_METADATA] == NULL);
+
+	/* Entries, in order; the first is also what the index shows for ENTRY. */
+	CHECK_EQ(f.nentries, 2);
+	CHECK_EQ(kvt_fields_next_entry(&f, &pos, &ev, &elen), 1);
+	CHECK(ev == f.val[KVT_TAG_ENTRY] && elen == f.len[KVT_TAG_ENTRY] && elen == 22);
+	CHECK_RC(kvt_fields_decode(ev, elen, &e), 0);
+	CHECK_RC(kvt_fields_bytes(&e, KVT_TAG_NS, 1, 255, &p, &n), 0);
+	CHECK(n == 2 && memcmp(p, "ns", 2) == 0);
+	CHECK_RC(kvt_fields_u32(&e, KVT_TAG_SCORE, &v32), 0);
+	CHECK_EQ(v32, 0x3f800000u);
+	CHECK_EQ(e.nentries, 0);
+	CHECK_EQ(kvt_fields_next_entry(&f, &pos, &ev, &elen), 1);
+	CHECK_RC(kvt_fields_decode(ev, elen, &e), 0);
+	CHECK_EQ(e.nentries, 1);
+	CHECK_RC(kvt_fields_bytes(&e, KVT_TAG_KEY, 1, 1, &p, &n), 0);
+	CHECK_RC(kvt_fields_decode(e.val[KVT_TAG_ENTRY], e.len[KVT_TAG_ENTRY], &e2), 0);
+	CHECK_RC(kvt_fields_u8(&e2, KVT_TAG_MORE, &v8), 0);
+	CHECK_EQ(v8, 1);
+	CHECK_EQ(kvt_fields_next_entry(&f, &pos, &ev, &elen), 0);
+	CHECK_EQ(pos, len);
+	CHECK_EQ(kvt_fields_next_entry(&f, &pos, &ev, &elen), 0);
+
+	/* The empty list is a list (PING-like bodies, "no fields"). */
+	CHECK_RC(kvt_fields_decode(buf, 0, &f), 0);
+	CHECK(f.nentries == 0 && f.val[KVT_TAG_NAME] == NULL);
+	pos = 0;
+	CHECK_EQ(kvt_fields_next_entry(&f, &pos, &ev, &elen), 0);
+}
+
+TEST(fields_malformed)
+{
+	uint8_t buf[FIELDS_LEN + 8];
+	bool at[FIELDS_LEN + 1];
+	struct kvt_fields f, e;
+	size_t len = build_fields(buf, sizeof(buf));
+
+	/* Every truncation: a prefix that ends between fields is a shorter list, any
+	 * other is refused; so is one stray byte after the last field. */
+	field_bounds(buf, len, at);
+	for (size_t l = 0; l <= len; l++) {
+		int rc = dec_exact(dec_fields, buf, l);
+		CHECK_MSG(rc == (at[l] ? 0 : KVT_EBADMSG), "prefix of %zu/%zu bytes: %s", l, len,
+			  kvt_errname(rc));
+	}
+	buf[len] = 0;
+	CHECK_RC(dec_exact(dec_fields, buf, len + 1), KVT_EBADMSG);
+
+	/* Reserved bytes of every field header, including the entries' and the hint's. */
+	for (size_t p = 0; p < len; p += 8 + kvt_get32(buf + p + 4))
+		check_reserved(dec_fields, buf, len, p + 2, 2, KVT_ERESERVED);
+
+	/* A length past the end, by one and by the most a u32 can say. */
+	size_t last = len - 9; /* MORE, the last field */
+	CHECK(at[last]);
+	kvt_put32(buf + last + 4, 2);
+	CHECK_RC(dec_exact(dec_fields, buf, len), KVT_EBADMSG);
+	kvt_put32(buf + last + 4, UINT32_MAX);
+	CHECK_RC(dec_exact(dec_fields, buf, len), KVT_EBADMSG);
+	kvt_put32(buf + last + 4, 1);
+	CHECK_RC(dec_exact(dec_fields, buf, len), 0);
+
+	/* Checks run field by field in order, and within a field the reserved bytes
+	 * come before the tag: an unknown tag with reserved bits is ERESERVED. */
+	uint8_t two[16] = { 0x99, 0x00, 0x01, 0x00, 0, 0, 0, 0, 0x01, 0x00, 0x00, 0x00, 0, 0, 0, 0 };
+	CHECK_RC(dec_exact(dec_fields, two, 16), KVT_ERESERVED);
+	two[2] = 0; /* now field 1's unknown tag refuses the list */
+	CHECK_RC(dec_exact(dec_fields, two, 16), KVT_EBADMSG);
+
+	/* An entry's own framing is its decoder's business: garbage inside an ENTRY
+	 * passes the outer decode and fails the inner one. */
+	uint8_t junk[8 + 3] = { KVT_TAG_ENTRY, 0, 0, 0, 3, 0, 0, 0, 1, 2, 3 };
+	CHECK_RC(kvt_fields_decode(junk, sizeof(junk), &f), 0);
+	CHECK_EQ(f.nentries, 1);
+	CHECK_RC(kvt_fields_decode(f.val[KVT_TAG_ENTRY], f.len[KVT_TAG_ENTRY], &e), KVT_EBADMSG);
+	uint8_t inner_res[16] = { KVT_TAG_ENTRY, 0, 0, 0, 8, 0, 0, 0,
+				  KVT_TAG_TIER, 0, 7, 0, 0, 0, 0, 0 };
+	CHECK_RC(kvt_fields_decode(inner_res, sizeof(inner_res), &f), 0);
+	CHECK_RC(kvt_fields_decode(f.val[KVT_TAG_ENTRY], f.len[KVT_TAG_ENTRY], &e), KVT_ERESERVED);
+
+	/* A failed decode leaves the output alone. */
+	memset(&f, 0x5c, sizeof(f));
+	CHECK_RC(kvt_fields_decode(junk, 5, &f), KVT_EBADMSG);
+	CHECK(f.nentries == 0x5c5c5c5cu);
+}
+
+/* Append one field with a raw tag and a value of n bytes (0xab). */
+static size_t put_field(uint8_t *b, size_t pos, unsigned tag, uint32_t n)
+{
+	kvt_put16(b + pos, (uint16_t)tag);
+	kvt_put16(b + pos + 2, 0);
+	kvt_put32(b + pos + 4, n);
+	memset(b + pos + 8, 0xab, n);
+	return pos + 8 + n;
+}
+
+TEST(fields_tags)
+{
+	uint8_t b[16 * 1024];
+	struct kvt_fields f;
+	size_t len;
+
+	/* Any known tag but ENTRY twice is refused, wherever the second one is. */
+	for (unsigned t = 1; t <= KVT_TAG_MAX; t++) {
+		len = put_field(b, 0, t, 4);
+		CHECK_RC(dec_exact(dec_fields, b, len), 0);
+		len = put_field(b, len, KVT_TAG_ENTRY, 0);
+		len = put_field(b, len, 0x8000, 2);
+		if (t == KVT_TAG_ENTRY) {
+			CHECK_RC(dec_exact(dec_fields, b, len), 0);
+			continue;
+		}
+		len = put_field(b, len, t, 0);
+		CHECK_MSG(dec_exact(dec_fields, b, len) == KVT_EBADMSG, "tag %u twice", t);
+	}
+
+	/* Unknown must-understand tags refuse the list; ignorable ones are skipped,
+	 * even repeated, and never indexed. */
+	static const unsigned must[] = { 0, KVT_TAG_MAX + 1, 0x100, 0x7fff };
+	for (size_t i = 0; i < sizeof(must) / sizeof(must[0]); i++) {
+		len = put_field(b, 0, KVT_TAG_NAME, 3);
+		len = put_field(b, len, must[i], 1);
+		CHECK_MSG(dec_exact(dec_fields, b, len) == KVT_EBADMSG, "tag %#x", must[i]);
+	}
+	len = put_field(b, 0, 0x8000, 0);
+	len = put_field(b, len, KVT_TAG_NAME, 3);
+	len = put_field(b, len, 0xffff, 5);
+	len = put_field(b, len, 0x8000, 1);
+	CHECK_RC(kvt_fields_decode(b, len, &f), 0);
+	CHECK(f.val[KVT_TAG_NAME] == b + 16 && f.len[KVT_TAG_NAME] == 3);
+	for (unsigned t = 0; t <= KVT_TAG_MAX; t++)
+		CHECK(t == KVT_TAG_NAME || f.val[t] == NULL);
+
+	/* ENTRY repeats: a thousand of them, counted and walked in order. */
+	len = 0;
+	for (unsigned i = 0; i < 1000; i++) {
+		len = put_field(b, len, KVT_TAG_ENTRY, 4);
+		kvt_put32(b + len - 4, i);
+	}
+	len = put_field(b, len, KVT_TAG_MORE, 1);
+	CHECK_RC(kvt_fields_decode(b, len, &f), 0);
+	CHECK_EQ(f.nentries, 1000);
+	size_t pos = 0;
+	const uint8_t *ev;
+	uint32_t elen, i = 0;
+	int rc;
+	while ((rc = kvt_fields_next_entry(&f, &pos, &ev, &elen)) == 1) {
+		CHECK(elen == 4 && kvt_get32(ev) == i);
+		i++;
+	}
+	CHECK_RC(rc, 0);
+	CHECK_EQ(i, 1000);
+}
+
+TEST(fields_getters)
+{
+	uint8_t b[64];
+	struct kvt_fields f;
+	const uint8_t *p = NULL;
+	uint32_t n = 7, v32 = 7;
+	uint64_t v64 = 7;
+	uint8_t v8 = 7;
+
+	/* Each fixed-size getter wants exactly its size: one byte less or more is
+	 * KVT_EBADMSG, and the output is left alone. */
+	static const struct {
+		uint32_t len;
+		int u8, u32, u64;
+	} sizes[] = {
+		{ 0, KVT_EBADMSG, KVT_EBADMSG, KVT_EBADMSG }, { 1, 0, KVT_EBADMSG, KVT_EBADMSG },
+		{ 2, KVT_EBADMSG, KVT_EBADMSG, KVT_EBADMSG }, { 3, KVT_EBADMSG, KVT_EBADMSG, KVT_EBADMSG },
+		{ 4, KVT_EBADMSG, 0, KVT_EBADMSG },	     { 5, KVT_EBADMSG, KVT_EBADMSG, KVT_EBADMSG },
+		{ 7, KVT_EBADMSG, KVT_EBADMSG, KVT_EBADMSG }, { 8, KVT_EBADMSG, KVT_EBADMSG, 0 },
+		{ 9, KVT_EBADMSG, KVT_EBADMSG, KVT_EBADMSG },
+	};
+	for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
+		size_t len = put_field(b, 0, KVT_TAG_LIMIT, sizes[i].len);
+		CHECK_RC(kvt_fields_decode(b, len, &f), 0);
+		v8 = 7, v32 = 7, v64 = 7;
+		CHECK_RC(kvt_fields_u8(&f, KVT_TAG_LIMIT, &v8), sizes[i].u8);
+		CHECK_RC(kvt_fields_u32(&f, KVT_TAG_LIMIT, &v32), sizes[i].u32);
+		CHECK_RC(kvt_fields_u64(&f, KVT_TAG_LIMIT, &v64), sizes[i].u64);
+		CHECK(sizes[i].u8 ? v8 == 7 : v8 == 0xab);
+		CHECK(sizes[i].u32 ? v32 == 7 : v32 == 0xababababu);
+		CHECK(sizes[i].u64 ? v64 == 7 : v64 == 0xababababababababull);
+		/* bytes: min and max are inclusive */
+		CHECK_RC(kvt_fields_bytes(&f, KVT_TAG_LIMIT, sizes[i].len, sizes[i].len, &p, &n), 0);
+		CHECK(p == b + 8 && n == sizes[i].len);
+		p = NULL, n = 7;
+		CHECK_RC(kvt_fields_bytes(&f, KVT_TAG_LIMIT, sizes[i].len + 1, 100, &p, &n),
+			 KVT_EBADMSG);
+		if (sizes[i].len)
+			CHECK_RC(kvt_fields_bytes(&f, KVT_TAG_LIMIT, 0, sizes[i].len - 1, &p, &n),
+				 KVT_EBADMSG);
+		CHECK(p == NULL && n == 7);
+	}
+
+	/* Absent, and tags no list can hold: KVT_ENOENT, output alone. */
+	size_t len = put_field(b, 0, KVT_TAG_LIMIT, 4);
+	CHECK_RC(kvt_fields_decode(b, len, &f), 0);
+	static const unsigned absent[] = { KVT_TAG_K, 0, KVT_TAG_MAX + 1, 0x8000, 0xffff, 0x10000 };
+	for (size_t i = 0; i < sizeof(absent) / sizeof(absent[0]); i++) {
+		CHECK_RC(kvt_fields_u8(&f, absent[i], &v8), KVT_ENOENT);
+		CHECK_RC(kvt_fields_u32(&f, absent[i], &v32), KVT_ENOENT);
+		CHECK_RC(kvt_fields_u64(&f, absent[i], &v64), KVT_ENOENT);
+		CHECK_RC(kvt_fields_bytes(&f, absent[i], 0, SIZE_MAX, &p, &n), KVT_ENOENT);
+	}
+	CHECK(v8 == 7 && p == NULL && n == 7);
+
+	/* kvt_fields_next_entry from a position the caller made up never leaves the
+	 * body (exact-size copy: ASan would see it). */
+	uint8_t src[FIELDS_LEN];
+	len = build_fields(src, sizeof(src));
+	uint8_t *copy = malloc(len);
+	CHECK(copy != NULL);
+	memcpy(copy, src, len);
+	CHECK_RC(kvt_fields_decode(copy, len, &f), 0);
+	for (size_t start = 0; start <= len + 9; start++) {
+		size_t pos = start, steps = 0;
+		const uint8_t *ev;
+		uint32_t elen;
+		int rc;
+		while ((rc = kvt_fields_next_entry(&f, &pos, &ev, &elen)) == 1) {
+			CHECK(ev >= copy && ev + elen <= copy + len && pos <= len);
+			CHECK(++steps <= len);
+		}
+		CHECK(rc == 0 || rc == KVT_EBADMSG);
+		if (start > len)
+			CHECK_RC(rc, KVT_EBADMSG);
+	}
+	free(copy);
+}
+
+TEST(fields_writer)
+{
+	uint8_t full[FIELDS_LEN], buf[FIELDS_LEN + 32];
+	struct kvt_fields_writer w;
+	struct kvt_fields f;
+	bool at[FIELDS_LEN + 1];
+	size_t len = build_fields(full, sizeof(full));
+
+	field_bounds(full, len, at);
+	/* Every capacity short of the whole: KVT_EMSGSIZE, nothing written past cap,
+	 * and what was kept is a well-formed prefix made of whole fields (an entry
+	 * that did not fit is dropped entirely, never cut). */
+	for (size_t cap = 0; cap < len; cap++) {
+		memset(buf, 0x5c, sizeof(buf));
+		kvt_fw_init(&w, buf, cap);
+		write_fields(&w);
+		CHECK_MSG(w.err == KVT_EMSGSIZE, "cap %zu: err %d", cap, w.err);
+		CHECK_MSG(w.len <= cap && at[w.len], "cap %zu: len %zu", cap, w.len);
+		CHECK(memcmp(buf, full, w.len) == 0);
+		for (size_t i = cap; i < sizeof(buf); i++)
+			CHECK_MSG(buf[i] == 0x5c, "cap %zu: byte %zu written", cap, i);
+		CHECK_RC(kvt_fields_decode(buf, w.len, &f), 0);
+		/* The longest prefix of whole top-level fields that fits. */
+		size_t best = 0;
+		for (size_t l = 0; l <= cap; l++)
+			if (at[l])
+				best = l;
+		CHECK_EQ(w.len, best);
+	}
+	kvt_fw_init(&w, buf, len);
+	write_fields(&w);
+	CHECK(w.err == 0 && w.len == len && memcmp(buf, full, len) == 0);
+
+	/* Once failed, it stays failed and writes nothing more. */
+	kvt_fw_init(&w, buf, 10);
+	kvt_fw_u64(&w, KVT_TAG_BYTES, 1);
+	CHECK(w.err == KVT_EMSGSIZE && w.len == 0);
+	kvt_fw_u8(&w, KVT_TAG_TIER, 1);
+	size_t m = kvt_fw_begin(&w, KVT_TAG_ENTRY);
+	kvt_fw_end(&w, m);
+	CHECK(w.err == KVT_EMSGSIZE && w.len == 0);
+
+	/* Misuse: a tag that does not fit 16 bits, bytes from NULL, a made-up mark. */
+	kvt_fw_init(&w, buf, sizeof(buf));
+	kvt_fw_u8(&w, 0x10000, 1);
+	CHECK(w.err == KVT_EINVAL && w.len == 0);
+	kvt_fw_init(&w, buf, sizeof(buf));
+	kvt_fw_bytes(&w, KVT_TAG_VALUE, NULL, 1);
+	CHECK(w.err == KVT_EINVAL && w.len == 0);
+	kvt_fw_init(&w, buf, sizeof(buf));
+	kvt_fw_u8(&w, KVT_TAG_TIER, 1);
+	kvt_fw_end(&w, 100);
+	CHECK(w.err == KVT_EINVAL && w.len == 9);
+	kvt_fw_init(&w, buf, sizeof(buf));
+	kvt_fw_u8(&w, KVT_TAG_TIER, 1);
+	kvt_fw_end(&w, 5); /* no header there */
+	CHECK(w.err == KVT_EINVAL && w.len == 9);
+
+	/* A value longer than a u32 length can say, even for a counting writer. */
+	kvt_fw_init(&w, NULL, SIZE_MAX);
+	kvt_fw_bytes(&w, KVT_TAG_VALUE, buf, (size_t)UINT32_MAX + 1);
+	CHECK(w.err == KVT_EMSGSIZE && w.len == 0);
+
+	/* An empty entry is 8 bytes; sizes add up as kvt_fw_size says. */
+	kvt_fw_init(&w, buf, sizeof(buf));
+	m = kvt_fw_begin(&w, KVT_TAG_ENTRY);
+	kvt_fw_end(&w, m);
+	CHECK(w.err == 0 && w.len == kvt_fw_size(0) && kvt_get32(buf + 4) == 0);
+	CHECK_EQ(kvt_fw_size(13), 21);
+}
+
 /* ---- mutation loop -------------------------------------------------------- */
 
 static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
@@ -1297,6 +1712,59 @@ static size_t build_seeds(struct seed *s)
 	add_frame(&s[n++], KVT_OP_STATS, true, body, build_stats(body, sizeof(body)));
 	len = kvt_notice_encode("frame timeout", body, sizeof(body));
 	add_frame(&s[n++], KVT_OP_NOTICE, true, body, (size_t)len);
+
+	/* Field lists: a CTX_SAVE request, a CTX_LOAD reply, a MEM_LIST reply with two
+	 * entries and a hint, a MEM_SEARCH request, CTX_SAVE's KVT_ENOENT body. */
+	struct kvt_fields_writer w;
+	kvt_key k[2] = { key_n(3), key_n(4) };
+	uint32_t toks[2] = { 0x01020304u, 7 };
+	kvt_fw_init(&w, body, sizeof(body));
+	kvt_fw_bytes(&w, KVT_TAG_NAME, "chat-7", 6);
+	kvt_fw_bytes(&w, KVT_TAG_SALT, k[0].b, 16);
+	kvt_fw_u64(&w, KVT_TAG_TOKEN_COUNT, 2);
+	kvt_fw_bytes(&w, KVT_TAG_KEYS, k, sizeof(k));
+	kvt_fw_bytes(&w, KVT_TAG_TOKENS, toks, sizeof(toks));
+	kvt_fw_bytes(&w, KVT_TAG_METADATA, "m", 1);
+	kvt_fw_u32(&w, KVT_TAG_TTL_S, 3600);
+	CHECK(w.err == 0);
+	add_frame(&s[n++], KVT_OP_CTX_SAVE, false, body, w.len);
+	kvt_fw_init(&w, body, sizeof(body));
+	kvt_fw_bytes(&w, KVT_TAG_NAME, "chat-7", 6);
+	kvt_fw_bytes(&w, KVT_TAG_SALT, k[1].b, 16);
+	kvt_fw_u64(&w, KVT_TAG_TOKEN_COUNT, 32);
+	kvt_fw_bytes(&w, KVT_TAG_KEYS, k, sizeof(k));
+	kvt_fw_bytes(&w, KVT_TAG_TIERS, "\x01\xff", 2);
+	kvt_fw_u32(&w, KVT_TAG_RESIDENT, 1);
+	kvt_fw_u64(&w, KVT_TAG_BYTES, 1 << 20);
+	kvt_fw_u64(&w, KVT_TAG_CREATED_MS, 1700000000000ull);
+	kvt_fw_u64(&w, KVT_TAG_EXPIRES_MS, 0);
+	CHECK(w.err == 0);
+	add_frame(&s[n++], KVT_OP_CTX_LOAD, true, body, w.len);
+	kvt_fw_init(&w, body, sizeof(body));
+	for (int i = 0; i < 2; i++) {
+		size_t m = kvt_fw_begin(&w, KVT_TAG_ENTRY);
+		kvt_fw_bytes(&w, KVT_TAG_NS, "agent", 5);
+		kvt_fw_bytes(&w, KVT_TAG_KEY, i ? "b" : "a", 1);
+		kvt_fw_bytes(&w, KVT_TAG_VALUE, "val", 3);
+		kvt_fw_bytes(&w, KVT_TAG_EMBEDDING, toks, sizeof(toks));
+		kvt_fw_u64(&w, KVT_TAG_CREATED_MS, 1);
+		kvt_fw_u64(&w, KVT_TAG_UPDATED_MS, 2);
+		kvt_fw_u64(&w, KVT_TAG_EXPIRES_MS, 0);
+		kvt_fw_end(&w, m);
+	}
+	kvt_fw_bytes(&w, 0x8001, "h", 1);
+	kvt_fw_u8(&w, KVT_TAG_MORE, 1);
+	CHECK(w.err == 0);
+	add_frame(&s[n++], KVT_OP_MEM_LIST, true, body, w.len);
+	kvt_fw_init(&w, body, sizeof(body));
+	kvt_fw_bytes(&w, KVT_TAG_PREFIX, "ag", 2);
+	kvt_fw_bytes(&w, KVT_TAG_EMBEDDING, toks, sizeof(toks));
+	kvt_fw_u32(&w, KVT_TAG_K, 10);
+	CHECK(w.err == 0);
+	add_frame(&s[n++], KVT_OP_MEM_SEARCH, false, body, w.len);
+	kvt_fw_init(&w, body, sizeof(body));
+	kvt_fw_u32(&w, KVT_TAG_MISSING, 1);
+	add_frame(&s[n++], KVT_OP_CTX_SAVE, true, body, w.len);
 	return n;
 }
 
@@ -1361,7 +1829,7 @@ static void mutate(uint8_t *b, size_t *len, size_t cap)
 
 TEST(mutation_loop)
 {
-	struct seed seeds[20];
+	struct seed seeds[24];
 	uint8_t work[SEED_MAX + 64];
 	size_t nseeds = build_seeds(seeds);
 	const long iters = 200000;
@@ -1408,7 +1876,7 @@ TEST(mutation_loop)
 		"hdr",	     "hello_req", "hello_rep", "register_req", "register_rep",
 		"unregister_req", "batch_put", "batch_get", "batch_keys", "put_item",
 		"get_item",  "status_rep", "get_rep",	"lookup_rep", "stats_rep",
-		"notice",
+		"notice",    "fields",	  "fields_entry",
 	};
 	for (int d = 0; d < FZ_COUNT; d++) {
 		test_log("%-15s accepted %8lu refused %8lu", names[d], fuzz_ok[d], fuzz_err[d]);
@@ -1465,4 +1933,5 @@ TEST_MAIN(hdr_roundtrip, hdr_bytes_are_little_endian, hdr_bad_magic_still_fills_
 	  status_rep_roundtrip, status_rep_malformed, get_rep_roundtrip, get_rep_malformed,
 	  lookup_rep_roundtrip, lookup_rep_malformed, stats_roundtrip, stats_writer_limits,
 	  stats_malformed, notice_roundtrip, notice_malformed,
-	  encoders_leave_short_buffers_alone, mutation_loop, prefetch_round_trip_and_malformed)
+	  encoders_leave_short_buffers_alone, mutation_loop, prefetch_round_trip_and_malformed,
+	  fields_roundtrip, fields_malformed, fields_tags, fields_getters, fields_writer)

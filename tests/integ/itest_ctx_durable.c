@@ -1,0 +1,518 @@
+/*
+ * itest_ctx_durable.c - what a saved context survives, against a real kvtierd with
+ * an NVMe tier: a SIGTERM restart and kill -9 (loaded afterwards without the
+ * client re-sending anything, every byte identical), a kill -9 loop right after
+ * acknowledged saves, kill -9 in the middle of a save (the context is then either
+ * fully there or absent, and a replaced version is either the old or the new one,
+ * complete), and heavy NVMe pressure (referenced blocks are never cleaned away;
+ * once the context is deleted they are).
+ *
+ * Env: KVT_CTX_KILL_LOOPS=N kill -9 cycles for the acknowledged-save loop
+ * (default 4), KVT_CTX_CRASH_LOOPS=N for the mid-save loop (default 6).
+ */
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "harness.h"
+#include "kvtier.h"
+#include "test.h"
+
+#define KiB (1024ull)
+#define MiB (1024ull * 1024)
+#define TOKENS_PER_BLOCK 16
+
+#define NVME_CONF "nvme_capacity = 512MiB\nnvme_segment_size = 64MiB\n"
+
+/* ---- helpers ------------------------------------------------------------------ */
+
+static kvt_conn *open_conn(const struct kvtd *d)
+{
+	kvt_conn *c = NULL;
+	CHECK_RC(kvt_conn_open(d->sock, &c), 0);
+	kvt_conn_set_timeout(c, 60000);
+	return c;
+}
+
+static void stop_clean(struct kvtd *d)
+{
+	int st = kvtd_stop(d);
+	CHECK_MSG(WIFEXITED(st) && WEXITSTATUS(st) == 0, "kvtierd ended with wait status %#x",
+		  st);
+}
+
+static void sleep_ms(int ms)
+{
+	struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000L };
+	nanosleep(&ts, NULL);
+}
+
+static unsigned env_loops(const char *name, unsigned dflt)
+{
+	const char *v = getenv(name);
+	if (!v || !*v)
+		return dflt;
+	unsigned long n = strtoul(v, NULL, 10);
+	return n ? (unsigned)n : dflt;
+}
+
+static uint64_t mix64(uint64_t x)
+{
+	x += 0x9e3779b97f4a7c15ull;
+	x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+	x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+	return x ^ (x >> 31);
+}
+
+static kvt_key blk_key(uint64_t id)
+{
+	kvt_key k;
+	uint64_t a = mix64(id ^ 0xd00d), b = mix64(a);
+	memcpy(k.b, &a, 8);
+	memcpy(k.b + 8, &b, 8);
+	return k;
+}
+
+static void blk_fill(uint8_t *p, size_t len, uint64_t id)
+{
+	uint64_t x = mix64(id) | 1;
+	for (size_t i = 0; i < len; i += 8) {
+		x ^= x << 13;
+		x ^= x >> 7;
+		x ^= x << 17;
+		memcpy(p + i, &x, len - i < 8 ? len - i : 8);
+	}
+}
+
+static const kvt_block_desc blk_desc = { .dtype = KVT_DTYPE_BF16, .layers = 4,
+					 .tokens = TOKENS_PER_BLOCK };
+
+static kvt_key test_salt(void)
+{
+	kvt_salt_params sp = { .model_id = "itest-ctx-durable", .block_tokens = TOKENS_PER_BLOCK };
+	kvt_key salt;
+	CHECK_RC(kvt_key_salt(&sp, &salt), 0);
+	return salt;
+}
+
+/*
+ * PUT blocks first..first+n of len bytes, batch at a time through r (batch * len
+ * bytes). A full host tier (ENOSPC while NVMe catches up) is waited out, briefly.
+ */
+static void put_range(kvt_conn *c, kvt_region *r, uint64_t first, size_t n, size_t len,
+		      size_t batch)
+{
+	kvt_put_item it[64];
+	CHECK(batch <= 64);
+	for (size_t b = 0; b < n; b += batch) {
+		size_t m = n - b < batch ? n - b : batch;
+		for (size_t j = 0; j < m; j++) {
+			uint64_t id = first + b + j;
+			blk_fill((uint8_t *)kvt_region_base(r) + j * len, len, id);
+			it[j] = (kvt_put_item){ .key = blk_key(id), .region = r, .offset = j * len,
+						.length = len, .desc = blk_desc };
+			if (id > first)
+				it[j].parent = blk_key(id - 1);
+		}
+		for (int tries = 0;; tries++) {
+			int rc = kvt_block_put(c, it, m);
+			if (rc == 0)
+				break;
+			bool full = rc == KVT_EPARTIAL;
+			for (size_t j = 0; j < m && full; j++)
+				full = it[j].status == 0 || it[j].status == KVT_ENOSPC;
+			CHECK_MSG(full && tries < 500, "PUT of blocks %llu..: %s (item 0 %s)",
+				  (unsigned long long)(first + b), kvt_errname(rc),
+				  kvt_errname(it[0].status));
+			sleep_ms(10);
+		}
+	}
+}
+
+/* GET blocks ids[0..n) of len bytes and compare every byte. */
+static void check_ids(kvt_conn *c, const kvt_key *keys, const uint64_t *ids, size_t n, size_t len)
+{
+	kvt_region *r = NULL;
+	CHECK_RC(kvt_region_create(c, len, &r), 0);
+	uint8_t *want = malloc(len);
+	CHECK(want != NULL);
+	for (size_t i = 0; i < n; i++) {
+		memset(kvt_region_base(r), 0, len);
+		kvt_get_item g = { .key = keys[i], .region = r, .capacity = len };
+		int rc = kvt_block_get(c, &g, 1);
+		CHECK_MSG(rc == 0, "GET of block %zu of the context (id %llu): %s, item %s", i,
+			  (unsigned long long)ids[i], kvt_errname(rc), kvt_errname(g.status));
+		CHECK_EQ(g.length, len);
+		CHECK_EQ(g.desc.tokens, TOKENS_PER_BLOCK);
+		blk_fill(want, len, ids[i]);
+		CHECK_MSG(memcmp(kvt_region_base(r), want, len) == 0,
+			  "block %zu of the context (id %llu) differs", i, (unsigned long long)ids[i]);
+	}
+	free(want);
+	kvt_region_destroy(r);
+}
+
+static uint32_t token_of(uint64_t first, size_t i)
+{
+	return (uint32_t)(mix64(first * 7919 + i) % 128256);
+}
+
+/* Save blocks first..first+n as name, with its token ids and a metadata text
+ * naming the range. */
+static int save_range(kvt_conn *c, const char *name, uint64_t first, size_t n, uint32_t ttl)
+{
+	kvt_key *keys = malloc(n * sizeof(*keys));
+	uint32_t *tokens = malloc(n * TOKENS_PER_BLOCK * sizeof(*tokens));
+	CHECK(keys && tokens);
+	for (size_t i = 0; i < n; i++)
+		keys[i] = blk_key(first + i);
+	for (size_t i = 0; i < n * TOKENS_PER_BLOCK; i++)
+		tokens[i] = token_of(first, i);
+	char meta[64];
+	snprintf(meta, sizeof(meta), "first=%llu n=%zu", (unsigned long long)first, n);
+	kvt_context ctx = { .name = name, .model_salt = test_salt(),
+			    .token_count = n * TOKENS_PER_BLOCK, .keys = keys, .nkeys = n,
+			    .tokens = tokens, .metadata = meta, .metadata_len = strlen(meta),
+			    .ttl_s = ttl };
+	int rc = kvt_ctx_save(c, &ctx, NULL);
+	free(keys);
+	free(tokens);
+	return rc;
+}
+
+/*
+ * Load name and check it is the range first..first+n saved by save_range, every
+ * block byte-identical through GET. Returns KVT_ENOENT if absent (allowed only if
+ * absent_ok), else 0.
+ */
+static int check_range(kvt_conn *c, const char *name, uint64_t first, size_t n, size_t len,
+		       bool absent_ok)
+{
+	kvt_ctx_info *in = NULL;
+	struct timespec t0, t1;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	int rc = kvt_ctx_load(c, name, KVT_TIER_HOST, 30000, &in);
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	test_log("CTX_LOAD %s: %s in %.3f s, %zu of %zu resident", name, kvt_errname(rc),
+		 (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9,
+		 rc ? 0 : in->resident, rc ? 0 : in->nkeys);
+	if (rc == KVT_ENOENT && absent_ok)
+		return rc;
+	CHECK_MSG(rc == 0, "CTX_LOAD %s: %s", name, kvt_errname(rc));
+	CHECK_EQ(in->nkeys, n);
+	CHECK_EQ(in->token_count, n * TOKENS_PER_BLOCK);
+	CHECK_EQ(in->ntokens, n * TOKENS_PER_BLOCK);
+	for (size_t i = 0; i < n * TOKENS_PER_BLOCK; i++)
+		CHECK_MSG(in->tokens[i] == token_of(first, i), "%s: token %zu differs", name, i);
+	char meta[64];
+	snprintf(meta, sizeof(meta), "first=%llu n=%zu", (unsigned long long)first, n);
+	CHECK_MSG(in->metadata_len == strlen(meta) && !memcmp(in->metadata, meta, strlen(meta)),
+		  "%s: metadata '%.*s', expected '%s'", name, (int)in->metadata_len,
+		  (const char *)in->metadata, meta);
+	kvt_key salt = test_salt();
+	CHECK(kvt_key_equal(&in->model_salt, &salt));
+	CHECK_EQ(in->bytes, (uint64_t)n * len);
+	uint64_t *ids = malloc(n * sizeof(*ids));
+	CHECK(ids != NULL);
+	for (size_t i = 0; i < n; i++) {
+		kvt_key k = blk_key(first + i);
+		CHECK_MSG(kvt_key_equal(&in->keys[i], &k), "%s: key %zu differs", name, i);
+		CHECK_MSG(in->tiers[i] == KVT_TIER_HOST || in->tiers[i] == KVT_TIER_NVME,
+			  "%s: block %zu reported in tier %u", name, i, in->tiers[i]);
+		ids[i] = first + i;
+	}
+	check_ids(c, in->keys, ids, n, len);
+	free(ids);
+	kvt_ctx_free(in);
+	return 0;
+}
+
+static uint64_t stat_u64(kvt_conn *c, const char *name)
+{
+	kvt_stats *s = NULL;
+	CHECK_RC(kvt_stats_get(c, &s), 0);
+	uint64_t v = 0;
+	bool ok = kvt_stats_find(s, name, &v);
+	kvt_stats_free(s);
+	CHECK_MSG(ok, "STATS has no %s", name);
+	return v;
+}
+
+/* ---- restarts ----------------------------------------------------------------- */
+
+#define BLK (256 * KiB)
+
+TEST(saved_contexts_survive_sigterm_and_kill9_restarts)
+{
+	struct kvtd d;
+	/* Write-back: the blocks are only in RAM when the save starts. */
+	kvtd_start(&d, NVME_CONF "nvme_write = back\nnvme_admission = reused\n");
+	d.keep_dir = true;
+	kvt_conn *c = open_conn(&d);
+	kvt_region *r = NULL;
+	CHECK_RC(kvt_region_create(c, 8 * BLK, &r), 0);
+	put_range(c, r, 1000, 16, BLK, 8);
+	put_range(c, r, 2000, 4, BLK, 4);
+	CHECK_RC(save_range(c, "s1", 1000, 16, 0), 0);
+	CHECK_RC(save_range(c, "s2", 2000, 4, 3600), 0);
+	kvt_region_destroy(r);
+	kvt_conn_close(c);
+	stop_clean(&d);
+
+	/* A clean restart: nothing re-sent, everything there. */
+	kvtd_restart(&d);
+	c = open_conn(&d);
+	uint64_t cold = stat_u64(c, "t1.blocks");
+	CHECK_MSG(cold == 0, "the host tier holds %llu blocks after a restart",
+		  (unsigned long long)cold);
+	CHECK_EQ(check_range(c, "s1", 1000, 16, BLK, false), 0);
+	CHECK_EQ(check_range(c, "s2", 2000, 4, BLK, false), 0);
+	kvt_ctx_info *list = NULL;
+	size_t n = 0;
+	bool more;
+	CHECK_RC(kvt_ctx_list(c, NULL, NULL, 10, &list, &n, &more), 0);
+	CHECK_EQ(n, 2);
+	CHECK(strcmp(list[1].name, "s2") == 0 && list[1].expires_ms > 0);
+	kvt_ctx_list_free(list, n);
+	CHECK_EQ(stat_u64(c, "tenant.0.contexts"), 2);
+	CHECK_EQ(stat_u64(c, "tenant.0.context_bytes"), 20 * BLK);
+
+	/* One more, then kill -9 right after its acknowledgement. */
+	r = NULL;
+	CHECK_RC(kvt_region_create(c, 8 * BLK, &r), 0);
+	put_range(c, r, 3000, 8, BLK, 8);
+	CHECK_RC(save_range(c, "s3", 3000, 8, 0), 0);
+	kvtd_kill(&d);
+	kvt_region_destroy(r);
+	kvt_conn_close(c);
+	kvtd_restart(&d);
+	c = open_conn(&d);
+	CHECK_EQ(check_range(c, "s3", 3000, 8, BLK, false), 0);
+	CHECK_EQ(check_range(c, "s1", 1000, 16, BLK, false), 0);
+	CHECK_EQ(check_range(c, "s2", 2000, 4, BLK, false), 0);
+	CHECK_EQ(stat_u64(c, "tenant.0.contexts"), 3);
+	/* A delete is durable too. */
+	CHECK_RC(kvt_ctx_delete(c, "s2"), 0);
+	kvtd_kill(&d);
+	kvt_conn_close(c);
+	kvtd_restart(&d);
+	c = open_conn(&d);
+	kvt_ctx_info *in = NULL;
+	CHECK_RC(kvt_ctx_load(c, "s2", KVT_TIER_HOST, 0, &in), KVT_ENOENT);
+	CHECK_EQ(check_range(c, "s1", 1000, 16, BLK, false), 0);
+	kvt_conn_close(c);
+	d.keep_dir = false;
+	stop_clean(&d);
+}
+
+TEST(acknowledged_saves_survive_a_kill9_loop)
+{
+	unsigned loops = env_loops("KVT_CTX_KILL_LOOPS", 4);
+	struct kvtd d;
+	kvtd_start(&d, NVME_CONF "nvme_write = back\n");
+	d.keep_dir = true;
+	for (unsigned i = 0; i < loops; i++) {
+		kvt_conn *c = open_conn(&d);
+		kvt_region *r = NULL;
+		CHECK_RC(kvt_region_create(c, 8 * BLK, &r), 0);
+		uint64_t first = 10000 + i * 100;
+		put_range(c, r, first, 8, BLK, 8);
+		char name[32];
+		snprintf(name, sizeof(name), "loop/%u", i);
+		CHECK_RC(save_range(c, name, first, 8, 0), 0);
+		CHECK_RC(save_range(c, "latest", first, 8, 0), 0);
+		kvtd_kill(&d);
+		kvt_region_destroy(r);
+		kvt_conn_close(c);
+		kvtd_restart(&d);
+		c = open_conn(&d);
+		for (unsigned j = 0; j <= i; j++) {
+			snprintf(name, sizeof(name), "loop/%u", j);
+			CHECK_EQ(check_range(c, name, 10000 + j * 100, 8, BLK, false), 0);
+		}
+		CHECK_EQ(check_range(c, "latest", first, 8, BLK, false), 0);
+		CHECK_EQ(stat_u64(c, "tenant.0.contexts"), i + 2);
+		kvt_conn_close(c);
+	}
+	d.keep_dir = false;
+	stop_clean(&d);
+}
+
+/* ---- kill -9 during a save -------------------------------------------------------- */
+
+struct saver {
+	const char *sock;
+	const char *name;
+	uint64_t first;
+	size_t n;
+	int rc;
+};
+
+static void *saver_main(void *arg)
+{
+	struct saver *s = arg;
+	kvt_conn *c = NULL;
+	s->rc = kvt_conn_open(s->sock, &c);
+	if (s->rc)
+		return NULL;
+	kvt_conn_set_timeout(c, 60000);
+	s->rc = save_range(c, s->name, s->first, s->n, 0);
+	kvt_conn_close(c);
+	return NULL;
+}
+
+TEST(a_save_cut_by_kill9_is_all_or_nothing)
+{
+	enum { N = 96 }; /* 24 MiB per version, only in RAM when the save starts */
+	unsigned loops = env_loops("KVT_CTX_CRASH_LOOPS", 6);
+	struct kvtd d;
+	kvtd_start(&d, "host_capacity = 128MiB\n" NVME_CONF
+		   "nvme_write = back\nnvme_admission = reused\n");
+	d.keep_dir = true;
+	unsigned completed = 0, cut = 0;
+	uint64_t seed = (uint64_t)time(NULL);
+	test_log("seed %llu", (unsigned long long)seed);
+	for (unsigned i = 0; i < loops; i++) {
+		kvt_conn *c = open_conn(&d);
+		kvt_region *r = NULL;
+		CHECK_RC(kvt_region_create(c, 16 * BLK, &r), 0);
+		uint64_t old_first = 100000 + i * 1000, new_first = old_first + 500;
+		/* "conv" exists in an acknowledged version; the new one is cut. */
+		put_range(c, r, old_first, 8, BLK, 8);
+		CHECK_RC(save_range(c, "conv", old_first, 8, 0), 0);
+		put_range(c, r, new_first, N, BLK, 16);
+		kvt_region_destroy(r);
+		kvt_conn_close(c);
+
+		char name[32];
+		snprintf(name, sizeof(name), "cut/%u", i);
+		struct saver sv[2] = { { d.sock, "conv", new_first, N, 1 },
+				       { d.sock, name, new_first, N, 1 } };
+		pthread_t th[2];
+		for (int k = 0; k < 2; k++)
+			CHECK(pthread_create(&th[k], NULL, saver_main, &sv[k]) == 0);
+		/* 0..60 ms: before, during and (sometimes) after the writes to NVMe. */
+		sleep_ms((int)(mix64(seed + i) % 61));
+		kvtd_kill(&d);
+		for (int k = 0; k < 2; k++)
+			pthread_join(th[k], NULL);
+		test_log("loop %u: saves returned %s and %s", i, kvt_errname(sv[0].rc),
+			 kvt_errname(sv[1].rc));
+
+		kvtd_restart(&d);
+		c = open_conn(&d);
+		/* The new context: complete, or absent (never partial); present for sure
+		 * if its save was acknowledged. */
+		int rc = check_range(c, name, new_first, N, BLK, sv[1].rc != 0);
+		if (rc == 0)
+			completed++;
+		else
+			cut++;
+		/* The replaced one: the old version or the new one, complete. */
+		kvt_ctx_info *in = NULL;
+		CHECK_RC(kvt_ctx_load(c, "conv", KVT_TIER_NVME, 0, &in), 0);
+		size_t nk = in->nkeys;
+		kvt_key k0 = blk_key(new_first);
+		bool is_new = kvt_key_equal(&in->keys[0], &k0);
+		kvt_ctx_free(in);
+		if (sv[0].rc == 0)
+			CHECK_MSG(is_new, "loop %u: the acknowledged replace of conv was lost", i);
+		if (is_new)
+			CHECK_EQ(check_range(c, "conv", new_first, N, BLK, false), 0);
+		else
+			CHECK_EQ(check_range(c, "conv", old_first, 8, BLK, false), 0);
+		test_log("loop %u: %s is %s, conv is the %s version (%zu blocks)", i, name,
+			 rc == 0 ? "complete" : "absent", is_new ? "new" : "old", nk);
+		CHECK_RC(kvt_ctx_delete(c, "conv"), 0);
+		if (rc == 0)
+			CHECK_RC(kvt_ctx_delete(c, name), 0);
+		kvt_conn_close(c);
+	}
+	test_log("%u saves completed before the kill, %u were cut", completed, cut);
+	d.keep_dir = false;
+	stop_clean(&d);
+}
+
+/* ---- NVMe pressure ------------------------------------------------------------------ */
+
+#define BIG (1 * MiB)
+
+static size_t count_found(kvt_conn *c, uint64_t first, size_t n, size_t *on_nvme)
+{
+	size_t found = 0;
+	*on_nvme = 0;
+	for (size_t i = 0; i < n; i++) {
+		kvt_key k = blk_key(first + i);
+		size_t f = 0;
+		uint8_t t = 0;
+		CHECK_RC(kvt_block_lookup(c, &k, 1, &f, &t), 0);
+		found += f;
+		*on_nvme += f && t == KVT_TIER_NVME;
+	}
+	return found;
+}
+
+TEST(referenced_blocks_outlive_nvme_pressure_until_deleted)
+{
+	/* 4 segments of 64 MiB; every block written through, uncompressed. */
+	enum { CTX = 32, COMPANIONS = 24, PRESSURE = 1024 };
+	struct kvtd d;
+	kvtd_start(&d, "nvme_capacity = 256MiB\nnvme_segment_size = 64MiB\n"
+		       "nvme_write = through\nnvme_admission = always\nnvme_codec = raw\n");
+	kvt_conn *c = open_conn(&d);
+	kvt_region *r = NULL;
+	CHECK_RC(kvt_region_create(c, 8 * BIG, &r), 0);
+
+	/* The context's blocks fill most of the first segment; its companions, which
+	 * are deleted, leave that segment the emptiest: the first one cleaning would
+	 * take, were it not referenced. */
+	put_range(c, r, 1, CTX, BIG, 8);
+	put_range(c, r, 5000, COMPANIONS, BIG, 8);
+	CHECK_RC(save_range(c, "pinned", 1, CTX, 0), 0);
+	for (size_t i = 0; i < COMPANIONS; i++) {
+		kvt_key k = blk_key(5000 + i);
+		int st = 0;
+		kvt_block_delete(c, &k, 1, &st);
+	}
+	uint64_t dropped0 = stat_u64(c, "t2.dropped_blocks");
+	uint64_t cleaned0 = stat_u64(c, "t2.cleaned_segments");
+
+	/* Four times the NVMe tier's capacity of other blocks. */
+	put_range(c, r, 100000, PRESSURE, BIG, 8);
+	uint64_t cleaned1 = stat_u64(c, "t2.cleaned_segments");
+	uint64_t dropped1 = stat_u64(c, "t2.dropped_blocks");
+	test_log("pressure 1: %llu segments cleaned, %llu blocks dropped, t2.enospc %llu",
+		 (unsigned long long)(cleaned1 - cleaned0),
+		 (unsigned long long)(dropped1 - dropped0),
+		 (unsigned long long)stat_u64(c, "t2.enospc"));
+	CHECK_MSG(cleaned1 - cleaned0 >= 4, "only %llu segments were cleaned: no pressure",
+		  (unsigned long long)(cleaned1 - cleaned0));
+	size_t on_nvme = 0;
+	size_t found = count_found(c, 1, CTX, &on_nvme);
+	CHECK_MSG(found == CTX && on_nvme == CTX,
+		  "after the pressure %zu of %d context blocks are found, %zu on NVMe", found, CTX,
+		  on_nvme);
+	CHECK_EQ(check_range(c, "pinned", 1, CTX, BIG, false), 0);
+
+	/* Deleted: the next pressure takes its segment first. */
+	CHECK_RC(kvt_ctx_delete(c, "pinned"), 0);
+	put_range(c, r, 200000, PRESSURE / 2, BIG, 8);
+	uint64_t cleaned2 = stat_u64(c, "t2.cleaned_segments");
+	found = count_found(c, 1, CTX, &on_nvme);
+	test_log("pressure 2: %llu more segments cleaned; %zu of %d context blocks left (%zu on "
+		 "NVMe)", (unsigned long long)(cleaned2 - cleaned1), found, CTX, on_nvme);
+	CHECK_MSG(found == 0,
+		  "%zu of %d blocks of the deleted context are still stored after 512 MiB more "
+		  "writes through a 256 MiB NVMe tier", found, CTX);
+	kvt_region_destroy(r);
+	kvt_conn_close(c);
+	stop_clean(&d);
+}
+
+TEST_MAIN(saved_contexts_survive_sigterm_and_kill9_restarts, acknowledged_saves_survive_a_kill9_loop,
+	  a_save_cut_by_kill9_is_all_or_nothing, referenced_blocks_outlive_nvme_pressure_until_deleted)
