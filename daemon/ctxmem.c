@@ -63,7 +63,7 @@ static int get_name(const struct kvt_fields *f, unsigned tag, const char **p, ui
 	uint32_t n;
 	int rc = kvt_fields_bytes(f, tag, 0, UINT32_MAX, &v, &n);
 	if (rc == KVT_ENOENT && !required) {
-		*p = NULL;
+		*p = "";
 		*len = 0;
 		return 0;
 	}

@@ -16,7 +16,8 @@
 size_t meta_ctx_key(uint8_t *out, uint32_t tenant, const char *name, size_t len)
 {
 	meta_wr32be(out, tenant);
-	memcpy(out + 4, name, len);
+	if (len) /* name may be NULL for an empty prefix */
+		memcpy(out + 4, name, len);
 	return 4 + len;
 }
 
