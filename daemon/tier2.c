@@ -828,6 +828,8 @@ void tier2_stats(struct server *s, struct kvt_stats_writer *w)
 	kvt_stats_writer_u64(w, "t2.enospc", st.enospc);
 	kvt_stats_writer_u64(w, "t2.cleaned_segments", st.cleaned_segments);
 	kvt_stats_writer_u64(w, "t2.dropped_blocks", st.dropped_blocks);
+	kvt_stats_writer_u64(w, "t2.relocated_blocks", st.relocated_blocks);
+	kvt_stats_writer_u64(w, "t2.relocated_bytes", st.relocated_bytes);
 	kvt_stats_writer_u64(w, "t2.commits", st.commits);
 	kvt_stats_writer_u64(w, "t2.queue_depth", is.queue_depth);
 	kvt_stats_writer_u64(w, "t2.inflight", is.inflight);

@@ -1,8 +1,9 @@
 /*
  * t2.c - the NVMe tier on the owner thread: opening the store, appends and reads
  * through the I/O engine, space in segments (append-only, reclaimed by cleaning
- * whole segments), the view of keys with operations not yet committed, and the
- * completions the committer hands back. docs/STORAGE.md explains the design.
+ * whole segments after relocating the chain heads they hold), the view of keys
+ * with operations not yet committed, and the completions the committer hands
+ * back. docs/STORAGE.md explains the design.
  */
 #include <errno.h>
 #include <poll.h>
@@ -27,12 +28,20 @@
 /* Access statistics are persisted at most this often (or when this many keys wait). */
 #define T2_TOUCH_FLUSH_MS 1000u
 #define T2_TOUCH_FLUSH_KEYS 65536u
+/* Relocation during cleaning: records read or written at once, and the buffer
+ * memory they may hold (one record at least, however large). */
+#define T2_MOVE_INFLIGHT 4u
+#define T2_MOVE_BYTES ((uint64_t)32 << 20)
+/* No segment could be cleaned: ask the planner again after this long. */
+#define T2_PLAN_RETRY_MS 50u
 
 enum seg_state {
 	SEG_ABSENT,   /* no file */
 	SEG_FREE,     /* a file with nothing indexed in it */
 	SEG_OPEN,     /* being appended to */
 	SEG_SEALED,   /* full (or resumed read-only); may hold indexed records */
+	SEG_MOVING,   /* chosen for cleaning: blocks worth keeping are being copied out;
+		       * it still serves */
 	SEG_CLEANING, /* its blocks are being dropped; nothing in it is served */
 };
 
@@ -44,10 +53,18 @@ struct t2_seg {
 	uint32_t readers;     /* reads in flight */
 	bool drop_done;       /* CLEANING: the drop is committed; free once readers == 0 */
 	bool sync_failed;     /* fdatasync failed: not appended to until cleaned */
+	uint64_t sealed_seq;  /* when it was sealed, in seals since open (0: before) */
 	struct t2_segrow row; /* as last committed */
 };
 
-enum req_kind { REQ_APPEND, REQ_READ, REQ_FLUSH };
+enum req_kind { REQ_APPEND, REQ_READ, REQ_FLUSH, REQ_MOVE };
+
+enum clean_phase {
+	CLEAN_IDLE,
+	CLEAN_PLANNING, /* a PLAN op is with the committer */
+	CLEAN_MOVING,   /* relocating the plan's blocks out of t->cleaning */
+	CLEAN_DROPPING, /* the DROP_SEG of t->cleaning is with the committer */
+};
 
 struct t2_req {
 	struct io_req io;
@@ -67,6 +84,9 @@ struct t2_req {
 	uint8_t codec;
 	uint32_t seg;
 	uint64_t off;
+	uint8_t *buf;          /* MOVE: the record, read from seg/off, written to to_seg/to_off */
+	uint32_t to_seg;
+	uint64_t to_off;
 };
 
 struct req_list {
@@ -85,7 +105,16 @@ struct t2 {
 	uint32_t nseg;         /* size of segs (>= nseg_max; more if the store has more) */
 	struct t2_seg *segs;
 	int open_seg;          /* -1: none */
-	int cleaning;          /* segment being cleaned, -1: none */
+	int cleaning;          /* segment being cleaned (MOVING, DROPPING), -1: none */
+	struct {
+		enum clean_phase phase;
+		struct t2_plan *plan;  /* MOVING: the planner's answer */
+		size_t next;           /* MOVING: the next item to relocate */
+		size_t inflight;       /* MOVING: relocations reading or writing */
+		uint64_t inflight_bytes;
+		uint64_t retry_ms;     /* nothing could be cleaned: not before this */
+	} clean;
+	uint64_t seal_clock;
 	uint32_t reserve;
 	bool direct;
 	uint64_t create_retry_ms;
@@ -151,7 +180,8 @@ static bool key_is_zero(const kvt_key *k)
 static bool seg_serves(const struct t2 *t, uint32_t seg)
 {
 	return seg < t->nseg &&
-	       (t->segs[seg].state == SEG_OPEN || t->segs[seg].state == SEG_SEALED);
+	       (t->segs[seg].state == SEG_OPEN || t->segs[seg].state == SEG_SEALED ||
+		t->segs[seg].state == SEG_MOVING);
 }
 
 /*
@@ -251,6 +281,7 @@ static void seal_open(struct t2 *t)
 	if (t->open_seg < 0)
 		return;
 	t->segs[t->open_seg].state = SEG_SEALED;
+	t->segs[t->open_seg].sealed_seq = ++t->seal_clock;
 	t->open_seg = -1;
 }
 
@@ -308,42 +339,99 @@ static int open_new_segment(struct t2 *t)
 	return -ENOSPC;
 }
 
-/* Start cleaning a segment if free space runs low (or someone waits for space):
- * the sealed segment with the fewest live bytes, no referenced blocks and nothing
- * pending. Its blocks are dropped in the index (durably) before it is reused. */
+/* Bytes that could be appended now without cleaning: the rest of the open
+ * segment and every segment free or still allowed to be created. */
+static uint64_t room_now(const struct t2 *t)
+{
+	uint64_t room = (uint64_t)segs_available(t) * t->seg_size;
+
+	if (t->open_seg >= 0 && !t->segs[t->open_seg].sync_failed)
+		room += t->seg_size - t->segs[t->open_seg].append_off;
+	return room;
+}
+
+/* Order of preference among candidates: fewer live bytes (in eighths of a
+ * segment: full segments count as equals), then sealed earlier. */
+static bool cand_before(const struct t2 *t, uint32_t a, uint32_t b)
+{
+	uint64_t qa = t->segs[a].row.live_bytes * 8 / t->seg_size;
+	uint64_t qb = t->segs[b].row.live_bytes * 8 / t->seg_size;
+
+	qa = qa > 7 ? 7 : qa;
+	qb = qb > 7 ? 7 : qb;
+
+	if (qa != qb)
+		return qa < qb;
+	if (t->segs[a].sealed_seq != t->segs[b].sealed_seq)
+		return t->segs[a].sealed_seq < t->segs[b].sealed_seq;
+	return a < b;
+}
+
+/*
+ * Start cleaning if free space runs low (or someone waits for space): offer the
+ * planner the best few sealed segments with no referenced blocks and nothing
+ * pending. It picks one and says which of its blocks to keep; those are relocated
+ * (move_pump), then the segment's other blocks are dropped in the index, durably,
+ * before it is reused.
+ */
 static void maybe_clean(struct t2 *t)
 {
+	struct t2_plan *plan;
 	struct t2_op *op;
-	int best = -1;
+	uint64_t hard, soft, room;
 
-	if (t->cleaning >= 0 || t->closing || atomic_load(&t->ix.fatal))
+	if (t->clean.phase != CLEAN_IDLE || t->closing || atomic_load(&t->ix.fatal))
 		return;
 	if (segs_available(t) >= t->reserve && !t->waiting.head)
 		return;
+	if (t2_mono_ms() < t->clean.retry_ms)
+		return;
+	plan = calloc(1, sizeof(*plan));
+	if (!plan)
+		return;
 	for (uint32_t i = 0; i < t->nseg; i++) {
 		const struct t2_seg *s = &t->segs[i];
+		size_t at;
 
 		if (s->state != SEG_SEALED || s->pending || s->row.ref_blocks)
 			continue;
-		if (best < 0 || s->row.live_bytes < t->segs[best].row.live_bytes)
-			best = (int)i;
+		/* Insertion into the short list, best first. */
+		for (at = plan->ncand; at > 0 && cand_before(t, i, plan->cand[at - 1]); at--)
+			if (at < T2_PLAN_CANDIDATES)
+				plan->cand[at] = plan->cand[at - 1];
+		if (at < T2_PLAN_CANDIDATES) {
+			plan->cand[at] = i;
+			if (plan->ncand < T2_PLAN_CANDIDATES)
+				plan->ncand++;
+		}
 	}
-	if (best < 0)
+	if (plan->ncand == 0) {
+		free(plan);
 		return;
-	op = op_new(T2_OP_DROP_SEG, NULL);
-	if (!op)
+	}
+	/* Relocation must never wait for space (the space is what it makes), so
+	 * its budget is also bounded by what is free now. */
+	room = room_now(t);
+	hard = t->seg_size / 100 * (t2_keep_hard_pct < 100 ? t2_keep_hard_pct : 99);
+	soft = t->seg_size / 100 * (t2_keep_soft_pct < 100 ? t2_keep_soft_pct : 99);
+	plan->keep_hard = hard < room ? hard : room;
+	plan->keep_soft = soft < plan->keep_hard ? soft : plan->keep_hard;
+	plan->seg_size = t->seg_size;
+	plan->seg = -1;
+	op = op_new(T2_OP_PLAN, NULL);
+	if (!op) {
+		free(plan);
 		return;
-	op->seg = (uint32_t)best;
-	t->segs[best].state = SEG_CLEANING;
-	t->segs[best].drop_done = false;
-	t->cleaning = best;
+	}
+	op->plan = plan;
+	t->clean.phase = CLEAN_PLANNING;
 	queue_op(t, op, true);
 }
 
 /* Could waiting for space still help? (Otherwise appends fail with -ENOSPC.) */
 static bool space_may_come(const struct t2 *t)
 {
-	if (t->cleaning >= 0)
+	if (t->cleaning >= 0 || t->clean.phase != CLEAN_IDLE)
 		return true;
 	for (uint32_t i = 0; i < t->nseg; i++) {
 		const struct t2_seg *s = &t->segs[i];
@@ -357,9 +445,9 @@ static bool space_may_come(const struct t2 *t)
 	return false;
 }
 
-/* Room for rec_len bytes: 0 (*seg, *off set), -EAGAIN (wait: cleaning is on its
- * way), or -ENOSPC. */
-static int reserve_space(struct t2 *t, size_t rec_len, uint32_t *seg, uint64_t *off)
+/* Room for rec_len bytes as things stand, without cleaning: 0 (*seg, *off set) or
+ * -ENOSPC. */
+static int reserve_now(struct t2 *t, size_t rec_len, uint32_t *seg, uint64_t *off)
 {
 	for (int attempt = 0; attempt < 2; attempt++) {
 		if (t->open_seg >= 0) {
@@ -376,6 +464,15 @@ static int reserve_space(struct t2 *t, size_t rec_len, uint32_t *seg, uint64_t *
 		if (open_new_segment(t) != 0)
 			break;
 	}
+	return -ENOSPC;
+}
+
+/* Room for rec_len bytes: 0 (*seg, *off set), -EAGAIN (wait: cleaning is on its
+ * way), or -ENOSPC. */
+static int reserve_space(struct t2 *t, size_t rec_len, uint32_t *seg, uint64_t *off)
+{
+	if (reserve_now(t, rec_len, seg, off) == 0)
+		return 0;
 	maybe_clean(t);
 	return space_may_come(t) ? -EAGAIN : -ENOSPC;
 }
@@ -643,6 +740,242 @@ void t2_read(struct t2 *t, const struct t1_key *key, uint8_t *buf, size_t cap, t
 	io_submit(t->io, &one, 1);
 }
 
+/* ---- cleaning: relocating what a segment should keep ----------------------------------- */
+
+void (*t2_clean_notify)(const struct t1_key *key, bool dropped, void *arg);
+void *t2_clean_notify_arg;
+
+static void move_pump(struct t2 *t);
+
+/* Back to serving from the segment: cleaning it is abandoned. */
+static void clean_abandon(struct t2 *t)
+{
+	if (t->cleaning >= 0 && t->segs[t->cleaning].state == SEG_MOVING)
+		t->segs[t->cleaning].state = SEG_SEALED;
+	t->cleaning = -1;
+	t->clean.phase = CLEAN_IDLE;
+	t2_plan_free(t->clean.plan);
+	t->clean.plan = NULL;
+}
+
+/* Every relocation has finished (or failed): drop what is left of the segment. */
+static void move_finish(struct t2 *t)
+{
+	struct t2_plan *p = t->clean.plan;
+	uint32_t seg = (uint32_t)t->cleaning;
+	struct t2_op *op;
+
+	if (t->closing || atomic_load(&t->ix.fatal)) {
+		clean_abandon(t);
+		return;
+	}
+	op = op_new(T2_OP_DROP_SEG, NULL);
+	if (!op) {
+		clean_abandon(t);
+		return;
+	}
+	if (t2_clean_notify) {
+		for (size_t i = 0; i < p->nitems; i++) {
+			struct t2_entry e;
+
+			if (expect(t, &p->items[i].key, &e) == 0 && e.loc.seg == seg &&
+			    e.loc.off == p->items[i].loc.off)
+				t2_clean_notify(&p->items[i].key, true, t2_clean_notify_arg);
+		}
+	}
+	t2_plan_free(p);
+	t->clean.plan = NULL;
+	op->seg = seg;
+	t->segs[seg].state = SEG_CLEANING;
+	t->segs[seg].drop_done = false;
+	t->clean.phase = CLEAN_DROPPING;
+	queue_op(t, op, true);
+}
+
+/* A relocation is over; moved: its MOVE op took over the hold on the destination. */
+static void move_end(struct t2 *t, struct t2_req *r, bool moved)
+{
+	if (!moved)
+		t->segs[r->to_seg].pending--;
+	t->clean.inflight--;
+	t->clean.inflight_bytes -= r->rec_len;
+	free(r->buf);
+	free(r);
+	move_pump(t);
+}
+
+static void move_write_done(struct io_req *io)
+{
+	struct t2_req *r = io->arg;
+	struct t2 *t = r->t;
+	struct t2_entry e, n;
+	struct t2_op *op;
+
+	t->writes_in_io--;
+	if (io->result < 0) {
+		t->st.io_errors++;
+		move_end(t, r, false);
+		return;
+	}
+	/* Deleted or replaced while it was being copied: the copy is dead space. */
+	if (expect(t, &r->key, &e) != 0 || e.loc.seg != r->seg || e.loc.off != r->off ||
+	    e.loc.rec_len != r->rec_len) {
+		move_end(t, r, false);
+		return;
+	}
+	op = op_new(T2_OP_MOVE, &r->key);
+	if (!op) {
+		move_end(t, r, false);
+		return;
+	}
+	n = e;
+	n.loc.seg = r->to_seg;
+	n.loc.off = r->to_off;
+	op->e = n;
+	op->from = e.loc;
+	op->fd = t->segs[r->to_seg].fd;
+	op->pend_seg[op->npend++] = r->to_seg;
+	op_hold(t, op, r->seg);
+	queue_op(t, op, false);
+	/* Served from the copy at once; without memory for the view, from the
+	 * old place until the segment stops serving, then from the index. */
+	(void)pend_set(t, &r->key, true, &n, op->seq);
+	if (t2_clean_notify)
+		t2_clean_notify(&r->key, false, t2_clean_notify_arg);
+	move_end(t, r, true);
+}
+
+static void move_read_done(struct io_req *io)
+{
+	struct t2_req *r = io->arg;
+	struct t2 *t = r->t;
+	uint64_t reclen = 0;
+	struct io_req *one = &r->io;
+
+	t->reads_in_io--;
+	seg_reader_done(t, r->seg);
+	if (io->result < 0) {
+		t->st.io_errors++;
+		move_end(t, r, false);
+		return;
+	}
+	if (t->closing || atomic_load(&t->ix.fatal)) {
+		move_end(t, r, false);
+		return;
+	}
+	/* The header says it is this key's record, whole: a damaged one is not
+	 * carried forward (it goes with the segment). Frame checksums travel with
+	 * the record and are verified by every reader, as for any record. */
+	if (t2_record_check(r->buf, r->rec_len, &r->key, NULL, NULL, &reclen, NULL) != 0 ||
+	    reclen != r->rec_len) {
+		t->st.checksum_failures++;
+		move_end(t, r, false);
+		return;
+	}
+	t->writes_in_io++;
+	memset(&r->io, 0, sizeof(r->io));
+	r->io.fd = t->segs[r->to_seg].fd;
+	r->io.write = true;
+	r->io.buf = r->buf;
+	r->io.len = r->rec_len;
+	r->io.off = r->to_off;
+	r->io.done = move_write_done;
+	r->io.arg = r;
+	io_submit(t->io, &one, 1);
+}
+
+/* Start relocating item: false if it is not started (gone, or no memory). Stops
+ * the relocation altogether when there is no room left without cleaning. */
+static bool move_start(struct t2 *t, const struct t2_plan_item *item)
+{
+	uint32_t seg = (uint32_t)t->cleaning;
+	struct t2_entry e;
+	struct t2_req *r;
+	struct io_req *one;
+	void *buf = NULL;
+
+	if (expect(t, &item->key, &e) != 0 || e.loc.seg != seg || e.loc.off != item->loc.off)
+		return false;
+	r = calloc(1, sizeof(*r));
+	if (!r || posix_memalign(&buf, T2_ALIGN, e.loc.rec_len) != 0) {
+		free(r);
+		return false;
+	}
+	if (reserve_now(t, e.loc.rec_len, &r->to_seg, &r->to_off) != 0) {
+		/* The plan is in order of priority: what is left is dropped. */
+		t->clean.next = t->clean.plan->nkeep;
+		free(buf);
+		free(r);
+		return false;
+	}
+	t->segs[r->to_seg].pending++; /* until the MOVE op is reaped */
+	r->t = t;
+	r->kind = REQ_MOVE;
+	r->key = item->key;
+	r->seg = seg;
+	r->off = e.loc.off;
+	r->rec_len = e.loc.rec_len;
+	r->buf = buf;
+	t->clean.inflight++;
+	t->clean.inflight_bytes += r->rec_len;
+	t->segs[seg].readers++;
+	t->reads_in_io++;
+	r->io.fd = t->segs[seg].fd;
+	r->io.write = false;
+	r->io.buf = buf;
+	r->io.len = r->rec_len;
+	r->io.off = r->off;
+	r->io.done = move_read_done;
+	r->io.arg = r;
+	one = &r->io;
+	io_submit(t->io, &one, 1);
+	return true;
+}
+
+/* Keep a few relocations in flight; when all are done, drop the rest. */
+static void move_pump(struct t2 *t)
+{
+	while (t->clean.phase == CLEAN_MOVING && t->clean.next < t->clean.plan->nkeep &&
+	       t->clean.inflight < T2_MOVE_INFLIGHT &&
+	       (t->clean.inflight == 0 || t->clean.inflight_bytes < T2_MOVE_BYTES)) {
+		if (t->closing || atomic_load(&t->ix.fatal)) {
+			t->clean.next = t->clean.plan->nkeep;
+			break;
+		}
+		(void)move_start(t, &t->clean.plan->items[t->clean.next++]);
+	}
+	if (t->clean.phase == CLEAN_MOVING && t->clean.next >= t->clean.plan->nkeep &&
+	    t->clean.inflight == 0)
+		move_finish(t);
+}
+
+/* The planner answered: start relocating out of the segment it chose. */
+static void plan_done(struct t2 *t, struct t2_op *op)
+{
+	struct t2_plan *p = op->plan;
+	struct t2_seg *s;
+
+	t->clean.phase = CLEAN_IDLE;
+	if (!p || t->closing || atomic_load(&t->ix.fatal))
+		return;
+	if (op->status != 0 || p->seg < 0 || (uint32_t)p->seg >= t->nseg) {
+		/* Nothing cleanable, or no memory to plan: not again at once. */
+		t->clean.retry_ms = t2_mono_ms() + T2_PLAN_RETRY_MS;
+		return;
+	}
+	s = &t->segs[p->seg];
+	/* Something touched it since it was offered: plan again. */
+	if (s->state != SEG_SEALED || s->pending || s->row.ref_blocks)
+		return;
+	op->plan = NULL;
+	s->state = SEG_MOVING;
+	t->cleaning = p->seg;
+	t->clean.plan = p;
+	t->clean.next = 0;
+	t->clean.phase = CLEAN_MOVING;
+	move_pump(t);
+}
+
 /* ---- index operations ---------------------------------------------------------------- */
 
 int t2_lookup(struct t2 *t, const struct t1_key *key, struct t2_info *info)
@@ -852,7 +1185,8 @@ static void reap_op(struct t2 *t, struct t2_op *op)
 
 	for (uint8_t i = 0; i < op->npend; i++)
 		t->segs[op->pend_seg[i]].pending--;
-	if (op->kind != T2_OP_DROP_SEG && op->kind != T2_OP_FLUSH && op->kind != T2_OP_TOUCH) {
+	if (op->kind != T2_OP_DROP_SEG && op->kind != T2_OP_FLUSH && op->kind != T2_OP_TOUCH &&
+	    op->kind != T2_OP_PLAN) {
 		kv = t2_keymap_find(&t->pend, &op->key);
 		/* The index now holds what the view expected (or, if the op failed,
 		 * the truth): the view is no longer needed, unless a later op changed it. */
@@ -874,12 +1208,25 @@ static void reap_op(struct t2 *t, struct t2_op *op)
 		op->req->status = op->status;
 		finish_req(t, op->req);
 		break;
+	case T2_OP_PLAN:
+		plan_done(t, op);
+		break;
+	case T2_OP_MOVE:
+		if (op->status == 0) {
+			t->st.relocated_blocks++;
+			t->st.relocated_bytes += op->e.loc.rec_len;
+		} else if (op->status != -ESTALE && op->status != T2_EFATAL) {
+			t->st.io_errors++;
+		}
+		break;
 	case T2_OP_DROP_SEG: {
 		struct t2_seg *s = &t->segs[op->seg];
 		bool was_cleaning = (int)op->seg == t->cleaning;
 
-		if (was_cleaning)
+		if (was_cleaning) {
 			t->cleaning = -1;
+			t->clean.phase = CLEAN_IDLE;
+		}
 		t->st.dropped_blocks += op->dropped;
 		if (op->status == -EAGAIN) {
 			/* A large segment goes in several transactions. */
@@ -887,8 +1234,10 @@ static void reap_op(struct t2 *t, struct t2_op *op)
 
 			if (more) {
 				more->seg = op->seg;
-				if (was_cleaning)
+				if (was_cleaning) {
 					t->cleaning = (int)op->seg;
+					t->clean.phase = CLEAN_DROPPING;
+				}
 				queue_op(t, more, true);
 				break;
 			}
@@ -911,6 +1260,7 @@ static void reap_op(struct t2 *t, struct t2_op *op)
 	case T2_OP_TOUCH:
 		break;
 	}
+	t2_plan_free(op->plan);
 	free(op);
 }
 
@@ -1367,6 +1717,7 @@ void t2_close(struct t2 *t)
 		t2_reap(t);
 	} while (t->ready.head || t->com.done_head);
 	t2_commit_destroy(&t->com);
+	t2_plan_free(t->clean.plan);
 	t2_index_close(&t->ix);
 	for (uint32_t i = 0; i < t->nseg; i++)
 		if (t->segs[i].fd >= 0)

@@ -211,6 +211,7 @@ struct t2_stats {
 	uint64_t read_bytes, write_bytes, reads, writes;
 	uint64_t checksum_failures, io_errors, enospc;
 	uint64_t cleaned_segments, dropped_blocks, commits, map_resizes;
+	uint64_t relocated_blocks, relocated_bytes; /* kept by cleaning: copied forward */
 };
 void t2_get_stats(const struct t2 *t, struct t2_stats *s);
 

@@ -56,7 +56,7 @@ static void sync_segments(struct t2_op *ops, struct t2_batch *b)
 	for (struct t2_op *op = ops; op; op = op->next) {
 		bool seen = false;
 
-		if (op->kind != T2_OP_INSERT)
+		if (op->kind != T2_OP_INSERT && op->kind != T2_OP_MOVE)
 			continue;
 		for (size_t i = 0; i < nfds && !seen; i++)
 			seen = fds[i] == op->fd;
@@ -69,7 +69,8 @@ static void sync_segments(struct t2_op *ops, struct t2_batch *b)
 				/* Cannot even list them: nothing of this group is
 				 * known durable, so nothing of it is indexed. */
 				for (struct t2_op *o = ops; o; o = o->next)
-					o->unsynced = o->kind == T2_OP_INSERT;
+					o->unsynced = o->kind == T2_OP_INSERT ||
+						      o->kind == T2_OP_MOVE;
 				goto out;
 			}
 			memcpy(n, fds, nfds * sizeof(*n));
@@ -91,7 +92,8 @@ static void sync_segments(struct t2_op *ops, struct t2_batch *b)
 		/* Never retried-and-trusted: after a failed fdatasync the kernel may
 		 * have dropped the dirty state, so a second success proves nothing. */
 		for (struct t2_op *op = ops; op; op = op->next) {
-			if (op->kind == T2_OP_INSERT && op->fd == fds[i]) {
+			if ((op->kind == T2_OP_INSERT || op->kind == T2_OP_MOVE) &&
+			    op->fd == fds[i]) {
 				op->unsynced = true;
 				b->sync_failed_seg = (int)op->e.loc.seg;
 			}

@@ -857,6 +857,58 @@ static int apply_drop(struct apply_ctx *a, struct t2_op *op)
 	return 0;
 }
 
+/* A block relocated by cleaning: point it at its copy, if the index still has it
+ * where the copy was read from (otherwise it was deleted or replaced meanwhile and
+ * the copy is dead space: -ESTALE). Its references, parent and history stay. */
+static int apply_move(struct apply_ctx *a, struct t2_op *op)
+{
+	uint8_t kb[T2_KEY_BYTES], lb[T2_LOC_BYTES];
+	MDB_val lk = { sizeof(lb), lb }, kv = { sizeof(kb), kb };
+	struct t2_entry e, n;
+	bool found;
+	int rc;
+
+	t2_key_encode(kb, &op->key);
+	if ((rc = get_entry(a, kb, &e, &found)))
+		return rc;
+	if (!found || e.loc.seg != op->from.seg || e.loc.off != op->from.off ||
+	    e.loc.rec_len != op->e.loc.rec_len) {
+		op->status = -ESTALE;
+		return 0;
+	}
+	t2_loc_encode(lb, e.loc.seg, e.loc.off);
+	if ((rc = del_ok(mdb_del(a->txn, a->ix->byloc, &lk, NULL))))
+		return rc;
+	account_remove(a, &e);
+	n = e;
+	n.loc = op->e.loc;
+	if ((rc = put_entry(a, kb, &n)))
+		return rc;
+	t2_loc_encode(lb, n.loc.seg, n.loc.off);
+	if ((rc = mdb_put(a->txn, a->ix->byloc, &lk, &kv, 0)))
+		return rc;
+	account_add(a, &n);
+	return 0;
+}
+
+/* A cleaning plan reads the index only; running out of memory for it fails the
+ * plan, not the group. */
+static int apply_plan(struct apply_ctx *a, struct t2_op *op)
+{
+	int rc;
+
+	if (!op->plan) {
+		op->status = -EINVAL;
+		return 0;
+	}
+	rc = t2_plan_build(a->ix, a->txn, op->plan);
+	if (rc == ENOMEM) {
+		op->status = -ENOMEM;
+		return 0;
+	}
+	return rc;
+}
+
 static int apply_one(struct apply_ctx *a, struct t2_op *op)
 {
 	switch (op->kind) {
@@ -872,6 +924,10 @@ static int apply_one(struct apply_ctx *a, struct t2_op *op)
 		return apply_drop(a, op);
 	case T2_OP_TOUCH:
 		return apply_touch(a, op);
+	case T2_OP_MOVE:
+		return apply_move(a, op);
+	case T2_OP_PLAN:
+		return apply_plan(a, op);
 	case T2_OP_FLUSH:
 		return 0;
 	}
@@ -916,6 +972,8 @@ int t2_index_apply(struct t2_index *ix, struct t2_op *ops, struct t2_segrow *row
 		for (struct t2_op *op = ops; op; op = op->next) {
 			op->status = 0;
 			op->dropped = 0;
+			if (op->plan)
+				t2_plan_reset(op->plan);
 		}
 		rc = mdb_txn_begin(ix->env, NULL, 0, &a.txn);
 		if (rc)

@@ -1,8 +1,8 @@
 /*
  * t2_internal.h - what the pieces of the NVMe tier share: byte-order helpers, the
- * LMDB row layouts, the index (t2_index.c), segment files (t2_segment.c), the
- * committer thread (t2_commit.c) and the owner-side key map (t2_keymap.c). Nothing
- * outside store/t2*.c and the t2 unit tests includes it.
+ * LMDB row layouts, the index (t2_index.c), cleaning plans (t2_plan.c), segment
+ * files (t2_segment.c), the committer thread (t2_commit.c) and the owner-side key
+ * map (t2_keymap.c). Nothing outside store/t2*.c and the t2 unit tests includes it.
  */
 #ifndef KVT_T2_INTERNAL_H
 #define KVT_T2_INTERNAL_H
@@ -228,20 +228,80 @@ enum t2_op_kind {
 	T2_OP_DROP_SEG, /* cleaning: drop every block of a segment (none referenced) */
 	T2_OP_TOUCH,    /* access statistics */
 	T2_OP_FLUSH,    /* a barrier: done when everything before it is durable */
+	T2_OP_PLAN,     /* cleaning: choose a segment and what of it to keep (t2_plan.c) */
+	T2_OP_MOVE,     /* cleaning: a block copied out of the segment being cleaned now
+			 * lives at e.loc, if the index still has it at from */
 };
 
 struct t2_req;
+
+/* ---- cleaning plans (t2_plan.c) ------------------------------------------------------ */
+
+/* Segments the owner offers the planner per cleaning. */
+#define T2_PLAN_CANDIDATES 4u
+
+struct t2_plan_item {
+	struct t1_key key;
+	struct t2_loc loc;
+};
+
+/*
+ * What the planner is asked (in) and answers (out). The owner offers candidate
+ * segments (sealed, unreferenced, nothing pending) in its order of preference and
+ * byte budgets for relocation; the planner evaluates each in the committer's
+ * transaction and picks one (docs/STORAGE.md, "What cleaning keeps").
+ */
+struct t2_plan {
+	uint32_t cand[T2_PLAN_CANDIDATES];  /* in */
+	size_t ncand;                       /* in */
+	uint64_t seg_size;                  /* in */
+	uint64_t keep_soft;   /* in: bytes that may be relocated to keep chain prefixes */
+	uint64_t keep_hard;   /* in: bytes that may be relocated so that no chain loses a
+			       * block in the middle (>= keep_soft) */
+	int seg;              /* out: the segment chosen, -1 if none can be cleaned */
+	struct t2_plan_item *items; /* out: the segment's blocks; [0, nkeep) are relocated,
+				     * in this order (parents before children), the rest
+				     * go with the segment */
+	size_t nitems, nkeep;
+	uint64_t keep_bytes;  /* out: record bytes of items [0, nkeep) */
+	bool cuts_chain;      /* out: a dropped block has children that stay indexed */
+};
+
+/* Percent of a segment that one cleaning may relocate: to keep chain prefixes
+ * (soft), and at most to avoid cutting a chain in the middle (hard). Set before
+ * t2_open (the committer reads them). */
+extern unsigned t2_keep_soft_pct, t2_keep_hard_pct;
+/* false: the planner takes the owner's first choice and keeps nothing, as cleaning
+ * did before chains were taken into account (tests compare the two). Set before
+ * t2_open. */
+extern bool t2_keep_chains;
+
+/* Evaluate p's candidates in txn (the committer's) and fill p's answer. Returns 0
+ * or an LMDB/errno code (positive, as LMDB's); ENOMEM leaves p without an answer. */
+int t2_plan_build(struct t2_index *ix, MDB_txn *txn, struct t2_plan *p);
+/* Forget the answer (the question stays). */
+void t2_plan_reset(struct t2_plan *p);
+void t2_plan_free(struct t2_plan *p);
+
+/* Tests only: called on the owner thread for each block cleaning keeps (moved:
+ * once its MOVE is queued) and, just before the drop is queued, for each block the
+ * drop will remove (dropped). */
+extern void (*t2_clean_notify)(const struct t1_key *key, bool dropped, void *arg);
+extern void *t2_clean_notify_arg;
 
 struct t2_op {
 	struct t2_op *next;
 	uint64_t seq;
 	enum t2_op_kind kind;
 	struct t1_key key;
-	struct t2_entry e;         /* INSERT: the new row (refs and stats are taken over) */
-	int fd;                    /* INSERT: the segment's file, made durable first */
+	struct t2_entry e;         /* INSERT: the new row (refs and stats are taken over);
+				    * MOVE: e.loc is the new location */
+	int fd;                    /* INSERT, MOVE: the segment's file, made durable first */
 	uint64_t touch_ms, touch_count;
 	uint32_t seg;              /* DROP_SEG */
-	bool unsynced;             /* INSERT: its segment's fdatasync failed: not indexed */
+	struct t2_loc from;        /* MOVE: where the block was */
+	struct t2_plan *plan;      /* PLAN: owned by the op */
+	bool unsynced;             /* INSERT, MOVE: its segment's fdatasync failed: not indexed */
 	bool force;                /* DELETE: even if referenced (corrupt data) */
 	int status;                /* set by the committer */
 	uint64_t dropped;          /* DROP_SEG: blocks dropped */

@@ -12,6 +12,7 @@
  */
 #include <signal.h>
 
+#include "t2_internal.h"
 #include "test_t2_util.h"
 
 #define INFLIGHT 8
@@ -235,4 +236,328 @@ static void kill_loop(const char *dir, enum io_backend b)
 }
 T2T_BOTH(kill_loop)
 
-TEST_MAIN(kill_loop_uring, kill_loop_threads)
+/* ---- kill -9 while cleaning relocates chain heads ------------------------------------ */
+
+/*
+ * A child keeps a small store (4 segments) full of chains, so that cleaning, and
+ * with it relocation, runs all the time. On the pipe it reports each key as it
+ * starts its append, when the append is acknowledged, when cleaning relocates it,
+ * and just before a drop that may remove it (t2_clean_notify). The parent kills it
+ * (half the time right after a relocation), reopens the store and checks: every
+ * acknowledged key that no drop was announced for is there and reads back
+ * byte-identical, wherever cleaning left it; any other key is identical or a clean
+ * miss; the index holds exactly the keys found. Keys accumulate over the kills, so
+ * earlier kills' keys are relocated and dropped by later children too.
+ */
+
+#define RK_TENANT 21u
+#define RK_MAX (1u << 20)          /* keys over all kills: chain * 8 + position */
+#define RK_CHAINS 4                /* chains written at once */
+#define TAG_SHIFT 56
+enum rk_tag { RK_OPEN = 1, RK_START, RK_ACK, RK_MOVED, RK_DROP, RK_FAIL };
+
+static uint64_t rk_msg(enum rk_tag tag, uint64_t idx)
+{
+	return (uint64_t)tag << TAG_SHIFT | idx;
+}
+
+static uint64_t rk_idx(const struct t1_key *k)
+{
+	uint64_t v = 0;
+
+	for (int i = 0; i < 8; i++)
+		v |= (uint64_t)k->key.b[i] << (8 * i);
+	return v;
+}
+
+static int rk_fd = -1;
+
+static void rk_notify(const struct t1_key *key, bool dropped, void *arg)
+{
+	(void)arg;
+	if (key->tenant == RK_TENANT)
+		put_u64(rk_fd, rk_msg(dropped ? RK_DROP : RK_MOVED, rk_idx(key)));
+}
+
+struct rk_chain {
+	uint64_t id;          /* keys id*8 .. id*8+len-1 */
+	uint32_t pos, len;
+	bool busy;
+	struct t2t_done dn;
+	uint8_t *rec;
+};
+
+static void rk_writer(const char *dir, enum io_backend b, uint64_t first_chain, uint64_t seed, int fd)
+{
+	struct io_engine *io = t2t_io(b);
+	struct t2_config c = t2t_config(dir, io, 4);
+	struct t2_open_report rep;
+	struct codec_ctx *ctx;
+	struct rk_chain ch[RK_CHAINS];
+	uint64_t next = first_chain, s = seed | 1;
+	struct t2 *t;
+
+	rk_fd = fd;
+	t2_clean_notify = rk_notify;
+	c.commit_interval_ms = (unsigned)(seed % 3);
+	t = t2t_open(&c, &rep);
+	put_u64(fd, rk_msg(RK_OPEN, 0));
+	if (codec_ctx_new(1, &ctx) != 0)
+		_exit(1);
+	memset(ch, 0, sizeof(ch));
+	for (;;) {
+		for (int i = 0; i < RK_CHAINS; i++) {
+			struct rk_chain *h = &ch[i];
+			struct t1_key k, p;
+			kvt_block_desc d;
+			uint64_t len;
+			size_t rl;
+
+			if (h->busy)
+				continue;
+			p = t2t_key(RK_TENANT, h->id * 8 + (h->pos ? h->pos - 1 : 0));
+			/* A new chain when this one is done or lost its last block. */
+			if (h->pos == h->len || (h->pos && t2_lookup(t, &p, NULL) != 0)) {
+				h->id = next++;
+				h->pos = 0;
+				h->len = 2 + (uint32_t)(t2t_rand(&s) % 5);
+				if ((h->id + 1) * 8 > RK_MAX)
+					_exit(2);
+			}
+			k = t2t_key(RK_TENANT, h->id * 8 + h->pos);
+			len = 1 + t2t_rand(&s) % (3 * MIB);
+			d = t2t_desc(len);
+			/* Mostly raw: the store must fill quickly, even under ASan. */
+			h->rec = t2t_record(ctx, t2t_rand(&s) % 4 ? CODEC_RAW
+						: (enum codec_id)(t2t_rand(&s) % CODEC_COUNT),
+					    &k, len, &rl);
+			h->busy = true;
+			h->dn.done = false;
+			put_u64(fd, rk_msg(RK_START, h->id * 8 + h->pos));
+			t2_append(t, &k, h->pos ? &p.key : NULL, h->rec, rl, len, &d, 0, t2t_done_cb,
+				  &h->dn);
+		}
+		t2t_pump(io, t, 1);
+		for (int i = 0; i < RK_CHAINS; i++) {
+			struct rk_chain *h = &ch[i];
+
+			if (!h->busy || !h->dn.done)
+				continue;
+			put_u64(fd, h->dn.status == 0 ? rk_msg(RK_ACK, h->id * 8 + h->pos)
+						      : rk_msg(RK_FAIL, h->id * 8 + h->pos));
+			free(h->rec);
+			h->busy = false;
+			h->pos++;
+		}
+	}
+}
+
+struct rk_state {
+	uint8_t started[RK_MAX], acked[RK_MAX], dropped[RK_MAX], moved[RK_MAX];
+	uint64_t max_chain;      /* chains used so far */
+	uint64_t moves, drops, kills_in_cleaning;
+};
+
+/* The parent's own store cleans too (it opens a full store): what it relocates
+ * or drops is recorded the same way. */
+static struct rk_state *rk_parent;
+
+static void rk_parent_notify(const struct t1_key *key, bool dropped, void *arg)
+{
+	uint64_t idx = rk_idx(key);
+
+	(void)arg;
+	if (key->tenant != RK_TENANT || idx >= RK_MAX)
+		return;
+	if (dropped)
+		rk_parent->dropped[idx] = 1;
+	else
+		rk_parent->moved[idx] = 1;
+}
+
+/* Take one message; returns its tag. *fresh (if not NULL) is set when it is one
+ * of the kind waited for. */
+static enum rk_tag rk_take(struct rk_state *st, uint64_t v, enum rk_tag want, bool *fresh)
+{
+	enum rk_tag tag = (enum rk_tag)(v >> TAG_SHIFT);
+	uint64_t idx = v & (((uint64_t)1 << TAG_SHIFT) - 1);
+
+	CHECK_MSG(tag >= RK_OPEN && tag <= RK_FAIL, "bad message %llx", (unsigned long long)v);
+	CHECK_MSG(tag != RK_FAIL, "an append failed in the writer");
+	if (tag == RK_OPEN)
+		return tag;
+	CHECK(idx < RK_MAX);
+	switch (tag) {
+	case RK_START:
+		st->started[idx] = 1;
+		if (idx / 8 + 1 > st->max_chain)
+			st->max_chain = idx / 8 + 1;
+		break;
+	case RK_ACK:
+		st->acked[idx] = 1;
+		break;
+	case RK_MOVED:
+		st->moved[idx] = 1;
+		st->moves++;
+		break;
+	case RK_DROP:
+		st->dropped[idx] = 1;
+		st->drops++;
+		break;
+	default:
+		break;
+	}
+	if (fresh && tag == want)
+		*fresh = true;
+	return tag;
+}
+
+/* Read what the pipe holds for up to ms (the writer must never block on it), or
+ * until a message of the kind wanted (if fresh is not NULL). */
+static void rk_drain(struct rk_state *st, int fd, int ms, enum rk_tag want, bool *fresh)
+{
+	uint64_t until = t2_mono_ms() + (uint64_t)ms;
+
+	for (;;) {
+		uint64_t v, now = t2_mono_ms();
+
+		if (!readable(fd, now >= until ? 0 : (int)(until - now)))
+			return;
+		if (read(fd, &v, sizeof(v)) != (ssize_t)sizeof(v))
+			return;
+		rk_take(st, v, want, fresh);
+		if (fresh && *fresh)
+			return;
+	}
+}
+
+static void kill_relocation(const char *dir, enum io_backend b)
+{
+	const char *env = getenv("KVT_KILL_LOOPS"), *senv = getenv("KVT_KILL_SEED");
+	unsigned loops = env && atoi(env) > 0 ? (unsigned)atoi(env) : 8;
+	uint64_t seed = senv ? strtoull(senv, NULL, 0)
+			     : (uint64_t)time(NULL) * 2654435761u + (uint64_t)getpid();
+	uint64_t s = seed | 1, checked = 0, reads = 0;
+	struct rk_state *st = calloc(1, sizeof(*st));
+	struct codec_ctx *ctx;
+
+	CHECK(st);
+	test_log("seed %llu, %u kills (backend %s)", (unsigned long long)seed, loops,
+		 b == IO_BACKEND_URING ? "io_uring" : "threads");
+	CHECK_RC(codec_ctx_new(1, &ctx), 0);
+	for (unsigned loop = 0; loop < loops; loop++) {
+		int pfd[2], wst;
+		pid_t pid;
+		uint64_t v, present = 0;
+		bool fresh = false, opened = false;
+		struct io_engine *io;
+		struct t2 *t;
+		struct t2_config c;
+		struct t2_open_report rep;
+
+		CHECK(pipe(pfd) == 0);
+		pid = fork();
+		CHECK(pid >= 0);
+		if (pid == 0) {
+			close(pfd[0]);
+			rk_writer(dir, b, st->max_chain, t2t_rand(&s), pfd[1]);
+			_exit(0);
+		}
+		close(pfd[1]);
+		while (!opened) {
+			CHECK_MSG(readable(pfd[0], 20000), "the writer never opened the store");
+			CHECK(read(pfd[0], &v, sizeof(v)) == (ssize_t)sizeof(v));
+			opened = rk_take(st, v, RK_OPEN, NULL) == RK_OPEN;
+		}
+		if (st->moves == 0) {
+			/* Until the store is full and cleaning relocates (however slow
+			 * the machine): wait for the first relocation. */
+			for (int w = 0; w < 600 && !fresh; w++)
+				rk_drain(st, pfd[0], 100, RK_MOVED, &fresh);
+			CHECK_MSG(fresh, "cleaning never relocated a block");
+		}
+		switch (loop == 0 ? 0 : t2t_rand(&s) % 3) {
+		case 0:
+		case 1: {
+			/* In a relocation (0-3 ms after a block was moved) or in a drop
+			 * (0-3 ms after one was announced). */
+			enum rk_tag want = loop % 3 ? RK_MOVED : RK_DROP;
+
+			fresh = false;
+			for (int w = 0; w < 300 && !fresh; w++)
+				rk_drain(st, pfd[0], 100, want, &fresh);
+			CHECK_MSG(fresh, "loop %u: cleaning stopped", loop);
+			sleep_ms(t2t_rand(&s) % 4);
+			st->kills_in_cleaning++;
+			break;
+		}
+		default:
+			rk_drain(st, pfd[0], (int)(t2t_rand(&s) % 300), RK_OPEN, NULL);
+			break;
+		}
+		kill(pid, SIGKILL);
+		while (waitpid(pid, &wst, 0) < 0 && errno == EINTR)
+			;
+		CHECK_MSG(WIFSIGNALED(wst) && WTERMSIG(wst) == SIGKILL, "writer exited by itself (%d)", wst);
+		while (read(pfd[0], &v, sizeof(v)) == (ssize_t)sizeof(v))
+			rk_take(st, v, RK_OPEN, NULL);
+		close(pfd[0]);
+
+		io = t2t_io(b);
+		c = t2t_config(dir, io, 4);
+		rk_parent = st;
+		t2_clean_notify = rk_parent_notify;
+		t = t2t_open(&c, &rep);
+		/* What the store holds as opened (nothing runs before the first pump). */
+		for (uint64_t i = 0; i < st->max_chain * 8; i++) {
+			struct t1_key k = t2t_key(RK_TENANT, i);
+			bool here;
+
+			if (!st->started[i])
+				continue;
+			here = t2_lookup(t, &k, NULL) == 0;
+			present += here;
+			if (st->acked[i] && !st->dropped[i])
+				CHECK_MSG(here, "loop %u: acknowledged key %llu (%s) is gone, and no "
+					  "drop was announced for it", loop, (unsigned long long)i,
+					  st->moved[i] ? "relocated" : "never relocated");
+		}
+		CHECK_MSG(rep.blocks == present, "loop %u: open reports %llu blocks, %llu present",
+			  loop, (unsigned long long)rep.blocks, (unsigned long long)present);
+		/* Bytes: everything relocated or acknowledged since the last check, and a
+		 * sixteenth of the rest. Reading runs the loop, so this store may clean too:
+		 * a key may go, but only with its drop announced. */
+		for (uint64_t i = 0; i < st->max_chain * 8; i++) {
+			struct t1_key k = t2t_key(RK_TENANT, i);
+			int rc;
+
+			if (!st->started[i] || t2_lookup(t, &k, NULL) != 0 ||
+			    !(st->moved[i] == 1 || st->acked[i] == 1 || t2t_rand(&s) % 16 == 0))
+				continue;
+			rc = t2t_verify(io, t, ctx, &k, UINT64_MAX);
+			CHECK_MSG(rc == 0 || (rc == -ENOENT && st->dropped[i]),
+				  "loop %u: key %llu reads %d (%s)", loop, (unsigned long long)i, rc,
+				  test_errname(rc));
+			reads += rc == 0;
+			if (st->moved[i] == 1)
+				st->moved[i] = 2;
+			if (st->acked[i] == 1)
+				st->acked[i] = 2;
+		}
+		checked += present;
+		t2_close(t);
+		t2_clean_notify = NULL;
+		io_close(io);
+	}
+	test_log("%llu relocations and %llu drops announced by the writers, %llu kills in "
+		 "cleaning; %llu keys found present over the kills, %llu read back",
+		 (unsigned long long)st->moves, (unsigned long long)st->drops,
+		 (unsigned long long)st->kills_in_cleaning, (unsigned long long)checked,
+		 (unsigned long long)reads);
+	CHECK(st->moves > 0 && st->drops > 0);
+	codec_ctx_free(ctx);
+	free(st);
+}
+T2T_BOTH(kill_relocation)
+
+TEST_MAIN(kill_loop_uring, kill_loop_threads, kill_relocation_uring, kill_relocation_threads)
