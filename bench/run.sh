@@ -9,6 +9,8 @@
 # benchmarks' blocks; KVTIER_BENCH_CAPACITY overrides it), runs
 # bench_lookup, bench_transfer and the example engine against it, stops the daemon
 # with SIGTERM, and draws bench/results/transfer.png when gnuplot is installed.
+# Then bench_t2 (the NVMe tier beside fio) runs with kvtierds of its own on a
+# directory under /var/tmp; it draws bench/results/t2.png itself.
 # Every step runs under timeout(1), so a hung daemon cannot hang the run.
 # Exit status: 0 if every step succeeded, 1 otherwise (the other steps still run).
 set -eu
@@ -157,6 +159,19 @@ else
 	echo "bench/run.sh: gnuplot not installed (or no transfer data): no transfer.png" >&2
 fi
 
+# The NVMe tier: bench_t2 starts and stops its own kvtierds (the shared one above is
+# stopped by now, so it does not compete for memory) and runs fio beside them.
+if [ ! -x "$BUILD/bench/bench_t2" ]; then
+	echo "bench/run.sh: $BUILD/bench/bench_t2 is missing; no NVMe tier figures" >&2
+	failed=1
+elif command -v gnuplot >/dev/null 2>&1; then
+	step bench_t2 900 "$BUILD/bench/bench_t2" -D "$BUILD/bin/kvtierd" -o "$RESULTS/t2.txt" \
+		-p "$RESULTS/t2.dat" -g "$RESULTS/t2.png"
+else
+	step bench_t2 900 "$BUILD/bench/bench_t2" -D "$BUILD/bin/kvtierd" -o "$RESULTS/t2.txt" \
+		-p "$RESULTS/t2.dat"
+fi
+
 # Describe what is in bench/results/ and the machine it came from.
 cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
 cores=$(getconf _NPROCESSORS_ONLN)
@@ -173,6 +188,7 @@ other_results() {
 		name=$(basename "$f")
 		case $name in
 		README.md | lookup.txt | transfer.txt | transfer.dat | transfer.png | engine.txt | kvtierd.log) ;;
+		t2.txt | t2.dat | t2.png) ;;
 		*) printf '| `%s` | not written by bench/run.sh: from a benchmark run on its own (the file says how and when) |\n' "$name" ;;
 		esac
 	done
@@ -200,6 +216,9 @@ configuration, on a socket and data directory in a temporary directory; its log
 | \`transfer.png\` | GB/s against block size for kvtier PUT/GET, memcpy and Redis (drawn when gnuplot is installed) |
 | \`engine.txt\` | the example engine (\`kvtier-engine --tokens $ENGINE_TOKENS\`) run against the same daemon |
 | \`kvtierd.log\` | the daemon's log for the run |
+| \`t2.txt\` | \`bench_t2\`: the NVMe tier through kvtierds of its own (write-through, 1 GiB host tier): sequential write (PUT until every block is durable) and read (restart, GET in chain order with read-ahead) of the engine's 4 GiB Llama-3-8B context with the raw and bf16 codecs, and the cold page-in of an 8 GiB context (PREFETCH ahead of the GETs, and GET + read-ahead alone), beside fio (io_uring, O_DIRECT, same directory, block size and queue depth); medians, ratios, the >= 0.95x goal, device bytes and the daemon's counters |
+| \`t2.dat\` | the numbers behind \`t2.png\`: test, fio, kvtier raw, kvtier bf16 (GB/s, medians; kvtier in logical bytes) |
+| \`t2.png\` | those GB/s as clustered bars (drawn when gnuplot is installed) |
 $(other_results)
 
 Reading the transfer figures: with 1 and 16 MiB blocks, memcpy's sources and

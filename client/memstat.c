@@ -1,8 +1,8 @@
 /*
  * memstat.c - the kvtier diagnostics CLI: asks kvtierd for its STATS and shows
- * the daemon, its tiers (host RAM, NVMe), connections and per-tenant usage, once
- * or every N seconds with rates, as text or JSON. Uses only the public API
- * (kvtier.h).
+ * the daemon, its tiers (host RAM, NVMe), connections, per-tenant usage and saved
+ * contexts and memory records, once or every N seconds with rates, as text or
+ * JSON. Uses only the public API (kvtier.h).
  */
 #include <errno.h>
 #include <getopt.h>
@@ -34,7 +34,8 @@ static void usage(FILE *f)
 {
 	fprintf(f,
 		"Usage: " PROG " [-s SOCKET] [-w SECONDS [-n COUNT]] [--json] [-h] [-V]\n"
-		"Show what kvtierd holds: its tiers, connections and per-tenant usage.\n"
+		"Show what kvtierd holds: its tiers, connections, per-tenant usage, saved\n"
+		"contexts and memory records.\n"
 		"\n"
 		"  -s, --socket SOCKET   daemon socket (default: $KVTIER_SOCKET, else %s)\n"
 		"  -w, --watch SECONDS   refresh every SECONDS (fractions allowed) and show\n"
@@ -334,6 +335,47 @@ static void print_t2(const kvt_stats *s)
 	       v ? "O_DIRECT" : "buffered I/O (O_DIRECT refused)");
 }
 
+/* Saved contexts and memory records per tenant, and the metadata store's group
+ * commit (admins only); nothing when the daemon reports none of it. */
+static void print_ctxmem(const kvt_stats *s, const uint32_t *ids, size_t nt)
+{
+	uint64_t commits, writes, v;
+	bool any = false, store = num(s, "meta.commits", &commits) && num(s, "meta.writes", &writes);
+	char b1[32], b2[32], b3[32], b4[32];
+
+	for (size_t i = 0; i < nt && !any; i++)
+		any = tenant_num(s, ids[i], "contexts", &v) || tenant_num(s, ids[i], "records", &v);
+	if (!any && !store)
+		return;
+	printf("\nContexts and memory records\n");
+	if (any) {
+		printf("  %-10s %9s %14s %11s %14s\n", "TENANT", "CONTEXTS", "CONTEXT BYTES",
+		       "RECORDS", "RECORD BYTES");
+		for (size_t i = 0; i < nt; i++) {
+			if (!tenant_num(s, ids[i], "contexts", &v) &&
+			    !tenant_num(s, ids[i], "records", &v))
+				continue;
+			printf("  %-10" PRIu32 " %9s %14s %11s %14s\n", ids[i],
+			       tenant_num(s, ids[i], "contexts", &v) ?
+				       (snprintf(b1, sizeof(b1), "%" PRIu64, v), b1) : "-",
+			       tenant_num(s, ids[i], "context_bytes", &v) ?
+				       fmt_size(v, b2, sizeof(b2)) : "-",
+			       tenant_num(s, ids[i], "records", &v) ?
+				       (snprintf(b3, sizeof(b3), "%" PRIu64, v), b3) : "-",
+			       tenant_num(s, ids[i], "record_bytes", &v) ?
+				       fmt_size(v, b4, sizeof(b4)) : "-");
+		}
+	}
+	if (store) {
+		/* Group commit at work: many writes share one transaction and one fsync. */
+		printf("  metadata store: %" PRIu64 " writes in %" PRIu64 " commits", writes, commits);
+		if (commits)
+			printf(" (%.1f writes per commit)", (double)writes / (double)commits);
+		printf("  fsyncs %s  expired %s\n", count_of(s, "meta.fsyncs", b1, sizeof(b1)),
+		       count_of(s, "meta.expired", b2, sizeof(b2)));
+	}
+}
+
 /* ---- text output ---------------------------------------------------------------------- */
 
 static void print_text(const char *sock, kvt_conn *c, const kvt_stats *s, const struct rates *r)
@@ -474,6 +516,7 @@ static void print_text(const char *sock, kvt_conn *c, const kvt_stats *s, const 
 									 "-");
 		}
 	}
+	print_ctxmem(s, ids, nt);
 	free(ids);
 }
 
@@ -524,7 +567,8 @@ static void json_number(double d)
 
 static void print_json(const char *sock, kvt_conn *c, const kvt_stats *s, const struct rates *r)
 {
-	static const char *const groups[] = { "server", "conn", "requests", "t0", "t1", "t2" };
+	static const char *const groups[] = { "server", "conn", "requests", "t0", "t1", "t2",
+					      "meta" };
 	const kvt_server_info *si = kvt_conn_server(c);
 	size_t n = kvt_stats_count(s);
 	uint32_t *ids;

@@ -976,11 +976,12 @@ int main(int argc, char **argv)
 		t_load = now_s() - t0;
 		kvt_conn_set_timeout(e.c, CALL_TIMEOUT_MS);
 		if (rc) {
-			fprintf(stderr, PROG ": LOAD '%s': %s (%s)%s\n", e.o.restore, kvt_strerror(rc),
-				kvt_errname(rc),
-				rc == KVT_ENOENT ? ": no such context for this tenant (never saved, "
-						   "deleted or expired)" :
-				rc == KVT_EOPNOTSUPP ? ": the daemon has no NVMe tier" : "");
+			/* The library's ENOENT message speaks of blocks; here a context is missing. */
+			fprintf(stderr, PROG ": LOAD '%s': %s (%s)\n", e.o.restore,
+				rc == KVT_ENOENT ? "no such context for this tenant (never saved, "
+						   "deleted, or expired)" :
+				rc == KVT_EOPNOTSUPP ? "the daemon has no NVMe tier" : kvt_strerror(rc),
+				kvt_errname(rc));
 			goto out;
 		}
 		if (meta_apply(e.o.restore, saved->metadata, saved->metadata_len, &e.o, model,

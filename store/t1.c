@@ -73,6 +73,8 @@ struct t1_block {
 };
 
 struct t1 {
+	struct t1_block **held; /* ancestors held during a reserve (hold_chain) */
+	size_t nheld, held_cap;
 	void (*on_evict)(const struct t1_block *b, void *arg);
 	void *evict_arg;
 	struct arena arena;
@@ -166,25 +168,52 @@ static struct t1_block *find_parent(struct t1 *t, uint32_t tenant, const kvt_key
 }
 
 /*
- * Hold (or release) a ref on p and all its ancestors while room is made for a new
- * child of p. A block is only useful behind its whole prefix, so making room for it
- * must never evict that prefix: when nothing else can go, the reserve fails and the
- * prefix stays, rather than hollowing the chain out from the middle. Refs (rather
- * than a mark) keep the evictable counters, and so the up-front checks, exact.
+ * Hold a ref on p and its ancestors while room is made for a new child of p. A
+ * block is only useful behind its whole prefix, so making room for it must never
+ * evict that prefix: when nothing else can go, the reserve fails and the prefix
+ * stays, rather than hollowing the chain out from the middle. Refs (rather than a
+ * mark) keep the evictable counters, and so the up-front checks, exact.
+ *
+ * Blocks with a copy in a lower tier are not held: they may go, and the prefix
+ * stays whole there. Because eviction can therefore free an ancestor, and with it
+ * unlink the chain, the blocks held are recorded and released from that record,
+ * never by walking the chain again.
  */
-static void hold_chain(struct t1 *t, struct t1_block *p, bool hold)
+static void release_chain(struct t1 *t);
+
+static int hold_chain(struct t1 *t, struct t1_block *p)
 {
+	t->nheld = 0;
 	for (; p; p = p->parent) {
-		/* A block with a copy in a lower tier can leave: the prefix stays whole. */
 		if (p->uflags & T1_FLAG_BACKED)
 			continue;
+		if (t->nheld == t->held_cap) {
+			size_t ncap = t->held_cap ? t->held_cap * 2 : 64;
+			struct t1_block **nh = realloc(t->held, ncap * sizeof(*nh));
+			if (!nh) {
+				release_chain(t);
+				return -ENOMEM;
+			}
+			t->held = nh;
+			t->held_cap = ncap;
+		}
 		bool was = is_evictable(p);
-		if (hold)
-			p->refs++;
-		else
-			p->refs--;
+		p->refs++;
+		account(t, p, was);
+		t->held[t->nheld++] = p;
+	}
+	return 0;
+}
+
+static void release_chain(struct t1 *t)
+{
+	for (size_t i = 0; i < t->nheld; i++) {
+		struct t1_block *p = t->held[i];
+		bool was = is_evictable(p);
+		p->refs--;
 		account(t, p, was);
 	}
+	t->nheld = 0;
 }
 
 static void chain_link(struct t1_block *b, struct t1_block *p)
@@ -474,6 +503,7 @@ void t1_close(struct t1 *t)
 {
 	if (!t)
 		return;
+	free(t->held);
 	index_foreach(&t->index, free_indexed, NULL);
 	while (t->dead) {
 		struct t1_block *b = t->dead;
@@ -513,7 +543,9 @@ static int reserve(struct t1 *t, const struct t1_key *key, const kvt_key *parent
 	if (rc < 0)
 		goto out_tenant;
 	p = find_parent(t, key->tenant, parent);
-	hold_chain(t, p, true);
+	rc = hold_chain(t, p);
+	if (rc < 0)
+		goto out_tenant;
 	rc = make_room(t, tn, bytes, nchunks, mode);
 	if (rc < 0)
 		goto out_chain;
@@ -546,8 +578,10 @@ static int reserve(struct t1 *t, const struct t1_key *key, const kvt_key *parent
 		left -= b->ext[i].len;
 	}
 
-	chain_link(b, p);
-	hold_chain(t, p, false);
+	/* Eviction may have taken the parent (a backed one is not held): look it up
+	 * again rather than trust p. */
+	chain_link(b, find_parent(t, key->tenant, parent));
+	release_chain(t);
 	rc = index_insert(&t->index, &b->inode);
 	assert(rc == 0); /* room reserved, key checked absent */
 	(void)rc;
@@ -561,7 +595,7 @@ out_runs:
 	for (size_t i = 0; i < t->runs.n; i++)
 		alloc_put(&t->alloc, t->runs.v[i].start, t->runs.v[i].len);
 out_chain:
-	hold_chain(t, p, false);
+	release_chain(t);
 out_tenant:
 	tn->users--;
 	tenant_put_if_idle(&t->tenants, tn);

@@ -4,7 +4,8 @@
  * under its name (the new manifest wins, the old one's blocks lose their
  * reference, shared blocks keep one); TTL expiry; a block stored nowhere
  * (KVT_ENOENT and its index); no NVMe tier (KVT_EOPNOTSUPP); bad requests sent
- * by hand (the daemon's own answers); and tenant isolation.
+ * by hand (the daemon's own answers); tenant isolation; and memstat's section on
+ * contexts and records.
  *
  * Whether a block is held by a context is seen from outside through DELETE: the
  * NVMe tier refuses to drop a referenced block (the block stays findable), and
@@ -1074,9 +1075,66 @@ TEST(tenants_never_see_each_others_contexts)
 	stop_clean(&d);
 }
 
+/* ---- memstat ------------------------------------------------------------------ */
+
+/* Run a command and capture its standard output; returns its exit status. */
+static int run_capture(const char *cmd, char *out, size_t cap)
+{
+	test_log("$ %s", cmd);
+	FILE *p = popen(cmd, "r");
+	CHECK(p != NULL);
+	size_t len = 0, r;
+	while (len < cap - 1 && (r = fread(out + len, 1, cap - 1 - len, p)) > 0)
+		len += r;
+	out[len] = 0;
+	int st = pclose(p);
+	return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+}
+
+TEST(memstat_shows_contexts_and_records_per_tenant)
+{
+	if (access(kvtd_bin("memstat"), X_OK) < 0)
+		test_skip("no %s (the sanitizer build makes only the daemon)", kvtd_bin("memstat"));
+	struct kvtd d;
+	kvtd_start(&d, NVME_CONF);
+	kvt_conn *c = open_conn(&d);
+	kvt_region *r = NULL;
+	CHECK_RC(kvt_region_create(c, BLK, &r), 0);
+	uint64_t ids[4];
+	ids_range(ids, 4, 600);
+	put_ids(c, r, ids, 4);
+	CHECK_RC(save_ids(c, "one", ids, 4, NULL, 0, NULL), 0);
+	CHECK_RC(save_ids(c, "two", ids, 2, NULL, 0, NULL), 0);
+	kvt_mem_record rec = { .ns = "notes", .key = "k", .value = "0123456789", .value_len = 10 };
+	CHECK_RC(kvt_mem_put(c, &rec), 0);
+	kvt_region_destroy(r);
+	kvt_conn_close(c);
+
+	static char out[65536];
+	char cmd[1024];
+	snprintf(cmd, sizeof(cmd), "%s -s %s", kvtd_bin("memstat"), d.sock);
+	CHECK_EQ(run_capture(cmd, out, sizeof(out)), 0);
+	const char *sec = strstr(out, "\nContexts and memory records\n");
+	CHECK_MSG(sec, "memstat has no contexts section:\n%s", out);
+	char row[256];
+	/* TENANT CONTEXTS CONTEXT-BYTES RECORDS RECORD-BYTES */
+	snprintf(row, sizeof(row), "  %-10u %9u %14s %11u", 0u, 2u, "1.5 MiB", 1u);
+	CHECK_MSG(strstr(sec, row), "no row '%s' in:\n%s", row, sec);
+	CHECK_MSG(strstr(sec, "metadata store: 3 writes in "), "no metadata store line in:\n%s",
+		  sec);
+	snprintf(cmd, sizeof(cmd), "%s -s %s --json", kvtd_bin("memstat"), d.sock);
+	CHECK_EQ(run_capture(cmd, out, sizeof(out)), 0);
+	CHECK_MSG(strstr(out, "\"contexts\":2,\"context_bytes\":1572864,\"records\":1,"),
+		  "JSON tenant figures missing: %s", out);
+	CHECK_MSG(strstr(out, "\"meta\":{\"commits\":"), "JSON has no meta group: %s", out);
+	CHECK_MSG(strstr(out, "\"writes\":3,"), "JSON meta.writes is not 3: %s", out);
+	stop_clean(&d);
+}
+
 TEST_MAIN(save_load_delete_round_trip, list_by_prefix_with_pagination,
 	  replace_under_the_same_name_moves_the_references,
 	  ttl_expiry_removes_the_context_and_its_references,
 	  block_stored_nowhere_is_named_by_its_index,
 	  contexts_without_an_nvme_tier_are_not_supported, bad_names_are_refused_by_the_library,
-	  bad_requests_get_the_daemons_own_answers, tenants_never_see_each_others_contexts)
+	  bad_requests_get_the_daemons_own_answers, tenants_never_see_each_others_contexts,
+	  memstat_shows_contexts_and_records_per_tenant)

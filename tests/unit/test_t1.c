@@ -868,6 +868,62 @@ TEST(reserve_free_respects_the_quota_without_evicting)
 	t1_close(t);
 }
 
+/* reserve + fill + commit with a parent. */
+static struct t1_block *put_child(struct t1 *t, uint32_t tenant, uint64_t id, uint64_t parent_id)
+{
+	struct t1_key k = tkey(tenant, id);
+	kvt_key parent = key_of(parent_id);
+	struct t1_block *b = NULL;
+	CHECK_RC(t1_reserve(t, &k, &parent, CHUNK, NULL, &b), 0);
+	fill(b, id);
+	t1_commit(t, b);
+	return b;
+}
+
+TEST(backed_parent_may_be_evicted_for_its_own_child)
+{
+	/* Two chunks: A (backed by a lower tier) and X. Storing A's child evicts the
+	 * coldest costless block, which is A itself: the child must not link to the
+	 * freed parent (ASan catches a use after free) and nothing stays held. */
+	struct t1 *t = open_small(2);
+	struct t1_block *a = put(t, 1, 1, CHUNK);
+	t1_block_set_flags(a, T1_FLAG_BACKED);
+	put(t, 1, 2, CHUNK);
+	put_child(t, 1, 3, 1);
+	struct t1_key ka = tkey(1, 1), kc = tkey(1, 3);
+	CHECK(t1_find(t, &ka) == NULL);
+	CHECK(t1_find(t, &kc) != NULL);
+	/* Nothing leaked a hold: two more blocks can take the whole tier. */
+	put(t, 1, 4, CHUNK);
+	put(t, 1, 5, CHUNK);
+	CHECK_EQ(stats(t).blocks, 2);
+	t1_close(t);
+}
+
+TEST(evicting_a_backed_middle_block_releases_every_hold)
+{
+	/* Chain A -> B -> C with B backed: storing C's child holds A and C, may evict
+	 * B (which unlinks the chain) and must still release A and C exactly. */
+	struct t1 *t = open_small(4);
+	put(t, 1, 1, CHUNK);
+	struct t1_block *b = put_child(t, 1, 2, 1);
+	put_child(t, 1, 3, 2);
+	t1_block_set_flags(b, T1_FLAG_BACKED);
+	put(t, 1, 9, CHUNK); /* fills the tier */
+	put_child(t, 1, 4, 3);
+	struct t1_key kb = tkey(1, 2);
+	CHECK(t1_find(t, &kb) == NULL); /* the costless block went */
+	/* Every block is evictable again: four unrelated blocks replace them all. */
+	for (uint64_t id = 20; id < 24; id++)
+		put(t, 1, id, CHUNK);
+	CHECK_EQ(stats(t).blocks, 4);
+	for (uint64_t id = 20; id < 24; id++) {
+		struct t1_key k = tkey(1, id);
+		CHECK(t1_find(t, &k) != NULL);
+	}
+	t1_close(t);
+}
+
 TEST_MAIN(index_many_keys_insert_find_remove_and_grow,
 	  index_same_key_under_two_tenants_is_two_entries, index_duplicate_insert_is_eexist, index_seeds_differ_between_tables,
 	  open_rejects_bad_config_and_rounds_capacity, reserve_is_invisible_until_commit,
@@ -881,4 +937,6 @@ TEST_MAIN(index_many_keys_insert_find_remove_and_grow,
 	  hugepages_on_fails_cleanly_without_huge_pages, mlock_modes,
 	  close_frees_pending_referenced_and_dead_blocks,
 	  reserve_free_never_evicts_and_contains_sees_pending,
-	  reserve_free_respects_the_quota_without_evicting)
+	  reserve_free_respects_the_quota_without_evicting,
+	  backed_parent_may_be_evicted_for_its_own_child,
+	  evicting_a_backed_middle_block_releases_every_hold)
