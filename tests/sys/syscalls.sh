@@ -26,7 +26,10 @@ done
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/kvt-syscalls.XXXXXX") || exit 1
 strace_pid=""
+pid=""
 cleanup() {
+	# The daemon first (strace may only detach from it), then its tracer.
+	[ -n "$pid" ] && kill -KILL "$pid" 2>/dev/null
 	[ -n "$strace_pid" ] && kill "$strace_pid" 2>/dev/null && wait "$strace_pid" 2>/dev/null
 	rm -rf "$tmp"
 }
@@ -89,6 +92,7 @@ done
 kill -TERM "$pid"
 wait "$strace_pid"
 strace_pid=""
+pid=""
 grep -q 'stopped' "$tmp/daemon.log" || fail "kvtierd did not stop cleanly: $(tail -3 "$tmp/daemon.log" | tr '\n' ' ')"
 
 # "1234  name(args) = ..." and "1234  <... name resumed>" lines.
