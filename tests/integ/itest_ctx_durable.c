@@ -394,12 +394,26 @@ TEST(a_save_cut_by_kill9_is_all_or_nothing)
 		snprintf(name, sizeof(name), "cut/%u", i);
 		struct saver sv[2] = { { d.sock, "conv", new_first, N, 1 },
 				       { d.sock, name, new_first, N, 1 } };
+		/* Kill once the saves' writes to NVMe are under way: after a different
+		 * share of the blocks each time (t2.writes counts them), so the cut falls
+		 * early, midway and late in the persisting, and now and then after the
+		 * manifest was committed. */
+		kvt_conn *watch = open_conn(&d);
+		uint64_t w0 = stat_u64(watch, "t2.writes");
+		uint64_t target = w0 + 1 + mix64(seed + i) % N;
 		pthread_t th[2];
 		for (int k = 0; k < 2; k++)
 			CHECK(pthread_create(&th[k], NULL, saver_main, &sv[k]) == 0);
-		/* 0..60 ms: before, during and (sometimes) after the writes to NVMe. */
-		sleep_ms((int)(mix64(seed + i) % 61));
+		uint64_t w = w0;
+		for (int spin = 0; spin < 200000 && w < target; spin++) {
+			w = stat_u64(watch, "t2.writes");
+			if (w < target)
+				usleep(100);
+		}
 		kvtd_kill(&d);
+		kvt_conn_close(watch);
+		test_log("loop %u: killed after %llu of the %d blocks were written", i,
+			 (unsigned long long)(w - w0), N);
 		for (int k = 0; k < 2; k++)
 			pthread_join(th[k], NULL);
 		test_log("loop %u: saves returned %s and %s", i, kvt_errname(sv[0].rc),
@@ -535,6 +549,85 @@ TEST(referenced_blocks_outlive_nvme_pressure_until_deleted)
 	stop_clean(&d);
 }
 
+/* ---- a context larger than the host tier ---------------------------------------------- */
+
+/* GET blocks first..first+n of len bytes in chain order, 4 per request as an engine
+ * pages them in, checking every byte. */
+static void get_in_batches(kvt_conn *c, uint64_t first, size_t n, size_t len)
+{
+	enum { B = 4 };
+	kvt_region *r = NULL;
+	CHECK_RC(kvt_region_create(c, B * len, &r), 0);
+	uint8_t *want = malloc(len);
+	CHECK(want != NULL);
+	for (size_t b = 0; b < n; b += B) {
+		size_t m = n - b < B ? n - b : B;
+		kvt_get_item g[B];
+		memset(kvt_region_base(r), 0, B * len);
+		for (size_t j = 0; j < m; j++)
+			g[j] = (kvt_get_item){ .key = blk_key(first + b + j), .region = r,
+					       .offset = j * len, .capacity = len };
+		int rc = kvt_block_get(c, g, m);
+		CHECK_MSG(rc == 0, "GET of blocks %zu..%zu: %s (first item %s)", b, b + m - 1,
+			  kvt_errname(rc), kvt_errname(g[0].status));
+		for (size_t j = 0; j < m; j++) {
+			CHECK_EQ(g[j].length, len);
+			blk_fill(want, len, first + b + j);
+			CHECK_MSG(memcmp((uint8_t *)kvt_region_base(r) + j * len, want, len) == 0,
+				  "block %zu differs", b + j);
+		}
+	}
+	free(want);
+	kvt_region_destroy(r);
+}
+
+/*
+ * The point of saving to NVMe: a context larger than the host tier is saved, the
+ * daemon restarts, and the whole context is restored - CTX_LOAD brings up what
+ * fits, and GETs in chain order, 4 blocks a request, read the rest from NVMe
+ * (read-ahead making room by evicting blocks already on NVMe). The host tier holds
+ * 4k + 1 blocks, so when the GETs reach the end of what was loaded, the last
+ * loaded block is the only one not yet read: the one read-ahead must not lose
+ * while it brings up that block's child.
+ */
+TEST(a_context_larger_than_the_host_tier_restores_after_a_restart)
+{
+	enum { N = 256, RESIDENT = 193 }; /* blocks of 256 KiB */
+	char conf[512];
+	snprintf(conf, sizeof(conf),
+		 "host_capacity = %lluKiB\nnvme_capacity = 512MiB\nnvme_segment_size = 64MiB\n"
+		 "nvme_write = back\nnvme_admission = always\n",
+		 (unsigned long long)(RESIDENT * BLK / KiB));
+	struct kvtd d;
+	kvtd_start(&d, conf);
+	d.keep_dir = true;
+	kvt_conn *c = open_conn(&d);
+	kvt_conn_set_timeout(c, 20000); /* a daemon that stops answering fails fast */
+	kvt_region *r = NULL;
+	CHECK_RC(kvt_region_create(c, 8 * BLK, &r), 0);
+	put_range(c, r, 70000, N, BLK, 8);
+	CHECK_RC(save_range(c, "big", 70000, N, 0), 0);
+	kvt_region_destroy(r);
+	kvt_conn_close(c);
+	stop_clean(&d);
+	kvtd_restart(&d);
+	c = open_conn(&d);
+	kvt_conn_set_timeout(c, 20000);
+	kvt_ctx_info *in = NULL;
+	CHECK_RC(kvt_ctx_load(c, "big", KVT_TIER_HOST, 20000, &in), 0);
+	test_log("CTX_LOAD: %zu of %zu blocks resident", in->resident, in->nkeys);
+	CHECK_EQ(in->nkeys, N);
+	CHECK_MSG(in->resident >= RESIDENT - 8 && in->resident < N,
+		  "%zu blocks resident in a host tier of %d", in->resident, RESIDENT);
+	kvt_ctx_free(in);
+	get_in_batches(c, 70000, N, BLK);
+	/* Once more, through the manifest and one GET at a time. */
+	CHECK_EQ(check_range(c, "big", 70000, N, BLK, false), 0);
+	kvt_conn_close(c);
+	d.keep_dir = false;
+	stop_clean(&d);
+}
+
 /* ---- the example engine ------------------------------------------------------------ */
 
 static int run_capture(const char *cmd, char *out, size_t cap)
@@ -596,4 +689,5 @@ TEST(example_engine_restores_a_saved_context_after_a_restart)
 
 TEST_MAIN(saved_contexts_survive_sigterm_and_kill9_restarts, acknowledged_saves_survive_a_kill9_loop,
 	  a_save_cut_by_kill9_is_all_or_nothing, referenced_blocks_outlive_nvme_pressure_until_deleted,
+	  a_context_larger_than_the_host_tier_restores_after_a_restart,
 	  example_engine_restores_a_saved_context_after_a_restart)
