@@ -84,6 +84,7 @@ struct engine {
 	size_t verified; /* blocks read back and checked */
 	size_t missing;  /* blocks past the prefix that were evicted */
 	size_t refused;  /* blocks the daemon had no room for (ENOSPC/EDQUOT) */
+	size_t waited;   /* --save: PUTs sent again after ENOSPC, waiting for room */
 	size_t went;     /* blocks LOOKUP found that were gone by their GET */
 };
 
@@ -356,6 +357,19 @@ static int put_finish(struct engine *e, struct group *g)
 	if (rc == KVT_EPARTIAL) {
 		for (size_t j = 0; j < g->count; j++) {
 			int st = g->put[j].status;
+			/* Saving needs every block: a host tier full of blocks still on their
+			 * way to NVMe makes room as they land, so wait for it (a minute at
+			 * most per block). */
+			for (int tries = 0; e->o.save && st == KVT_ENOSPC && tries < 30000; tries++) {
+				struct timespec ts = { 0, 2000000 };
+
+				nanosleep(&ts, NULL);
+				e->waited++;
+				rc = kvt_block_put(e->c, &g->put[j], 1);
+				st = rc == KVT_EPARTIAL ? g->put[j].status : rc;
+				if (st == 0)
+					break;
+			}
 			/* A full tier keeps the context's prefix and refuses the rest: that
 			 * is the daemon working as designed, not an error of the run. */
 			if (st == KVT_ENOSPC || st == KVT_EDQUOT) {
@@ -477,7 +491,7 @@ static int get_finish(struct engine *e, struct group *g, size_t gi)
 		/* LOOKUP is a snapshot: in a cache a block may go before the GET that
 		 * follows (evicted, or its NVMe segment cleaned). That is a miss to
 		 * report, not a failure; only wrong or short bytes are. */
-		if (it->status == KVT_ENOENT) {
+		if (it->status == KVT_ENOENT && !e->o.restore) {
 			fprintf(stderr, PROG ": block %zu went between LOOKUP and GET (a miss)\n", b);
 			e->went++;
 			continue;
@@ -485,7 +499,9 @@ static int get_finish(struct engine *e, struct group *g, size_t gi)
 		if (it->status) {
 			fprintf(stderr, PROG ": GET of block %zu failed: %s (%s)%s\n", b,
 				kvt_strerror(it->status), kvt_errname(it->status),
-				it->status == KVT_ENOENT ? " although LOOKUP found it" : "");
+				it->status != KVT_ENOENT ? "" :
+				e->o.restore ? ": a block of a saved context is stored nowhere" :
+					       " although LOOKUP found it");
 			return -1;
 		}
 		if (it->length != e->block_bytes) {
@@ -1058,6 +1074,11 @@ int main(int argc, char **argv)
 		if (get_blocks(&e, 0, e.nblocks))
 			goto out;
 		t_get = now_s() - t0;
+		if (e.verified != e.nblocks) {
+			fprintf(stderr, PROG ": only %zu of the %zu blocks were read back\n", e.verified,
+				e.nblocks);
+			goto out;
+		}
 		printf("GET     %zu blocks, %s in %.3f s: %.2f GB/s (clearing + verifying %.3f s of"
 		       " it)\n", e.nblocks, fmt_size(ctx_bytes, s1, sizeof(s1)), t_get,
 		       (double)ctx_bytes / t_get / 1e9, e.verify_s);
@@ -1085,6 +1106,9 @@ int main(int argc, char **argv)
 	       fmt_size(ctx_bytes, s1, sizeof(s1)), t_put, (double)ctx_bytes / t_put / 1e9,
 	       (double)e.nblocks * (double)e.o.block_tokens / t_put);
 	if (e.o.save) {
+		if (e.waited)
+			printf("        %zu PUTs waited for room in the host tier (blocks still being"
+			       " written to NVMe) and were sent again\n", e.waited);
 		if (e.refused) {
 			fprintf(stderr, PROG ": %zu blocks were refused: not saving an incomplete"
 					" context\n", e.refused);
