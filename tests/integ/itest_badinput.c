@@ -58,26 +58,15 @@ static void fail_if_daemon_died(struct kvtd *d, int wait_ms)
 	test_fail(__FILE__, __LINE__, "kvtierd died (log above)");
 }
 
-static uint64_t stat_num(kvt_conn *c, const char *name)
-{
-	kvt_stats *s = NULL;
-	CHECK_RC(kvt_stats_get(c, &s), 0);
-	uint64_t v = 0;
-	bool ok = kvt_stats_find(s, name, &v);
-	kvt_stats_free(s);
-	CHECK_MSG(ok, "STATS has no numeric entry %s", name);
-	return v;
-}
-
 static void env_start(struct env *e, const char *conf)
 {
 	kvtd_start(&e->d, conf);
 	CHECK_RC(kvt_conn_open(e->d.sock, &e->mon), 0);
 	kvt_conn_set_timeout(e->mon, 30000);
 	/* The harness's readiness probes may still be open: wait for them to go. */
-	for (int i = 0; i < 1000 && stat_num(e->mon, "conn.current") != 1; i++)
+	for (int i = 0; i < 1000 && kvtd_stat(e->mon, "conn.current") != 1; i++)
 		sleep_ms(10);
-	CHECK_EQ(stat_num(e->mon, "conn.current"), 1);
+	CHECK_EQ(kvtd_stat(e->mon, "conn.current"), 1);
 	e->fds = proc_fd_count(e->d.pid);
 	CHECK(e->fds > 0);
 }
@@ -107,7 +96,7 @@ static void env_finish(struct env *e)
 	uint64_t cur = 0;
 	int fds = 0;
 	for (int i = 0; i < 1000; i++) {
-		cur = stat_num(e->mon, "conn.current");
+		cur = kvtd_stat(e->mon, "conn.current");
 		fds = proc_fd_count(e->d.pid);
 		if (cur == 1 && fds == e->fds)
 			break;
@@ -561,7 +550,7 @@ TEST(unknown_opcode_is_eopcode_and_connection_stays)
 	struct env e;
 	env_start(&e, NULL);
 	int s = connect_hello(&e);
-	uint64_t errors0 = stat_num(e.mon, "requests.errors");
+	uint64_t errors0 = kvtd_stat(e.mon, "requests.errors");
 	uint8_t body[10] = { 1, 2, 3 };
 	send_frame(s, 200, 0, 21, body, sizeof(body));
 	expect_reply(s, 21, 200, KVT_EOPCODE, NULL, 0);
@@ -570,7 +559,7 @@ TEST(unknown_opcode_is_eopcode_and_connection_stays)
 	send_frame(s, KVT_OP_NOTICE, 0, 23, NULL, 0); /* the daemon's opcode, not a request */
 	expect_reply(s, 23, KVT_OP_NOTICE, KVT_EOPCODE, NULL, 0);
 	ping_ok(s, 24);
-	CHECK_MSG(stat_num(e.mon, "requests.errors") >= errors0 + 3,
+	CHECK_MSG(kvtd_stat(e.mon, "requests.errors") >= errors0 + 3,
 		  "requests.errors did not count the refused requests");
 	close(s);
 	env_finish(&e);
@@ -1039,7 +1028,7 @@ TEST(connections_over_the_limit_get_econnlimit)
 	int s[3];
 	for (int i = 0; i < 3; i++)
 		s[i] = connect_hello(&e);
-	uint64_t rejected0 = stat_num(e.mon, "conn.rejected");
+	uint64_t rejected0 = kvtd_stat(e.mon, "conn.rejected");
 	int extra = raw_connect(e.d.sock);
 	expect_notice_close(extra, KVT_ECONNLIMIT);
 	kvt_conn *c = NULL;
@@ -1047,7 +1036,7 @@ TEST(connections_over_the_limit_get_econnlimit)
 	for (int i = 0; i < 3; i++)
 		ping_ok(s[i], 240 + (uint64_t)i);
 	CHECK_RC(kvt_ping(e.mon), 0);
-	CHECK(stat_num(e.mon, "conn.rejected") >= rejected0 + 2);
+	CHECK(kvtd_stat(e.mon, "conn.rejected") >= rejected0 + 2);
 	/* A freed slot is usable again (the daemon sees the close asynchronously). */
 	close(s[0]);
 	int rc = -1;

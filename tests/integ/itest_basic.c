@@ -119,17 +119,6 @@ static size_t lookup_n(kvt_conn *c, const kvt_key *keys, size_t n)
 	return found;
 }
 
-static uint64_t stat_num(kvt_conn *c, const char *name)
-{
-	kvt_stats *s = NULL;
-	CHECK_RC(kvt_stats_get(c, &s), 0);
-	uint64_t v = 0;
-	bool ok = kvt_stats_find(s, name, &v);
-	kvt_stats_free(s);
-	CHECK_MSG(ok, "STATS has no numeric entry %s", name);
-	return v;
-}
-
 /* ------------------------------------------------------------------------ */
 
 TEST(hello_reports_default_limits_and_tenant)
@@ -423,8 +412,8 @@ TEST(get_batch_mixes_hits_misses_and_errors)
 	g[3].key = test_key(3, 3), g[3].region = foreign; /* unknown region */
 	g[4].key = test_key(3, 1), g[4].offset = 1 * MiB - 100; /* does not fit the region */
 	g[5].key = test_key(3, 1);		    /* hit */
-	uint64_t misses0 = stat_num(c, "t1.misses");
-	uint64_t hits0 = stat_num(c, "t1.hits");
+	uint64_t misses0 = kvtd_stat(c, "t1.misses");
+	uint64_t hits0 = kvtd_stat(c, "t1.hits");
 	CHECK_RC(kvt_block_get(c, g, 6), KVT_EPARTIAL);
 	CHECK_RC(g[0].status, 0);
 	CHECK_RC(g[1].status, KVT_ENOENT);
@@ -435,8 +424,8 @@ TEST(get_batch_mixes_hits_misses_and_errors)
 	check_bytes(base + g[0].offset, base + 0, 4096, "hit 0");
 	check_bytes(base + g[2].offset, base + 2 * 4096, 4096, "hit 2");
 	check_bytes(base + g[5].offset, base + 1 * 4096, 4096, "hit 1");
-	CHECK_MSG(stat_num(c, "t1.misses") >= misses0 + 1, "t1.misses did not count the miss");
-	CHECK_MSG(stat_num(c, "t1.hits") >= hits0 + 3, "t1.hits did not count the hits");
+	CHECK_MSG(kvtd_stat(c, "t1.misses") >= misses0 + 1, "t1.misses did not count the miss");
+	CHECK_MSG(kvtd_stat(c, "t1.hits") >= hits0 + 3, "t1.hits did not count the hits");
 	CHECK_RC(kvt_region_destroy(r), 0);
 	CHECK_RC(kvt_region_destroy(foreign), 0);
 	kvt_conn_close(other);
@@ -502,7 +491,7 @@ TEST(delete_removes_blocks_and_reports_missing_ones)
 	pattern(base, 1 * MiB, 13);
 	for (int i = 0; i < 3; i++)
 		CHECK_RC(put1(c, r, test_key(5, (uint64_t)i), (uint64_t)i * 10000, 10000), 0);
-	uint64_t blocks0 = stat_num(c, "t1.blocks");
+	uint64_t blocks0 = kvtd_stat(c, "t1.blocks");
 
 	kvt_key del[3] = { test_key(5, 0), test_key(5, 99), test_key(5, 2) };
 	int st[3] = { 1, 1, 1 };
@@ -510,7 +499,7 @@ TEST(delete_removes_blocks_and_reports_missing_ones)
 	CHECK_RC(st[0], 0);
 	CHECK_RC(st[1], KVT_ENOENT);
 	CHECK_RC(st[2], 0);
-	CHECK_EQ(stat_num(c, "t1.blocks"), blocks0 - 2);
+	CHECK_EQ(kvtd_stat(c, "t1.blocks"), blocks0 - 2);
 	CHECK_EQ(lookup_n(c, &del[0], 1), 0);
 	CHECK_EQ(lookup_n(c, &del[2], 1), 0);
 	kvt_key k1 = test_key(5, 1);
@@ -544,15 +533,15 @@ TEST(put_of_present_key_is_idempotent_and_keeps_first_bytes)
 	pattern(base + 200000, 100000, 18);
 	kvt_key k = test_key(6, 1);
 	CHECK_RC(put1(c, r, k, 0, 100000), 0);
-	uint64_t blocks = stat_num(c, "t1.blocks");
-	uint64_t in = stat_num(c, "t1.bytes_in");
-	uint64_t used = stat_num(c, "t1.used_bytes");
+	uint64_t blocks = kvtd_stat(c, "t1.blocks");
+	uint64_t in = kvtd_stat(c, "t1.bytes_in");
+	uint64_t used = kvtd_stat(c, "t1.used_bytes");
 	/* Same key, other bytes, even another length: succeeds, changes nothing. */
 	CHECK_RC(put1(c, r, k, 200000, 100000), 0);
 	CHECK_RC(put1(c, r, k, 200000, 5000), 0);
-	CHECK_EQ(stat_num(c, "t1.blocks"), blocks);
-	CHECK_EQ(stat_num(c, "t1.used_bytes"), used);
-	CHECK_MSG(stat_num(c, "t1.bytes_in") == in, "a PUT of a present key copied bytes");
+	CHECK_EQ(kvtd_stat(c, "t1.blocks"), blocks);
+	CHECK_EQ(kvtd_stat(c, "t1.used_bytes"), used);
+	CHECK_MSG(kvtd_stat(c, "t1.bytes_in") == in, "a PUT of a present key copied bytes");
 	kvt_get_item g = { .key = k, .region = r, .offset = 500000, .capacity = 200000 };
 	CHECK_RC(get1(c, &g), 0);
 	CHECK_EQ(g.length, 100000);
@@ -656,7 +645,7 @@ TEST(pin_blocks_delete_until_every_pin_is_dropped)
 	CHECK_RC(kvt_block_pin(c, two, 2, st), KVT_EPARTIAL);
 	CHECK_RC(st[0], 0);
 	CHECK_RC(st[1], KVT_ENOENT);
-	CHECK_EQ(stat_num(c, "t1.pinned_blocks"), 1);
+	CHECK_EQ(kvtd_stat(c, "t1.pinned_blocks"), 1);
 	st[0] = 1;
 	CHECK_RC(kvt_block_delete(c, &k, 1, st), KVT_EPARTIAL);
 	CHECK_RC(st[0], KVT_EPINNED);
@@ -665,7 +654,7 @@ TEST(pin_blocks_delete_until_every_pin_is_dropped)
 	CHECK_RC(kvt_block_delete(c, &k, 1, st), KVT_EPARTIAL);
 	CHECK_RC(st[0], KVT_EPINNED);
 	CHECK_RC(kvt_block_unpin(c, &k, 1, NULL), 0);
-	CHECK_EQ(stat_num(c, "t1.pinned_blocks"), 0);
+	CHECK_EQ(kvtd_stat(c, "t1.pinned_blocks"), 0);
 	st[0] = 1;
 	CHECK_RC(kvt_block_unpin(c, &k, 1, st), KVT_EPARTIAL);
 	CHECK_RC(st[0], KVT_ENOENT);

@@ -36,14 +36,6 @@
 
 /* ---- helpers ------------------------------------------------------------------ */
 
-static kvt_conn *open_conn(const struct kvtd *d)
-{
-	kvt_conn *c = NULL;
-	CHECK_RC(kvt_conn_open(d->sock, &c), 0);
-	kvt_conn_set_timeout(c, 60000);
-	return c;
-}
-
 static void stop_clean(struct kvtd *d)
 {
 	int st = kvtd_stop(d);
@@ -265,7 +257,7 @@ TEST(save_load_delete_round_trip)
 {
 	struct kvtd d;
 	kvtd_start(&d, NVME_CONF);
-	kvt_conn *c = open_conn(&d);
+	kvt_conn *c = kvtd_connect(&d, 60000);
 	kvt_region *r = NULL;
 	CHECK_RC(kvt_region_create(c, BLK, &r), 0);
 	uint64_t ids[12];
@@ -372,7 +364,7 @@ TEST(list_by_prefix_with_pagination)
 {
 	struct kvtd d;
 	kvtd_start(&d, NVME_CONF);
-	kvt_conn *c = open_conn(&d);
+	kvt_conn *c = kvtd_connect(&d, 60000);
 	kvt_region *r = NULL;
 	CHECK_RC(kvt_region_create(c, BLK, &r), 0);
 	uint64_t ids[3] = { 1, 2, 3 };
@@ -460,7 +452,7 @@ TEST(replace_under_the_same_name_moves_the_references)
 {
 	struct kvtd d;
 	kvtd_start(&d, NVME_CONF);
-	kvt_conn *c = open_conn(&d);
+	kvt_conn *c = kvtd_connect(&d, 60000);
 	kvt_region *r = NULL;
 	CHECK_RC(kvt_region_create(c, BLK, &r), 0);
 	uint64_t a[8], b[8];
@@ -515,7 +507,7 @@ TEST(ttl_expiry_removes_the_context_and_its_references)
 {
 	struct kvtd d;
 	kvtd_start(&d, NVME_CONF);
-	kvt_conn *c = open_conn(&d);
+	kvt_conn *c = kvtd_connect(&d, 60000);
 	kvt_region *r = NULL;
 	CHECK_RC(kvt_region_create(c, BLK, &r), 0);
 	uint64_t a[4], b[2];
@@ -596,7 +588,7 @@ TEST(block_stored_nowhere_is_named_by_its_index)
 {
 	struct kvtd d;
 	kvtd_start(&d, NVME_CONF);
-	kvt_conn *c = open_conn(&d);
+	kvt_conn *c = kvtd_connect(&d, 60000);
 	kvt_region *r = NULL;
 	CHECK_RC(kvt_region_create(c, BLK, &r), 0);
 	uint64_t ids[6];
@@ -664,7 +656,7 @@ TEST(contexts_without_an_nvme_tier_are_not_supported)
 {
 	struct kvtd d;
 	kvtd_start(&d, NULL); /* the harness's default: host tier only */
-	kvt_conn *c = open_conn(&d);
+	kvt_conn *c = kvtd_connect(&d, 60000);
 	kvt_region *r = NULL;
 	CHECK_RC(kvt_region_create(c, BLK, &r), 0);
 	uint64_t ids[2] = { 1, 2 };
@@ -686,7 +678,7 @@ TEST(bad_names_are_refused_by_the_library)
 {
 	struct kvtd d;
 	kvtd_start(&d, NVME_CONF);
-	kvt_conn *c = open_conn(&d);
+	kvt_conn *c = kvtd_connect(&d, 60000);
 	kvt_region *r = NULL;
 	CHECK_RC(kvt_region_create(c, BLK, &r), 0);
 	uint64_t ids[1] = { 7 };
@@ -806,7 +798,7 @@ TEST(bad_requests_get_the_daemons_own_answers)
 {
 	struct kvtd d;
 	kvtd_start(&d, NVME_CONF);
-	kvt_conn *c = open_conn(&d);
+	kvt_conn *c = kvtd_connect(&d, 60000);
 	kvt_region *r = NULL;
 	CHECK_RC(kvt_region_create(c, BLK, &r), 0);
 	uint64_t ids[1] = { 7 };
@@ -997,7 +989,7 @@ static const uint64_t nobody_ids[2] = { 950, 951 };
 
 static void nobody_cannot_see_roots_context(const struct kvtd *d)
 {
-	kvt_conn *c = open_conn(d);
+	kvt_conn *c = kvtd_connect(d, 60000);
 	CHECK_EQ(kvt_conn_server(c)->tenant, NOBODY);
 	kvt_ctx_info *in = NULL;
 	CHECK_RC(kvt_ctx_load(c, "shared", KVT_TIER_HOST, 0, &in), KVT_ENOENT);
@@ -1041,7 +1033,7 @@ TEST(tenants_never_see_each_others_contexts)
 	need_root();
 	struct kvtd d;
 	kvtd_start(&d, NVME_CONF);
-	kvt_conn *c = open_conn(&d);
+	kvt_conn *c = kvtd_connect(&d, 60000);
 	CHECK_EQ(kvt_conn_server(c)->tenant, 0);
 	kvt_region *r = NULL;
 	CHECK_RC(kvt_region_create(c, BLK, &r), 0);
@@ -1097,7 +1089,7 @@ TEST(memstat_shows_contexts_and_records_per_tenant)
 		test_skip("no %s (the sanitizer build makes only the daemon)", kvtd_bin("memstat"));
 	struct kvtd d;
 	kvtd_start(&d, NVME_CONF);
-	kvt_conn *c = open_conn(&d);
+	kvt_conn *c = kvtd_connect(&d, 60000);
 	kvt_region *r = NULL;
 	CHECK_RC(kvt_region_create(c, BLK, &r), 0);
 	uint64_t ids[4];

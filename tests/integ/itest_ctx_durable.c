@@ -32,14 +32,6 @@
 
 /* ---- helpers ------------------------------------------------------------------ */
 
-static kvt_conn *open_conn(const struct kvtd *d)
-{
-	kvt_conn *c = NULL;
-	CHECK_RC(kvt_conn_open(d->sock, &c), 0);
-	kvt_conn_set_timeout(c, 60000);
-	return c;
-}
-
 static void stop_clean(struct kvtd *d)
 {
 	int st = kvtd_stop(d);
@@ -233,17 +225,6 @@ static int check_range(kvt_conn *c, const char *name, uint64_t first, size_t n, 
 	return 0;
 }
 
-static uint64_t stat_u64(kvt_conn *c, const char *name)
-{
-	kvt_stats *s = NULL;
-	CHECK_RC(kvt_stats_get(c, &s), 0);
-	uint64_t v = 0;
-	bool ok = kvt_stats_find(s, name, &v);
-	kvt_stats_free(s);
-	CHECK_MSG(ok, "STATS has no %s", name);
-	return v;
-}
-
 /* ---- restarts ----------------------------------------------------------------- */
 
 #define BLK (256 * KiB)
@@ -254,7 +235,7 @@ TEST(saved_contexts_survive_sigterm_and_kill9_restarts)
 	/* Write-back: the blocks are only in RAM when the save starts. */
 	kvtd_start(&d, NVME_CONF "nvme_write = back\nnvme_admission = reused\n");
 	d.keep_dir = true;
-	kvt_conn *c = open_conn(&d);
+	kvt_conn *c = kvtd_connect(&d, 60000);
 	kvt_region *r = NULL;
 	CHECK_RC(kvt_region_create(c, 8 * BLK, &r), 0);
 	put_range(c, r, 1000, 16, BLK, 8);
@@ -267,8 +248,8 @@ TEST(saved_contexts_survive_sigterm_and_kill9_restarts)
 
 	/* A clean restart: nothing re-sent, everything there. */
 	kvtd_restart(&d);
-	c = open_conn(&d);
-	uint64_t cold = stat_u64(c, "t1.blocks");
+	c = kvtd_connect(&d, 60000);
+	uint64_t cold = kvtd_stat(c, "t1.blocks");
 	CHECK_MSG(cold == 0, "the host tier holds %llu blocks after a restart",
 		  (unsigned long long)cold);
 	CHECK_EQ(check_range(c, "s1", 1000, 16, BLK, false), 0);
@@ -280,8 +261,8 @@ TEST(saved_contexts_survive_sigterm_and_kill9_restarts)
 	CHECK_EQ(n, 2);
 	CHECK(strcmp(list[1].name, "s2") == 0 && list[1].expires_ms > 0);
 	kvt_ctx_list_free(list, n);
-	CHECK_EQ(stat_u64(c, "tenant.0.contexts"), 2);
-	CHECK_EQ(stat_u64(c, "tenant.0.context_bytes"), 20 * BLK);
+	CHECK_EQ(kvtd_stat(c, "tenant.0.contexts"), 2);
+	CHECK_EQ(kvtd_stat(c, "tenant.0.context_bytes"), 20 * BLK);
 
 	/* One more, then kill -9 right after its acknowledgement. */
 	r = NULL;
@@ -292,17 +273,17 @@ TEST(saved_contexts_survive_sigterm_and_kill9_restarts)
 	kvt_region_destroy(r);
 	kvt_conn_close(c);
 	kvtd_restart(&d);
-	c = open_conn(&d);
+	c = kvtd_connect(&d, 60000);
 	CHECK_EQ(check_range(c, "s3", 3000, 8, BLK, false), 0);
 	CHECK_EQ(check_range(c, "s1", 1000, 16, BLK, false), 0);
 	CHECK_EQ(check_range(c, "s2", 2000, 4, BLK, false), 0);
-	CHECK_EQ(stat_u64(c, "tenant.0.contexts"), 3);
+	CHECK_EQ(kvtd_stat(c, "tenant.0.contexts"), 3);
 	/* A delete is durable too. */
 	CHECK_RC(kvt_ctx_delete(c, "s2"), 0);
 	kvtd_kill(&d);
 	kvt_conn_close(c);
 	kvtd_restart(&d);
-	c = open_conn(&d);
+	c = kvtd_connect(&d, 60000);
 	kvt_ctx_info *in = NULL;
 	CHECK_RC(kvt_ctx_load(c, "s2", KVT_TIER_HOST, 0, &in), KVT_ENOENT);
 	CHECK_EQ(check_range(c, "s1", 1000, 16, BLK, false), 0);
@@ -318,7 +299,7 @@ TEST(acknowledged_saves_survive_a_kill9_loop)
 	kvtd_start(&d, NVME_CONF "nvme_write = back\n");
 	d.keep_dir = true;
 	for (unsigned i = 0; i < loops; i++) {
-		kvt_conn *c = open_conn(&d);
+		kvt_conn *c = kvtd_connect(&d, 60000);
 		kvt_region *r = NULL;
 		CHECK_RC(kvt_region_create(c, 8 * BLK, &r), 0);
 		uint64_t first = 10000 + i * 100;
@@ -331,13 +312,13 @@ TEST(acknowledged_saves_survive_a_kill9_loop)
 		kvt_region_destroy(r);
 		kvt_conn_close(c);
 		kvtd_restart(&d);
-		c = open_conn(&d);
+		c = kvtd_connect(&d, 60000);
 		for (unsigned j = 0; j <= i; j++) {
 			snprintf(name, sizeof(name), "loop/%u", j);
 			CHECK_EQ(check_range(c, name, 10000 + j * 100, 8, BLK, false), 0);
 		}
 		CHECK_EQ(check_range(c, "latest", first, 8, BLK, false), 0);
-		CHECK_EQ(stat_u64(c, "tenant.0.contexts"), i + 2);
+		CHECK_EQ(kvtd_stat(c, "tenant.0.contexts"), i + 2);
 		kvt_conn_close(c);
 	}
 	d.keep_dir = false;
@@ -379,7 +360,7 @@ TEST(a_save_cut_by_kill9_is_all_or_nothing)
 	uint64_t seed = (uint64_t)time(NULL);
 	test_log("seed %llu", (unsigned long long)seed);
 	for (unsigned i = 0; i < loops; i++) {
-		kvt_conn *c = open_conn(&d);
+		kvt_conn *c = kvtd_connect(&d, 60000);
 		kvt_region *r = NULL;
 		CHECK_RC(kvt_region_create(c, 16 * BLK, &r), 0);
 		uint64_t old_first = 100000 + i * 1000, new_first = old_first + 500;
@@ -398,15 +379,15 @@ TEST(a_save_cut_by_kill9_is_all_or_nothing)
 		 * share of the blocks each time (t2.writes counts them), so the cut falls
 		 * early, midway and late in the persisting, and now and then after the
 		 * manifest was committed. */
-		kvt_conn *watch = open_conn(&d);
-		uint64_t w0 = stat_u64(watch, "t2.writes");
+		kvt_conn *watch = kvtd_connect(&d, 60000);
+		uint64_t w0 = kvtd_stat(watch, "t2.writes");
 		uint64_t target = w0 + 1 + mix64(seed + i) % N;
 		pthread_t th[2];
 		for (int k = 0; k < 2; k++)
 			CHECK(pthread_create(&th[k], NULL, saver_main, &sv[k]) == 0);
 		uint64_t w = w0;
 		for (int spin = 0; spin < 200000 && w < target; spin++) {
-			w = stat_u64(watch, "t2.writes");
+			w = kvtd_stat(watch, "t2.writes");
 			if (w < target)
 				usleep(100);
 		}
@@ -420,7 +401,7 @@ TEST(a_save_cut_by_kill9_is_all_or_nothing)
 			 kvt_errname(sv[1].rc));
 
 		kvtd_restart(&d);
-		c = open_conn(&d);
+		c = kvtd_connect(&d, 60000);
 		/* The new context: complete, or absent (never partial); present for sure
 		 * if its save was acknowledged. */
 		int rc = check_range(c, name, new_first, N, BLK, sv[1].rc != 0);
@@ -479,7 +460,7 @@ TEST(referenced_blocks_outlive_nvme_pressure_until_deleted)
 	struct kvtd d;
 	kvtd_start(&d, "nvme_capacity = 256MiB\nnvme_segment_size = 64MiB\n"
 		       "nvme_write = through\nnvme_admission = always\nnvme_codec = raw\n");
-	kvt_conn *c = open_conn(&d);
+	kvt_conn *c = kvtd_connect(&d, 60000);
 	/* A daemon that stops answering fails the case with ETIMEDOUT on the call that
 	 * found it, well inside the case's time limit. */
 	kvt_conn_set_timeout(c, 20000);
@@ -497,17 +478,17 @@ TEST(referenced_blocks_outlive_nvme_pressure_until_deleted)
 		int st = 0;
 		kvt_block_delete(c, &k, 1, &st);
 	}
-	uint64_t dropped0 = stat_u64(c, "t2.dropped_blocks");
-	uint64_t cleaned0 = stat_u64(c, "t2.cleaned_segments");
+	uint64_t dropped0 = kvtd_stat(c, "t2.dropped_blocks");
+	uint64_t cleaned0 = kvtd_stat(c, "t2.cleaned_segments");
 
 	/* Four times the NVMe tier's capacity of other blocks. */
 	put_range(c, r, 100000, PRESSURE, BIG, 8);
-	uint64_t cleaned1 = stat_u64(c, "t2.cleaned_segments");
-	uint64_t dropped1 = stat_u64(c, "t2.dropped_blocks");
+	uint64_t cleaned1 = kvtd_stat(c, "t2.cleaned_segments");
+	uint64_t dropped1 = kvtd_stat(c, "t2.dropped_blocks");
 	test_log("pressure 1: %llu segments cleaned, %llu blocks dropped, t2.enospc %llu",
 		 (unsigned long long)(cleaned1 - cleaned0),
 		 (unsigned long long)(dropped1 - dropped0),
-		 (unsigned long long)stat_u64(c, "t2.enospc"));
+		 (unsigned long long)kvtd_stat(c, "t2.enospc"));
 	CHECK_MSG(cleaned1 - cleaned0 >= 4, "only %llu segments were cleaned: no pressure",
 		  (unsigned long long)(cleaned1 - cleaned0));
 	size_t on_nvme = 0;
@@ -528,7 +509,7 @@ TEST(referenced_blocks_outlive_nvme_pressure_until_deleted)
 		found = count_found(c, 1, CTX, &on_nvme);
 		test_log("pressure 2, round %d: %llu segments cleaned so far; %zu of %d context "
 			 "blocks left (%zu on NVMe)", round,
-			 (unsigned long long)(stat_u64(c, "t2.cleaned_segments") - cleaned1), found,
+			 (unsigned long long)(kvtd_stat(c, "t2.cleaned_segments") - cleaned1), found,
 			 CTX, on_nvme);
 		if (found < CTX)
 			break;
@@ -601,7 +582,7 @@ TEST(a_context_larger_than_the_host_tier_restores_after_a_restart)
 	struct kvtd d;
 	kvtd_start(&d, conf);
 	d.keep_dir = true;
-	kvt_conn *c = open_conn(&d);
+	kvt_conn *c = kvtd_connect(&d, 60000);
 	kvt_conn_set_timeout(c, 20000); /* a daemon that stops answering fails fast */
 	kvt_region *r = NULL;
 	CHECK_RC(kvt_region_create(c, 8 * BLK, &r), 0);
@@ -611,7 +592,7 @@ TEST(a_context_larger_than_the_host_tier_restores_after_a_restart)
 	kvt_conn_close(c);
 	stop_clean(&d);
 	kvtd_restart(&d);
-	c = open_conn(&d);
+	c = kvtd_connect(&d, 60000);
 	kvt_conn_set_timeout(c, 20000);
 	kvt_ctx_info *in = NULL;
 	CHECK_RC(kvt_ctx_load(c, "big", KVT_TIER_HOST, 20000, &in), 0);

@@ -24,14 +24,6 @@
 
 static const kvt_block_desc test_desc = { .dtype = KVT_DTYPE_BF16, .tokens = 16 };
 
-static kvt_conn *open_conn(const struct kvtd *d)
-{
-	kvt_conn *c = NULL;
-	CHECK_RC(kvt_conn_open(d->sock, &c), 0);
-	kvt_conn_set_timeout(c, 30000);
-	return c;
-}
-
 static kvt_region *make_region(kvt_conn *c, size_t size)
 {
 	kvt_region *r = NULL;
@@ -95,17 +87,6 @@ static bool present(kvt_conn *c, kvt_key k)
 	return found == 1;
 }
 
-static uint64_t stat_num(kvt_conn *c, const char *name)
-{
-	kvt_stats *s = NULL;
-	CHECK_RC(kvt_stats_get(c, &s), 0);
-	uint64_t v = 0;
-	bool ok = kvt_stats_find(s, name, &v);
-	kvt_stats_free(s);
-	CHECK_MSG(ok, "STATS has no numeric entry %s", name);
-	return v;
-}
-
 /* GET key into dst at off and compare with want. */
 static void check_block(kvt_conn *c, const kvt_region *dst, uint64_t off, kvt_key key,
 			const uint8_t *want, size_t len)
@@ -126,20 +107,20 @@ TEST(filling_past_capacity_evicts_old_blocks)
 	enum { N = 3 * TIER_BLOCKS };
 	struct kvtd d;
 	kvtd_start(&d, TIER_CONF);
-	kvt_conn *c = open_conn(&d);
-	CHECK_EQ(stat_num(c, "t1.capacity_bytes"), 4 * MiB);
+	kvt_conn *c = kvtd_connect(&d, 30000);
+	CHECK_EQ(kvtd_stat(c, "t1.capacity_bytes"), 4 * MiB);
 	kvt_region *r = make_region(c, N * BLK);
 	uint8_t *base = kvt_region_base(r);
 	pattern(base, N * BLK, 1);
 	for (int i = 0; i < N; i++)
 		CHECK_RC(put_one(c, r, test_key(1, (uint64_t)i), NULL, (uint64_t)i * BLK, BLK), 0);
-	uint64_t evictions = stat_num(c, "t1.evictions");
+	uint64_t evictions = kvtd_stat(c, "t1.evictions");
 	CHECK_MSG(evictions >= N - TIER_BLOCKS, "only %llu evictions after %d blocks",
 		  (unsigned long long)evictions, N);
-	CHECK_MSG(stat_num(c, "t1.evicted_bytes") >= (uint64_t)(N - TIER_BLOCKS) * BLK,
+	CHECK_MSG(kvtd_stat(c, "t1.evicted_bytes") >= (uint64_t)(N - TIER_BLOCKS) * BLK,
 		  "t1.evicted_bytes too small");
-	CHECK(stat_num(c, "t1.used_bytes") <= 4 * MiB);
-	CHECK(stat_num(c, "t1.blocks") <= TIER_BLOCKS);
+	CHECK(kvtd_stat(c, "t1.used_bytes") <= 4 * MiB);
+	CHECK(kvtd_stat(c, "t1.blocks") <= TIER_BLOCKS);
 	/* The newest block is there, with its bytes; the oldest is gone. */
 	CHECK(present(c, test_key(1, N - 1)));
 	CHECK(!present(c, test_key(1, 0)));
@@ -165,7 +146,7 @@ TEST(chain_loses_its_tail_before_its_head)
 	enum { L = 32, PRESSURE = TIER_BLOCKS - L + 8 };
 	struct kvtd d;
 	kvtd_start(&d, TIER_CONF);
-	kvt_conn *c = open_conn(&d);
+	kvt_conn *c = kvtd_connect(&d, 30000);
 	kvt_region *r = make_region(c, (L + PRESSURE) * BLK);
 	uint8_t *base = kvt_region_base(r);
 	pattern(base, (L + PRESSURE) * BLK, 2);
@@ -190,7 +171,7 @@ TEST(chain_loses_its_tail_before_its_head)
 		CHECK_RC(put_one(c, r, k, NULL, (uint64_t)(L + i) * BLK, BLK), 0);
 		CHECK_RC(kvt_block_pin(c, &k, 1, NULL), 0);
 	}
-	CHECK_MSG(stat_num(c, "t1.evictions") >= 8, "no evictions under pressure");
+	CHECK_MSG(kvtd_stat(c, "t1.evictions") >= 8, "no evictions under pressure");
 	CHECK_RC(kvt_block_lookup(c, chain, L, &found, NULL), 0);
 	test_log("chain prefix after pressure: %zu of %d", found, L);
 	CHECK_MSG(found >= 1, "the chain's head was evicted");
@@ -213,7 +194,7 @@ TEST(pinned_blocks_survive_pressure)
 	enum { P = 16, N = 4 * TIER_BLOCKS };
 	struct kvtd d;
 	kvtd_start(&d, TIER_CONF);
-	kvt_conn *c = open_conn(&d);
+	kvt_conn *c = kvtd_connect(&d, 30000);
 	kvt_region *r = make_region(c, (P + 1) * BLK);
 	uint8_t *base = kvt_region_base(r);
 	pattern(base, (P + 1) * BLK, 3);
@@ -224,10 +205,10 @@ TEST(pinned_blocks_survive_pressure)
 	}
 	int st[P];
 	CHECK_RC(kvt_block_pin(c, pinned, P, st), 0);
-	CHECK_EQ(stat_num(c, "t1.pinned_blocks"), P);
+	CHECK_EQ(kvtd_stat(c, "t1.pinned_blocks"), P);
 	for (int i = 0; i < N; i++)
 		CHECK_RC(put_one(c, r, test_key(4, (uint64_t)i), NULL, (uint64_t)P * BLK, BLK), 0);
-	CHECK(stat_num(c, "t1.evictions") >= N - (TIER_BLOCKS - P));
+	CHECK(kvtd_stat(c, "t1.evictions") >= N - (TIER_BLOCKS - P));
 	size_t found = 0;
 	CHECK_RC(kvt_block_lookup(c, pinned, P, &found, NULL), 0);
 	CHECK_EQ(found, P);
@@ -236,7 +217,7 @@ TEST(pinned_blocks_survive_pressure)
 		check_block(c, dst, 0, pinned[i], base + (size_t)i * BLK, BLK);
 	/* Unpinned, they are ordinary blocks again and go under pressure. */
 	CHECK_RC(kvt_block_unpin(c, pinned, P, st), 0);
-	CHECK_EQ(stat_num(c, "t1.pinned_blocks"), 0);
+	CHECK_EQ(kvtd_stat(c, "t1.pinned_blocks"), 0);
 	for (int i = 0; i < N; i++)
 		CHECK_RC(put_one(c, r, test_key(5, (uint64_t)i), NULL, (uint64_t)P * BLK, BLK), 0);
 	CHECK_RC(kvt_block_lookup(c, pinned, P, &found, NULL), 0);
@@ -267,7 +248,7 @@ TEST(everything_pinned_is_enospc)
 {
 	struct kvtd d;
 	kvtd_start(&d, TIER_CONF);
-	kvt_conn *c = open_conn(&d);
+	kvt_conn *c = kvtd_connect(&d, 30000);
 	kvt_region *r = make_region(c, 1 * MiB);
 	pattern(kvt_region_base(r), 1 * MiB, 4);
 	int rc = 0;
@@ -275,11 +256,11 @@ TEST(everything_pinned_is_enospc)
 	CHECK_RC(rc, KVT_ENOSPC);
 	test_log("%d pinned one-chunk blocks fit in the tier", n);
 	CHECK_EQ(n, TIER_BLOCKS);
-	CHECK_EQ(stat_num(c, "t1.pinned_blocks"), n);
+	CHECK_EQ(kvtd_stat(c, "t1.pinned_blocks"), n);
 	/* A refused PUT stored nothing and left no pending reservation. */
 	CHECK(!present(c, test_key(6, (uint64_t)n)));
-	CHECK_EQ(stat_num(c, "t1.pending"), 0);
-	CHECK_EQ(stat_num(c, "t1.blocks"), n);
+	CHECK_EQ(kvtd_stat(c, "t1.pending"), 0);
+	CHECK_EQ(kvtd_stat(c, "t1.blocks"), n);
 	/* Smaller blocks do not fit either, and a present key is still fine. */
 	CHECK_RC(put_one(c, r, test_key(7, 1), NULL, 0, 1), KVT_ENOSPC);
 	CHECK_RC(put_one(c, r, test_key(6, 0), NULL, 0, BLK), 0);
@@ -300,8 +281,8 @@ TEST(pins_are_dropped_when_their_connection_closes)
 {
 	struct kvtd d;
 	kvtd_start(&d, TIER_CONF);
-	kvt_conn *a = open_conn(&d);
-	kvt_conn *b = open_conn(&d);
+	kvt_conn *a = kvtd_connect(&d, 30000);
+	kvt_conn *b = kvtd_connect(&d, 30000);
 	kvt_region *ra = make_region(a, 1 * MiB);
 	kvt_region *rb = make_region(b, 1 * MiB);
 	pattern(kvt_region_base(ra), 1 * MiB, 5);
@@ -318,7 +299,7 @@ TEST(pins_are_dropped_when_their_connection_closes)
 	/* The daemon notices the close asynchronously: poll, bounded. */
 	uint64_t pinned = 0;
 	for (int i = 0; i < 1000; i++) {
-		pinned = stat_num(b, "t1.pinned_blocks");
+		pinned = kvtd_stat(b, "t1.pinned_blocks");
 		if (pinned == 1)
 			break;
 		sleep_ms(10);
@@ -340,8 +321,8 @@ TEST(pins_belong_to_their_connection)
 {
 	struct kvtd d;
 	kvtd_start(&d, TIER_CONF);
-	kvt_conn *a = open_conn(&d);
-	kvt_conn *b = open_conn(&d);
+	kvt_conn *a = kvtd_connect(&d, 30000);
+	kvt_conn *b = kvtd_connect(&d, 30000);
 	kvt_region *r = make_region(a, 1 * MiB);
 	kvt_key k = test_key(10, 1);
 	CHECK_RC(put_one(a, r, k, NULL, 0, BLK), 0);
@@ -358,7 +339,7 @@ TEST(pins_belong_to_their_connection)
 	CHECK_RC(kvt_block_delete(a, &k, 1, &st), KVT_EPARTIAL);
 	CHECK_RC(st, KVT_EPINNED);
 	CHECK_RC(kvt_block_unpin(b, &k, 1, NULL), 0);
-	CHECK_EQ(stat_num(a, "t1.pinned_blocks"), 0);
+	CHECK_EQ(kvtd_stat(a, "t1.pinned_blocks"), 0);
 	CHECK_RC(kvt_block_delete(b, &k, 1, &st), 0);
 	CHECK(!present(a, k));
 	CHECK_RC(kvt_region_destroy(r), 0);

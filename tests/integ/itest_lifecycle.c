@@ -23,14 +23,6 @@
 
 static const kvt_block_desc test_desc = { .dtype = KVT_DTYPE_BF16, .tokens = 16 };
 
-static kvt_conn *open_conn(const struct kvtd *d)
-{
-	kvt_conn *c = NULL;
-	CHECK_RC(kvt_conn_open(d->sock, &c), 0);
-	kvt_conn_set_timeout(c, 30000);
-	return c;
-}
-
 static kvt_region *make_region(kvt_conn *c, size_t size)
 {
 	kvt_region *r = NULL;
@@ -101,17 +93,6 @@ static void ping_ok_or_died(struct kvtd *d, kvt_conn *c)
 	CHECK_RC(rc, 0);
 }
 
-static uint64_t stat_num(kvt_conn *c, const char *name)
-{
-	kvt_stats *s = NULL;
-	CHECK_RC(kvt_stats_get(c, &s), 0);
-	uint64_t v = 0;
-	bool ok = kvt_stats_find(s, name, &v);
-	kvt_stats_free(s);
-	CHECK_MSG(ok, "STATS has no numeric entry %s", name);
-	return v;
-}
-
 /* Mappings of memfds in the daemon: the regions it still has mapped. */
 static int memfd_mappings(pid_t pid)
 {
@@ -136,9 +117,9 @@ struct baseline {
  * harness's start-up probes are gone (conn.current == 1) first. */
 static struct baseline measure(struct kvtd *d, kvt_conn *c)
 {
-	for (int i = 0; i < 1000 && stat_num(c, "conn.current") != 1; i++)
+	for (int i = 0; i < 1000 && kvtd_stat(c, "conn.current") != 1; i++)
 		sleep_ms(10);
-	CHECK_EQ(stat_num(c, "conn.current"), 1);
+	CHECK_EQ(kvtd_stat(c, "conn.current"), 1);
 	struct baseline b = { proc_fd_count(d->pid), memfd_mappings(d->pid) };
 	CHECK(b.fds > 0);
 	return b;
@@ -150,7 +131,7 @@ static void expect_baseline(struct kvtd *d, kvt_conn *c, struct baseline b)
 	uint64_t cur = 0;
 	int fds = 0, maps = 0;
 	for (int i = 0; i < 1000; i++) {
-		cur = stat_num(c, "conn.current");
+		cur = kvtd_stat(c, "conn.current");
 		fds = proc_fd_count(d->pid);
 		maps = memfd_mappings(d->pid);
 		if (cur == 1 && fds == b.fds && maps == b.maps)
@@ -169,7 +150,7 @@ static void expect_baseline(struct kvtd *d, kvt_conn *c, struct baseline b)
 static void doomed_client(const struct kvtd *d, int ready_fd, uint32_t ns)
 {
 	enum { N = 24, BLK = 1024 * 1024 };
-	kvt_conn *c = open_conn(d);
+	kvt_conn *c = kvtd_connect(d, 30000);
 	kvt_region *r = make_region(c, N * BLK);
 	kvt_region *r2 = make_region(c, N * BLK); /* GET destinations */
 	pattern(kvt_region_base(r), N * BLK, ns);
@@ -204,7 +185,7 @@ TEST(client_killed_mid_transfer_leaves_nothing_behind)
 {
 	struct kvtd d;
 	kvtd_start(&d, NULL);
-	kvt_conn *c = open_conn(&d);
+	kvt_conn *c = kvtd_connect(&d, 30000);
 	struct baseline b = measure(&d, c);
 	test_log("baseline: %d fds, %d memfd mappings", b.fds, b.maps);
 
@@ -225,7 +206,7 @@ TEST(client_killed_mid_transfer_leaves_nothing_behind)
 		char x;
 		CHECK_MSG(read(p[0], &x, 1) == 1, "client %u died before it was ready", round);
 		close(p[0]);
-		CHECK_EQ(stat_num(c, "t1.pinned_blocks"), 1);
+		CHECK_EQ(kvtd_stat(c, "t1.pinned_blocks"), 1);
 		kill(pid, SIGKILL);
 		int st;
 		CHECK(waitpid(pid, &st, 0) == pid);
@@ -234,7 +215,7 @@ TEST(client_killed_mid_transfer_leaves_nothing_behind)
 		ping_ok_or_died(&d, c);
 		expect_baseline(&d, c, b);
 		/* The dead client's pin is gone: the block can be deleted. */
-		CHECK_EQ(stat_num(c, "t1.pinned_blocks"), 0);
+		CHECK_EQ(kvtd_stat(c, "t1.pinned_blocks"), 0);
 		kvt_key pk = test_key(round, 1000);
 		int ds = 1;
 		CHECK_RC(kvt_block_delete(c, &pk, 1, &ds), 0);
@@ -274,7 +255,7 @@ TEST(client_killed_mid_transfer_leaves_nothing_behind)
 static void busy_client(const struct kvtd *d, int ready_fd, uint32_t ns)
 {
 	enum { N = 60, BLK = 128 * 1024 };
-	kvt_conn *c = open_conn(d);
+	kvt_conn *c = kvtd_connect(d, 30000);
 	kvt_region *r = make_region(c, N * BLK);
 	pattern(kvt_region_base(r), N * BLK, ns);
 	static kvt_put_item put[N];
@@ -301,7 +282,7 @@ TEST(many_clients_killed_at_once)
 	enum { CLIENTS = 8, ROUNDS_ALL = 4 };
 	struct kvtd d;
 	kvtd_start(&d, NULL);
-	kvt_conn *c = open_conn(&d);
+	kvt_conn *c = kvtd_connect(&d, 30000);
 	struct baseline b = measure(&d, c);
 	for (uint32_t round = 0; round < ROUNDS_ALL; round++) {
 		pid_t pids[CLIENTS];
@@ -340,11 +321,11 @@ TEST(many_short_connections_do_not_leak)
 {
 	struct kvtd d;
 	kvtd_start(&d, NULL);
-	kvt_conn *c = open_conn(&d);
+	kvt_conn *c = kvtd_connect(&d, 30000);
 	struct baseline b = measure(&d, c);
-	uint64_t total0 = stat_num(c, "conn.total");
+	uint64_t total0 = kvtd_stat(c, "conn.total");
 	for (int i = 0; i < 50; i++) {
-		kvt_conn *x = open_conn(&d);
+		kvt_conn *x = kvtd_connect(&d, 30000);
 		kvt_region *r = make_region(x, 64 * KiB);
 		if (i % 2)
 			CHECK_RC(kvt_region_destroy(r), 0);
@@ -353,7 +334,7 @@ TEST(many_short_connections_do_not_leak)
 			CHECK_RC(kvt_region_destroy(r), 0);
 	}
 	expect_baseline(&d, c, b);
-	CHECK(stat_num(c, "conn.total") >= total0 + 50);
+	CHECK(kvtd_stat(c, "conn.total") >= total0 + 50);
 	kvt_conn_close(c);
 	stop_clean(&d);
 }
@@ -365,7 +346,7 @@ TEST(sigterm_removes_the_socket_and_exits_zero)
 	const char *log = kvtd_log_text(&d);
 	CHECK_MSG(strstr(log, "listening on ") && strstr(log, d.sock),
 		  "the log does not say it is listening on %s", d.sock);
-	kvt_conn *c = open_conn(&d);
+	kvt_conn *c = kvtd_connect(&d, 30000);
 	kvt_region *r = make_region(c, 1 * MiB);
 	kvt_put_item it = { .key = test_key(20, 1), .region = r, .length = 1000,
 			    .desc = test_desc };
@@ -404,8 +385,8 @@ TEST(sigterm_with_idle_clients_closes_them)
 {
 	struct kvtd d;
 	kvtd_start(&d, NULL);
-	kvt_conn *a = open_conn(&d);
-	kvt_conn *b = open_conn(&d);
+	kvt_conn *a = kvtd_connect(&d, 30000);
+	kvt_conn *b = kvtd_connect(&d, 30000);
 	kvt_region *r = make_region(b, 1 * MiB);
 	CHECK_RC(kvt_ping(a), 0);
 	stop_clean(&d); /* bounded: fails if idle clients keep it alive */
@@ -424,7 +405,7 @@ TEST(sigterm_during_transfers_answers_or_refuses_each)
 	enum { N = 24, BLK = 2 * 1024 * 1024 };
 	struct kvtd d;
 	kvtd_start(&d, NULL);
-	kvt_conn *c = open_conn(&d);
+	kvt_conn *c = kvtd_connect(&d, 30000);
 	kvt_region *r = make_region(c, N * BLK);
 	pattern(kvt_region_base(r), N * BLK, 9);
 	static kvt_put_item put[N];
@@ -475,7 +456,7 @@ TEST(clients_see_a_crashed_daemon_as_an_error)
 {
 	struct kvtd d;
 	kvtd_start(&d, NULL);
-	kvt_conn *c = open_conn(&d);
+	kvt_conn *c = kvtd_connect(&d, 30000);
 	kvt_region *r = make_region(c, 1 * MiB);
 	char sock[sizeof(d.sock)];
 	memcpy(sock, d.sock, sizeof(sock));
@@ -500,7 +481,7 @@ TEST(unresponsive_daemon_times_the_call_out)
 {
 	struct kvtd d;
 	kvtd_start(&d, NULL);
-	kvt_conn *c = open_conn(&d);
+	kvt_conn *c = kvtd_connect(&d, 30000);
 	kvt_conn_set_timeout(c, 300);
 	CHECK_RC(kvt_ping(c), 0);
 	CHECK(kill(d.pid, SIGSTOP) == 0);
@@ -513,7 +494,7 @@ TEST(unresponsive_daemon_times_the_call_out)
 	CHECK_RC(kvt_region_create(c, 4096, &r), KVT_ECLOSED);
 	kvt_conn_close(c);
 	/* The daemon itself is fine once it runs again. */
-	c = open_conn(&d);
+	c = kvtd_connect(&d, 30000);
 	ping_ok_or_died(&d, c);
 	kvt_conn_close(c);
 	stop_clean(&d);

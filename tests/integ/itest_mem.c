@@ -31,14 +31,6 @@
 
 /* ---- helpers ------------------------------------------------------------------ */
 
-static kvt_conn *open_conn(const struct kvtd *d)
-{
-	kvt_conn *c = NULL;
-	CHECK_RC(kvt_conn_open(d->sock, &c), 0);
-	kvt_conn_set_timeout(c, 60000);
-	return c;
-}
-
 static void stop_clean(struct kvtd *d)
 {
 	int st = kvtd_stop(d);
@@ -163,7 +155,7 @@ TEST(put_get_upsert_delete)
 {
 	struct kvtd d;
 	kvtd_start(&d, MEM_CONF);
-	kvt_conn *c = open_conn(&d);
+	kvt_conn *c = kvtd_connect(&d, 60000);
 	uint64_t t0 = realtime_ms();
 	CHECK_RC(put_rec(c, "agent/alice", "likes", 1, 3000, 8, 0), 0);
 	uint64_t t1 = realtime_ms();
@@ -272,7 +264,7 @@ TEST(list_by_namespace_prefix_with_pagination)
 {
 	struct kvtd d;
 	kvtd_start(&d, MEM_CONF);
-	kvt_conn *c = open_conn(&d);
+	kvt_conn *c = kvtd_connect(&d, 60000);
 	static const char *const nss[] = { "a/y", "b", "a/x", "a", "ab" };
 	static const int counts[] = { 5, 3, 25, 2, 4 };
 	struct nk all[64];
@@ -465,7 +457,7 @@ TEST(search_is_exact_top_k_by_cosine)
 {
 	struct kvtd d;
 	kvtd_start(&d, MEM_CONF);
-	kvt_conn *c = open_conn(&d);
+	kvt_conn *c = kvtd_connect(&d, 60000);
 	for (int n = 0; n < 3; n++) {
 		for (unsigned i = 0; i < search_n[n]; i++) {
 			char key[16];
@@ -537,7 +529,7 @@ TEST(expired_records_are_never_returned)
 {
 	struct kvtd d;
 	kvtd_start(&d, MEM_CONF);
-	kvt_conn *c = open_conn(&d);
+	kvt_conn *c = kvtd_connect(&d, 60000);
 	CHECK_RC(put_rec(c, "ttl", "short", 1, 100, 8, 1), 0);
 	CHECK_RC(put_rec(c, "ttl", "long", 2, 100, 8, 3600), 0);
 	CHECK_RC(put_rec(c, "ttl", "never", 3, 100, 8, 0), 0);
@@ -657,7 +649,7 @@ TEST(acknowledged_records_survive_kill9_and_restarts)
 			pthread_join(th[t], NULL);
 			CHECK_MSG(w[t].rc == 0, "writer %u: %s", t, kvt_errname(w[t].rc));
 		}
-		kvt_conn *c = open_conn(&d);
+		kvt_conn *c = kvtd_connect(&d, 60000);
 		/* One deletion per loop, acknowledged before the kill. */
 		char key[48];
 		dur_key(key, sizeof(key), l, 0, 0);
@@ -669,7 +661,7 @@ TEST(acknowledged_records_survive_kill9_and_restarts)
 		kvt_conn_close(c);
 		kvtd_kill(&d);
 		kvtd_restart(&d);
-		c = open_conn(&d);
+		c = kvtd_connect(&d, 60000);
 		for (unsigned ll = 0; ll <= l; ll++) {
 			for (unsigned t = 0; t < THREADS; t++) {
 				for (unsigned i = 0; i < PER_THREAD; i++) {
@@ -704,7 +696,7 @@ TEST(acknowledged_records_survive_kill9_and_restarts)
 	/* And a clean restart keeps everything too. */
 	stop_clean(&d);
 	kvtd_restart(&d);
-	kvt_conn *c = open_conn(&d);
+	kvt_conn *c = kvtd_connect(&d, 60000);
 	CHECK_EQ(stat_u64(c, "tenant.0.records", NULL),
 		 (uint64_t)loops * (THREADS * PER_THREAD - 1));
 	kvt_conn_close(c);
@@ -718,7 +710,7 @@ TEST(bad_records_are_refused_by_the_library)
 {
 	struct kvtd d;
 	kvtd_start(&d, MEM_CONF);
-	kvt_conn *c = open_conn(&d);
+	kvt_conn *c = kvtd_connect(&d, 60000);
 	char longname[KVT_NAME_LEN_MAX + 2];
 	memset(longname, 'x', sizeof(longname) - 1);
 	longname[sizeof(longname) - 1] = 0; /* 256 bytes */
@@ -1039,7 +1031,7 @@ TEST(bad_record_requests_get_the_daemons_own_answers)
 		  mismatches);
 	close(rw->fd);
 	free(rw);
-	kvt_conn *c = open_conn(&d);
+	kvt_conn *c = kvtd_connect(&d, 60000);
 	kvt_mem_item *it = NULL;
 	CHECK_RC(kvt_mem_get(c, "n", "raw", &it), 0);
 	CHECK_EQ(it->value_len, 1);
@@ -1076,7 +1068,7 @@ static void as_nobody(const struct kvtd *d, void (*fn)(const struct kvtd *d))
 
 static void nobody_cannot_see_roots_records(const struct kvtd *d)
 {
-	kvt_conn *c = open_conn(d);
+	kvt_conn *c = kvtd_connect(d, 60000);
 	CHECK_EQ(kvt_conn_server(c)->tenant, NOBODY);
 	kvt_mem_item *it = NULL;
 	CHECK_RC(kvt_mem_get(c, "notes", "k", &it), KVT_ENOENT);
@@ -1112,7 +1104,7 @@ TEST(tenants_never_see_each_others_records)
 	need_root();
 	struct kvtd d;
 	kvtd_start(&d, MEM_CONF);
-	kvt_conn *c = open_conn(&d);
+	kvt_conn *c = kvtd_connect(&d, 60000);
 	CHECK_RC(put_rec(c, "notes", "k", 1, 100, 8, 0), 0);
 	CHECK_RC(put_rec(c, "notes", "k2", 2, 100, 8, 0), 0);
 

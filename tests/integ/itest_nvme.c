@@ -32,14 +32,6 @@
 
 /* ---- helpers ---------------------------------------------------------------- */
 
-static kvt_conn *open_conn(const struct kvtd *d)
-{
-	kvt_conn *c = NULL;
-	CHECK_RC(kvt_conn_open(d->sock, &c), 0);
-	kvt_conn_set_timeout(c, 30000);
-	return c;
-}
-
 static kvt_region *make_region(kvt_conn *c, size_t size)
 {
 	kvt_region *r = NULL;
@@ -319,7 +311,7 @@ static void roundtrip(const char *backend, const char *codec, const char *write)
 	conf_for(conf, sizeof(conf), backend, extra);
 	struct kvtd d;
 	kvtd_start(&d, conf);
-	kvt_conn *c = open_conn(&d);
+	kvt_conn *c = kvtd_connect(&d, 30000);
 	CHECK_EQ(stat_num(c, "t2.active"), 1);
 	check_backend(&d, c, backend);
 	kvt_region *src = make_region(c, 4 * MiB);
@@ -428,7 +420,7 @@ static void admission_reused(const char *backend)
 	conf_for(conf, sizeof(conf), backend, "nvme_admission = reused\nnvme_write = back\n");
 	struct kvtd d;
 	kvtd_start(&d, conf);
-	kvt_conn *c = open_conn(&d);
+	kvt_conn *c = kvtd_connect(&d, 30000);
 	check_backend(&d, c, backend);
 	kvt_region *src = make_region(c, len);
 	kvt_region *dst = make_region(c, len);
@@ -488,7 +480,7 @@ static void write_through(const char *backend)
 	conf_for(conf, sizeof(conf), backend, "nvme_write = through\n");
 	struct kvtd d;
 	kvtd_start(&d, conf);
-	kvt_conn *c = open_conn(&d);
+	kvt_conn *c = kvtd_connect(&d, 30000);
 	check_backend(&d, c, backend);
 	kvt_region *src = make_region(c, 2 * MiB);
 	kvt_region *dst = make_region(c, 2 * MiB);
@@ -538,7 +530,7 @@ TEST(auto_backend_falls_back_to_threads_and_says_why)
 
 	CHECK(unsetenv("KVT_IO_URING_DISABLE") == 0);
 	kvtd_start(&d, conf);
-	kvt_conn *c = open_conn(&d);
+	kvt_conn *c = kvtd_connect(&d, 30000);
 	stat_text(c, "t2.backend", b, sizeof(b));
 	kvt_conn_close(c);
 	stop_clean(&d);
@@ -557,7 +549,7 @@ TEST(auto_backend_falls_back_to_threads_and_says_why)
 			  strstr(first, "KVT_IO_URING_DISABLE=1"),
 		  "the log line does not say the thread pool runs because io_uring was refused: %s",
 		  first);
-	c = open_conn(&d);
+	c = kvtd_connect(&d, 30000);
 	stat_text(c, "t2.backend", b, sizeof(b));
 	CHECK_MSG(strncmp(b, "thread pool", 11) == 0 && strstr(b, "io_uring refused"),
 		  "t2.backend is '%s'", b);
@@ -577,7 +569,7 @@ TEST(auto_backend_falls_back_to_threads_and_says_why)
 	stop_clean(&d);
 	kvtd_restart(&d);
 	CHECK(strstr(kvtd_log_text(&d), "NVMe I/O: thread pool"));
-	c = open_conn(&d);
+	c = kvtd_connect(&d, 30000);
 	dst = make_region(c, 2 * MiB);
 	for (uint64_t i = 0; i < N; i++) {
 		CHECK_EQ(lookup_tier(c, blk_key(ns, i)), KVT_TIER_NVME);
@@ -642,7 +634,7 @@ TEST(memstat_shows_the_nvme_tier)
 	stop_clean(&d);
 
 	kvtd_start(&d, T2_CONF "io_backend = uring\nnvme_write = through\nnvme_codec = bf16\n");
-	kvt_conn *c = open_conn(&d);
+	kvt_conn *c = kvtd_connect(&d, 30000);
 	kvt_region *src = make_region(c, 1 * MiB);
 	for (uint64_t i = 0; i < 5; i++)
 		CHECK_RC(put_blk(c, src, 0, ns, i, 1 * MiB, NULL), 0);

@@ -38,14 +38,6 @@
 
 /* ---- helpers ---------------------------------------------------------------- */
 
-static kvt_conn *open_conn(const struct kvtd *d)
-{
-	kvt_conn *c = NULL;
-	CHECK_RC(kvt_conn_open(d->sock, &c), 0);
-	kvt_conn_set_timeout(c, 30000);
-	return c;
-}
-
 static kvt_region *make_region(kvt_conn *c, size_t size)
 {
 	kvt_region *r = NULL;
@@ -260,7 +252,7 @@ static void restart_warm(const char *backend)
 	struct kvtd d;
 	kvtd_start(&d, conf);
 	d.keep_dir = true;
-	kvt_conn *c = open_conn(&d);
+	kvt_conn *c = kvtd_connect(&d, 30000);
 	kvt_region *src = make_region(c, 4 * MiB);
 	uint64_t total = 0;
 	for (uint64_t i = 0; i < N; i++) {
@@ -278,7 +270,7 @@ static void restart_warm(const char *backend)
 	uint64_t warm = 0;
 	check_warm(&d, &warm);
 	CHECK_EQ(warm, N);
-	c = open_conn(&d);
+	c = kvtd_connect(&d, 30000);
 	CHECK_EQ(stat_num(c, "t2.blocks"), N);
 	CHECK_EQ(stat_num(c, "t1.blocks"), 0);
 	for (uint64_t i = 0; i < N; i++)
@@ -317,7 +309,7 @@ static void kill9_durable(const char *backend)
 	struct kvtd d;
 	kvtd_start(&d, conf);
 	d.keep_dir = true;
-	kvt_conn *c = open_conn(&d);
+	kvt_conn *c = kvtd_connect(&d, 30000);
 	kvt_region *src = make_region(c, 4 * MiB);
 	for (uint64_t i = 0; i < N; i++)
 		CHECK_RC(put_blk(c, src, 0, ns, i, blk_len(ns, i, 1 * MiB, 4 * MiB), NULL), 0);
@@ -333,7 +325,7 @@ static void kill9_durable(const char *backend)
 	kvtd_restart(&d);
 	uint64_t warm = 0;
 	check_warm(&d, &warm);
-	c = open_conn(&d);
+	c = kvtd_connect(&d, 30000);
 	uint64_t blocks = stat_num(c, "t2.blocks");
 	CHECK_EQ(blocks, warm);
 	CHECK_MSG(blocks >= before, "%llu blocks after the restart, %llu were durable before",
@@ -587,8 +579,8 @@ static void kill_loop(const char *backend, uint32_t ns)
 			uint64_t warm = 0;
 			check_warm(&d, &warm);
 		}
-		kvt_conn *c = open_conn(&d);
-		kvt_conn *c2 = open_conn(&d);
+		kvt_conn *c = kvtd_connect(&d, 30000);
+		kvt_conn *c2 = kvtd_connect(&d, 30000);
 		kvt_region *dst = make_region(c, 1 * MiB);
 		kvt_region *src = make_region(c, 1 * MiB);
 		if (cycle > 0)
@@ -725,7 +717,7 @@ static void corruption(const char *backend)
 	struct kvtd d;
 	kvtd_start(&d, conf);
 	d.keep_dir = true;
-	kvt_conn *c = open_conn(&d);
+	kvt_conn *c = kvtd_connect(&d, 30000);
 	kvt_region *src = make_region(c, 2 * MiB);
 	for (uint64_t i = 0; i < N; i++)
 		CHECK_RC(put_blk(c, src, 0, ns, i, blk_len(ns, i, 256 * KiB, 2 * MiB), NULL), 0);
@@ -758,7 +750,7 @@ static void corruption(const char *backend)
 	}
 
 	kvtd_restart(&d);
-	c = open_conn(&d);
+	c = kvtd_connect(&d, 30000);
 	kvt_region *dst = make_region(c, 2 * MiB);
 	uint8_t *want = malloc(2 * MiB);
 	CHECK(want);
@@ -812,7 +804,7 @@ static void corruption(const char *backend)
 
 	/* And after one more restart, everything is on NVMe and intact. */
 	kvtd_restart(&d);
-	c = open_conn(&d);
+	c = kvtd_connect(&d, 30000);
 	dst = make_region(c, 2 * MiB);
 	for (uint64_t i = 0; i < N; i++) {
 		CHECK_EQ(lookup_tier(c, blk_key(ns, i)), KVT_TIER_NVME);
@@ -844,7 +836,7 @@ static void delete_reaches_nvme(const char *backend)
 	struct kvtd d;
 	kvtd_start(&d, conf);
 	d.keep_dir = true;
-	kvt_conn *c = open_conn(&d);
+	kvt_conn *c = kvtd_connect(&d, 30000);
 	kvt_region *src = make_region(c, 2 * MiB);
 	kvt_region *dst = make_region(c, 2 * MiB);
 	uint8_t *want = malloc(2 * MiB);
@@ -866,7 +858,7 @@ static void delete_reaches_nvme(const char *backend)
 	stop_clean(&d);
 
 	kvtd_restart(&d);
-	c = open_conn(&d);
+	c = kvtd_connect(&d, 30000);
 	dst = make_region(c, 2 * MiB);
 	CHECK_EQ(stat_num(c, "t2.blocks"), N - 2);
 	for (uint64_t i = 0; i < N; i++) {
@@ -892,7 +884,7 @@ static void delete_reaches_nvme(const char *backend)
 	kvtd_kill(&d);
 
 	kvtd_restart(&d);
-	c = open_conn(&d);
+	c = kvtd_connect(&d, 30000);
 	dst = make_region(c, 2 * MiB);
 	CHECK_EQ(stat_num(c, "t2.blocks"), N - 3);
 	for (uint64_t i = 0; i < N; i++) {
@@ -926,7 +918,7 @@ static size_t tenant_len(uint64_t n)
  * PUT of the same key stores this tenant's own block. */
 static void nobody_client(const struct kvtd *d)
 {
-	kvt_conn *c = open_conn(d);
+	kvt_conn *c = kvtd_connect(d, 30000);
 	CHECK_EQ(kvt_conn_server(c)->tenant, NOBODY);
 	kvt_region *r = make_region(c, 1 * MiB);
 	uint8_t *want = malloc(1 * MiB);
@@ -965,7 +957,7 @@ TEST(other_tenant_cannot_see_nvme_blocks)
 	struct kvtd d;
 	kvtd_start(&d, T2_CONF "io_backend = uring\nnvme_write = through\n");
 	d.keep_dir = true;
-	kvt_conn *c = open_conn(&d);
+	kvt_conn *c = kvtd_connect(&d, 30000);
 	kvt_region *src = make_region(c, 1 * MiB);
 	for (uint64_t i = 0; i < TENANT_N; i++)
 		CHECK_RC(put_blk(c, src, 0, TENANT_NS, i, tenant_len(i), NULL), 0);
@@ -989,7 +981,7 @@ TEST(other_tenant_cannot_see_nvme_blocks)
 	CHECK_MSG(WIFEXITED(wst) && WEXITSTATUS(wst) == 0,
 		  "the uid %u client failed (wait status %#x)", NOBODY, wst);
 
-	c = open_conn(&d);
+	c = kvtd_connect(&d, 30000);
 	kvt_region *dst = make_region(c, 1 * MiB);
 	uint8_t *want = malloc(1 * MiB);
 	CHECK(want);
@@ -1021,7 +1013,7 @@ static void shutdown_flush(const char *backend)
 	struct kvtd d;
 	kvtd_start(&d, conf);
 	d.keep_dir = true;
-	kvt_conn *c = open_conn(&d);
+	kvt_conn *c = kvtd_connect(&d, 30000);
 	kvt_region *src = make_region(c, len);
 	kvt_region *dst = make_region(c, len);
 	uint8_t *want = malloc(len);
@@ -1043,7 +1035,7 @@ static void shutdown_flush(const char *backend)
 	uint64_t warm = 0;
 	check_warm(&d, &warm);
 	CHECK_EQ(warm, READ);
-	c = open_conn(&d);
+	c = kvtd_connect(&d, 30000);
 	dst = make_region(c, len);
 	for (uint64_t i = 0; i < N; i++) {
 		if (i < READ) {

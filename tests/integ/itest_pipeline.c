@@ -22,14 +22,6 @@
 
 static const kvt_block_desc test_desc = { .dtype = KVT_DTYPE_F16, .layers = 2, .tokens = 8 };
 
-static kvt_conn *open_conn(const struct kvtd *d)
-{
-	kvt_conn *c = NULL;
-	CHECK_RC(kvt_conn_open(d->sock, &c), 0);
-	kvt_conn_set_timeout(c, 30000);
-	return c;
-}
-
 static kvt_region *make_region(kvt_conn *c, size_t size)
 {
 	kvt_region *r = NULL;
@@ -82,7 +74,7 @@ TEST(tickets_complete_when_waited_in_reverse_order)
 	enum { N = 40, BLK = 256 * 1024 };
 	struct kvtd d;
 	kvtd_start(&d, NULL);
-	kvt_conn *c = open_conn(&d);
+	kvt_conn *c = kvtd_connect(&d, 30000);
 	kvt_region *src = make_region(c, N * BLK);
 	kvt_region *dst = make_region(c, N * BLK);
 	uint8_t *s = kvt_region_base(src), *t = kvt_region_base(dst);
@@ -130,7 +122,7 @@ TEST(tickets_interleave_with_synchronous_calls)
 	enum { N = 16, BLK = 64 * 1024 };
 	struct kvtd d;
 	kvtd_start(&d, NULL);
-	kvt_conn *c = open_conn(&d);
+	kvt_conn *c = kvtd_connect(&d, 30000);
 	kvt_region *r = make_region(c, 2 * N * BLK);
 	uint8_t *base = kvt_region_base(r);
 	pattern(base, N * BLK, 2);
@@ -183,7 +175,7 @@ TEST(ticket_limit_and_unknown_tickets)
 {
 	struct kvtd d;
 	kvtd_start(&d, "max_inflight = 4\nmax_batch = 100\n");
-	kvt_conn *c = open_conn(&d);
+	kvt_conn *c = kvtd_connect(&d, 30000);
 	CHECK_EQ(kvt_conn_server(c)->max_inflight, 4);
 	kvt_region *r = make_region(c, 1 * MiB);
 	pattern(kvt_region_base(r), 1 * MiB, 3);
@@ -225,7 +217,7 @@ TEST(batches_larger_than_a_frame_are_split)
 	struct kvtd d;
 	/* 1000 PUT items are 72 KB of frame body: at least five 16 KiB frames. */
 	kvtd_start(&d, "max_frame = 16KiB\n");
-	kvt_conn *c = open_conn(&d);
+	kvt_conn *c = kvtd_connect(&d, 30000);
 	kvt_region *r = make_region(c, 2 * N * BLK);
 	uint8_t *base = kvt_region_base(r);
 	pattern(base, N * BLK, 4);
@@ -274,7 +266,7 @@ TEST(closing_with_tickets_outstanding_is_safe)
 	enum { N = 8, BLK = 1024 * 1024 };
 	struct kvtd d;
 	kvtd_start(&d, NULL);
-	kvt_conn *c = open_conn(&d);
+	kvt_conn *c = kvtd_connect(&d, 30000);
 	kvt_region *r = make_region(c, N * BLK);
 	pattern(kvt_region_base(r), N * BLK, 5);
 	static kvt_put_item put[N];
@@ -288,7 +280,7 @@ TEST(closing_with_tickets_outstanding_is_safe)
 	kvt_conn_close(c); /* abandons the tickets */
 	CHECK_RC(kvt_region_destroy(r), 0);
 	CHECK(kvtd_alive(&d));
-	c = open_conn(&d);
+	c = kvtd_connect(&d, 30000);
 	CHECK_RC(kvt_ping(c), 0);
 	kvt_conn_close(c);
 	stop_clean(&d);

@@ -35,25 +35,6 @@ static void start(struct kvtd *d, const char *data_dir)
 	kvtd_start(d, conf);
 }
 
-static kvt_conn *open_conn(const struct kvtd *d)
-{
-	kvt_conn *c = NULL;
-	CHECK_RC(kvt_conn_open(d->sock, &c), 0);
-	kvt_conn_set_timeout(c, 30000);
-	return c;
-}
-
-static uint64_t stat_u64(kvt_conn *c, const char *name)
-{
-	kvt_stats *s = NULL;
-	CHECK_RC(kvt_stats_get(c, &s), 0);
-	uint64_t v = 0;
-	bool ok = kvt_stats_find(s, name, &v);
-	kvt_stats_free(s);
-	CHECK_MSG(ok, "STATS has no %s", name);
-	return v;
-}
-
 static void fill(uint8_t *p, size_t n, uint64_t seed)
 {
 	uint64_t x = seed * 0x9e3779b97f4a7c15ull + 1;
@@ -88,15 +69,13 @@ static void store_chain(kvt_conn *c, const kvt_key *keys)
 			it.parent = keys[i - 1];
 		CHECK_RC(kvt_block_put(c, &it, 1), 0);
 	}
-	for (int tries = 0; stat_u64(c, "t2.blocks") < NBLK; tries++) {
+	for (int tries = 0; kvtd_stat(c, "t2.blocks") < NBLK; tries++) {
 		CHECK_MSG(tries < 600, "only %llu of %d blocks reached NVMe",
-			  (unsigned long long)stat_u64(c, "t2.blocks"), NBLK);
+			  (unsigned long long)kvtd_stat(c, "t2.blocks"), NBLK);
 		usleep(50 * 1000);
 	}
 	kvt_region_destroy(r);
 }
-
-
 
 TEST(prefetch_brings_nvme_blocks_into_the_host_tier)
 {
@@ -107,14 +86,14 @@ TEST(prefetch_brings_nvme_blocks_into_the_host_tier)
 	snprintf(dd, sizeof(dd), "/var/tmp/kvt-itest-prefetch-%d", (int)getpid());
 	CHECK(mkdir(dd, 0755) == 0);
 	start(&d, dd);
-	kvt_conn *c = open_conn(&d);
+	kvt_conn *c = kvtd_connect(&d, 30000);
 	store_chain(c, keys);
 	kvt_conn_close(c);
 	CHECK_EQ(kvtd_stop(&d), 0);
 
 	/* A new daemon: the host tier is empty, NVMe has everything. */
 	start(&d, dd);
-	c = open_conn(&d);
+	c = kvtd_connect(&d, 30000);
 	size_t found = 0;
 	uint8_t lt[NBLK + 1];
 	CHECK_RC(kvt_block_lookup(c, keys, NBLK + 1, &found, lt), 0);
@@ -135,7 +114,7 @@ TEST(prefetch_brings_nvme_blocks_into_the_host_tier)
 	CHECK_EQ(found, 8);
 	for (size_t i = 0; i < 8; i++)
 		CHECK_EQ(lt[i], KVT_TIER_HOST);
-	CHECK(stat_u64(c, "t2.promotions") >= 8);
+	CHECK(kvtd_stat(c, "t2.promotions") >= 8);
 
 	/* Everything plus an unknown key: each is reported somewhere sensible. */
 	CHECK_RC(kvt_block_prefetch(c, keys, NBLK + 1, KVT_TIER_HOST, 20000, tiers), 0);

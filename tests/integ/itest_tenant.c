@@ -22,14 +22,6 @@
 
 static const kvt_block_desc test_desc = { .dtype = KVT_DTYPE_FP8_E4M3, .tokens = 32 };
 
-static kvt_conn *open_conn(const struct kvtd *d)
-{
-	kvt_conn *c = NULL;
-	CHECK_RC(kvt_conn_open(d->sock, &c), 0);
-	kvt_conn_set_timeout(c, 30000);
-	return c;
-}
-
 static kvt_region *make_region(kvt_conn *c, size_t size)
 {
 	kvt_region *r = NULL;
@@ -171,7 +163,7 @@ TEST(block_over_the_quota_is_edquot)
 {
 	struct kvtd d;
 	kvtd_start(&d, "tenant_quota = 1MiB\n");
-	kvt_conn *c = open_conn(&d);
+	kvt_conn *c = kvtd_connect(&d, 30000);
 	uint32_t me = kvt_conn_server(c)->tenant;
 	kvt_region *r = make_region(c, 4 * MiB);
 	CHECK_RC(put_one(c, r, test_key(1, 1), 0, 1 * MiB + 1), KVT_EDQUOT);
@@ -189,7 +181,7 @@ TEST(quota_evicts_the_tenants_own_blocks_first)
 	enum { BLK = 64 * 1024, N = 64 };
 	struct kvtd d;
 	kvtd_start(&d, "tenant_quota = 1MiB\n");
-	kvt_conn *c = open_conn(&d);
+	kvt_conn *c = kvtd_connect(&d, 30000);
 	uint32_t me = kvt_conn_server(c)->tenant;
 	kvt_region *r = make_region(c, 1 * MiB);
 	/* 4 MiB of blocks under a 1 MiB quota in a 64 MiB tier: all stored, the
@@ -211,7 +203,7 @@ TEST(quota_full_of_pinned_blocks_is_edquot)
 	enum { BLK = 64 * 1024 };
 	struct kvtd d;
 	kvtd_start(&d, "tenant_quota = 512KiB\n");
-	kvt_conn *c = open_conn(&d);
+	kvt_conn *c = kvtd_connect(&d, 30000);
 	kvt_region *r = make_region(c, 1 * MiB);
 	for (int i = 0; i < 8; i++) {
 		kvt_key k = test_key(3, (uint64_t)i);
@@ -236,7 +228,7 @@ TEST(quota_override_for_one_tenant)
 	snprintf(quota_conf, sizeof(quota_conf), "tenant_quota = 4MiB\nquota = %u:256KiB\n",
 		 (unsigned)geteuid());
 	kvtd_start(&d, quota_conf);
-	kvt_conn *c = open_conn(&d);
+	kvt_conn *c = kvtd_connect(&d, 30000);
 	uint32_t me = kvt_conn_server(c)->tenant;
 	CHECK_EQ(me, geteuid());
 	CHECK_EQ(tenant_stat(c, me, "quota_bytes"), 256 * KiB);
@@ -256,7 +248,7 @@ TEST(quota_override_for_one_tenant)
 /* Tenant NOBODY: the root tenant's key must look absent in every way. */
 static void nobody_cannot_see_root(const struct kvtd *d)
 {
-	kvt_conn *c = open_conn(d);
+	kvt_conn *c = kvtd_connect(d, 30000);
 	CHECK_EQ(kvt_conn_server(c)->tenant, NOBODY);
 	kvt_region *r = make_region(c, 1 * MiB);
 	uint8_t *base = kvt_region_base(r);
@@ -304,7 +296,7 @@ TEST(tenants_never_see_each_others_blocks)
 	need_root();
 	struct kvtd d;
 	kvtd_start(&d, NULL);
-	kvt_conn *c = open_conn(&d);
+	kvt_conn *c = kvtd_connect(&d, 30000);
 	CHECK_EQ(kvt_conn_server(c)->tenant, 0);
 	kvt_region *r = make_region(c, 1 * MiB);
 	uint8_t *base = kvt_region_base(r);
@@ -332,7 +324,7 @@ TEST(tenants_never_see_each_others_blocks)
 /* Tenant 4242 through uid_map: own entries only, and its own quota. */
 static void mapped_client(const struct kvtd *d)
 {
-	kvt_conn *c = open_conn(d);
+	kvt_conn *c = kvtd_connect(d, 30000);
 	CHECK_EQ(kvt_conn_server(c)->tenant, 4242);
 	kvt_region *r = make_region(c, 1 * MiB);
 	CHECK_RC(put_one(c, r, test_key(11, 1), 0, 100 * KiB), 0);
@@ -352,7 +344,7 @@ TEST(uid_map_assigns_the_tenant)
 	need_root();
 	struct kvtd d;
 	kvtd_start(&d, "uid_map = 65534:4242\nquota = 4242:128KiB\n");
-	kvt_conn *c = open_conn(&d);
+	kvt_conn *c = kvtd_connect(&d, 30000);
 	kvt_region *r = make_region(c, 1 * MiB);
 	CHECK_RC(put_one(c, r, SHARED_KEY, 0, SHARED_LEN), 0);
 	/* The quota is tenant 4242's, not root's. */

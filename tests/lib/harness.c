@@ -555,3 +555,22 @@ int proc_fd_count(pid_t pid)
 	closedir(dir);
 	return n;
 }
+
+kvt_conn *kvtd_connect(const struct kvtd *d, int timeout_ms)
+{
+	kvt_conn *c = NULL;
+	CHECK_RC(kvt_conn_open(d->sock, &c), 0);
+	kvt_conn_set_timeout(c, timeout_ms);
+	return c;
+}
+
+uint64_t kvtd_stat(kvt_conn *c, const char *name)
+{
+	kvt_stats *s = NULL;
+	CHECK_RC(kvt_stats_get(c, &s), 0);
+	uint64_t v = 0;
+	bool ok = kvt_stats_find(s, name, &v);
+	kvt_stats_free(s);
+	CHECK_MSG(ok, "STATS has no numeric entry %s", name);
+	return v;
+}

@@ -56,6 +56,13 @@ const char *kvtd_log_text(struct kvtd *d);
 /* Path of a program from the build's bin directory, in a static buffer. */
 const char *kvtd_bin(const char *name);
 
+/* A libkvtier connection to d with a call timeout of timeout_ms; fails the test on
+ * error. */
+kvt_conn *kvtd_connect(const struct kvtd *d, int timeout_ms);
+
+/* A numeric STATS entry; fails the test if the daemon does not report it. */
+uint64_t kvtd_stat(kvt_conn *c, const char *name);
+
 /* A plain connected Unix stream socket to path; fails the test on error. */
 int raw_connect(const char *path);
 
