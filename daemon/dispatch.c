@@ -362,6 +362,7 @@ struct xfer {
 	struct copy_seg *segs;
 	size_t nsegs, segs_cap;
 	unsigned pending;             /* NVMe fetches not yet back, plus one while items are parsed */
+	uint32_t put_next;            /* PUT: first item not yet tried (items go in order) */
 	struct item_ref *irefs;       /* per item, for fetch callbacks */
 };
 
@@ -564,11 +565,12 @@ static int put_wire_item(struct xfer *x, uint32_t i, const struct kvt_put_wire *
 		t1_touch(s->t1, b);
 		return 0;
 	}
-	/* A block whose parent is given but not here is useless to a prefix lookup
-	 * until the parent comes back: it may use free space, never displace blocks
-	 * that are part of a usable prefix. */
+	/* A block whose parent is given but in neither tier is useless to a prefix
+	 * lookup until the parent comes back: it may use free space, never displace
+	 * blocks that are part of a usable prefix. A parent on NVMe counts: LOOKUP
+	 * follows the chain through both tiers. */
 	struct t1_key pk = { .tenant = c->tenant, .key = it->parent };
-	bool orphan = !kvt_key_is_zero(&it->parent) && !t1_contains(s->t1, &pk);
+	bool orphan = !kvt_key_is_zero(&it->parent) && !tier2_reachable(s, &pk);
 	int rc;
 	if (orphan) {
 		rc = t1_reserve_free(s->t1, &tk, &it->parent, it->length, &it->desc, &b);
@@ -579,7 +581,6 @@ static int put_wire_item(struct xfer *x, uint32_t i, const struct kvt_put_wire *
 		 * write-back can help does eviction drop what was never admitted. */
 		rc = t1_reserve_clean(s->t1, &tk, &it->parent, it->length, &it->desc, &b);
 		if ((rc == -ENOSPC || rc == -EDQUOT) && !s->stopping) {
-			x->pw[i] = *it;
 			x->irefs[i] = (struct item_ref){ x, i, NULL };
 			if (tier2_wait_room(s, put_room_cb, &x->irefs[i])) {
 				x->pending++;
@@ -604,23 +605,35 @@ static int put_wire_item(struct xfer *x, uint32_t i, const struct kvt_put_wire *
 	return 0;
 }
 
+/*
+ * Try the items of a PUT from x->put_next on, in order, until one has to wait for
+ * room. Order matters: a block's parent is usually the item before it, and a
+ * child tried while its parent waits would find the parent in neither tier and be
+ * refused as an orphan. The waiting item's callback resumes the walk.
+ */
+static void put_items_from(struct xfer *x)
+{
+	while (x->put_next < x->count) {
+		uint32_t i = x->put_next++;
+		if (x->status[i]) /* refused when decoded */
+			continue;
+		int st = put_wire_item(x, i, &x->pw[i]);
+		if (st == PUT_PARKED)
+			return;
+		x->status[i] = st;
+	}
+}
+
 static void put_room_cb(void *arg)
 {
 	struct item_ref *ir = arg;
 	struct xfer *x = ir->x;
 	int rc = put_wire_item(x, ir->i, &x->pw[ir->i]);
-	if (rc != PUT_PARKED)
+	if (rc != PUT_PARKED) {
 		x->status[ir->i] = rc;
+		put_items_from(x);
+	}
 	xfer_pending_put(x);
-}
-
-static int put_item(struct xfer *x, uint32_t i, const uint8_t *raw)
-{
-	struct kvt_put_wire it;
-	int rc = kvt_put_item_decode(raw, &it);
-	if (rc)
-		return rc;
-	return put_wire_item(x, i, &it);
 }
 
 static void do_put(struct conn *c, const struct kvt_hdr *h, const uint8_t *body)
@@ -640,11 +653,16 @@ static void do_put(struct conn *c, const struct kvt_hdr *h, const uint8_t *body)
 		return;
 	}
 	xfer_begin(x);
+	/* Decode every item first: the request body is not kept past this call, and
+	 * items after one that waits for room are tried later. */
 	for (uint32_t i = 0; i < bt.count; i++) {
-		int st = put_item(x, i, bt.items + (size_t)i * KVT_PUT_ITEM_SIZE);
-		if (st != PUT_PARKED)
+		int st = kvt_put_item_decode(bt.items + (size_t)i * KVT_PUT_ITEM_SIZE, &x->pw[i]);
+		if (st) {
 			x->status[i] = st;
+			memset(&x->pw[i], 0, sizeof(x->pw[i]));
+		}
 	}
+	put_items_from(x);
 	xfer_pending_put(x);
 }
 

@@ -157,6 +157,7 @@ static int open_host_tier(struct server *s)
 		.evict_scan = 64,
 		.on_evict = tier2_on_evict, /* counts blocks dropped before reaching NVMe */
 		.evict_arg = s,
+		.droppable = tier2_droppable,
 	};
 	int rc = t1_open(&tc, &s->t1, &s->t1_report);
 	if (rc) {

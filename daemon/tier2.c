@@ -385,10 +385,10 @@ int tier2_fetch(struct server *s, const struct t1_key *key, const struct t2_span
 	if (rc)
 		goto out_free;
 	f->cap = align_up((size_t)f->info.record_len);
-	/* Into the host tier when there is room; a block whose parent is not resident
-	 * takes only free room, like a PUT of it would. */
+	/* Into the host tier when there is room; a block whose parent is in neither
+	 * tier takes only free room, like a PUT of it would. */
 	struct t1_key pk = { .tenant = key->tenant, .key = f->info.parent };
-	bool orphan = !kvt_key_is_zero(&f->info.parent) && !t1_contains(s->t1, &pk);
+	bool orphan = !kvt_key_is_zero(&f->info.parent) && !tier2_reachable(s, &pk);
 	/* A promoted copy may only displace blocks that are on NVMe too: it must never
 	 * cost a block that exists nowhere else. */
 	rc = orphan ? t1_reserve_free(s->t1, key, &f->info.parent, f->info.len, &f->info.desc,
@@ -747,6 +747,12 @@ void tier2_flush(struct server *s, t2_done_fn done, void *arg)
 	t2_flush(s->tier2->t2, done, arg);
 }
 
+bool tier2_droppable(const struct t1_block *b, void *arg)
+{
+	struct server *s = arg;
+	return s->tier2 && !(t1_block_flags(b) & T1F_DEMOTING) && !admitted(s, b);
+}
+
 void tier2_on_evict(const struct t1_block *b, void *arg)
 {
 	struct server *s = arg;
@@ -759,6 +765,11 @@ int tier2_lookup(struct server *s, const struct t1_key *key, struct t2_info *inf
 	if (!s->tier2)
 		return -ENOENT;
 	return t2_lookup(s->tier2->t2, key, info);
+}
+
+bool tier2_reachable(struct server *s, const struct t1_key *key)
+{
+	return t1_contains(s->t1, key) || (s->tier2 && t2_lookup(s->tier2->t2, key, NULL) == 0);
 }
 
 int tier2_delete(struct server *s, const struct t1_key *key)

@@ -52,6 +52,9 @@ void tier2_tick(struct server *s);
 void tier2_after_put(struct server *s, struct t1_block *b);
 /* t1's eviction hook (struct t1_config.on_evict). */
 void tier2_on_evict(const struct t1_block *b, void *arg);
+/* t1's droppable hook: with the NVMe tier on, a block its admission rule turns
+ * away may be evicted as freely as one NVMe already has. */
+bool tier2_droppable(const struct t1_block *b, void *arg);
 
 /*
  * The host tier has no room for a block being stored because what would have to
@@ -64,6 +67,9 @@ bool tier2_wait_room(struct server *s, tier2_room_cb cb, void *arg);
 
 /* Is key on NVMe? Fills *info. -ENOENT when absent or the tier is off. */
 int tier2_lookup(struct server *s, const struct t1_key *key, struct t2_info *info);
+/* Can a prefix lookup reach key, in RAM or on NVMe? A block whose parent is not
+ * reachable is an orphan: useless until the parent comes back. */
+bool tier2_reachable(struct server *s, const struct t1_key *key);
 /* Drop key from NVMe (DELETE). 0 or -ENOENT. */
 int tier2_delete(struct server *s, const struct t1_key *key);
 

@@ -77,6 +77,7 @@ struct t1 {
 	size_t nheld, held_cap;
 	void (*on_evict)(const struct t1_block *b, void *arg);
 	void *evict_arg;
+	bool (*droppable)(const struct t1_block *b, void *arg);
 	struct arena arena;
 	struct alloc alloc;
 	struct alloc_runs runs; /* scratch for alloc_get */
@@ -322,38 +323,49 @@ static void dead_remove(struct t1 *t, struct t1_block *b)
 
 /* ---- eviction ---------------------------------------------------------------- */
 
-static enum policy_class classify_block(const struct t1_block *b)
+/* A victim search: the t1 (for its droppable hook) and the tenant it is limited
+ * to (NULL: anyone's). */
+struct evict_scope {
+	const struct t1 *t;
+	const struct tenant *tenant;
+};
+
+static enum policy_class classify_block(const struct t1 *t, const struct t1_block *b)
 {
 	if (!is_evictable(b))
 		return POLICY_KEEP;
 	/* Evicting a backed block costs nothing and breaks no chain: the lower tier
-	 * still has it. */
+	 * still has it. Nor does one the lower tier would not take. */
 	if (b->uflags & T1_FLAG_BACKED)
+		return POLICY_FREE;
+	if (t->droppable && t->droppable(b, t->evict_arg))
 		return POLICY_FREE;
 	return b->nchildren ? POLICY_NONTAIL : POLICY_TAIL;
 }
 
 static enum policy_class classify_any(const struct policy_node *n, void *arg)
 {
-	(void)arg;
-	return classify_block(from_pnode(n));
+	const struct evict_scope *sc = arg;
+	return classify_block(sc->t, from_pnode(n));
 }
 
-/* Only blocks whose eviction costs nothing (a lower tier has them). */
+/* Only blocks whose eviction costs nothing (a lower tier has them, or would not). */
 static enum policy_class classify_free(const struct policy_node *n, void *arg)
 {
+	const struct evict_scope *sc = arg;
 	const struct t1_block *b = from_pnode(n);
-	if (arg && b->tenant != arg)
+	if (sc->tenant && b->tenant != sc->tenant)
 		return POLICY_KEEP;
-	return classify_block(b) == POLICY_FREE ? POLICY_FREE : POLICY_KEEP;
+	return classify_block(sc->t, b) == POLICY_FREE ? POLICY_FREE : POLICY_KEEP;
 }
 
 static enum policy_class classify_tenant(const struct policy_node *n, void *arg)
 {
+	const struct evict_scope *sc = arg;
 	const struct t1_block *b = from_pnode(n);
-	if (b->tenant != arg)
+	if (b->tenant != sc->tenant)
 		return POLICY_KEEP;
-	return classify_block(b);
+	return classify_block(sc->t, b);
 }
 
 /* Evict one block chosen by the policy; false if it found none. */
@@ -406,14 +418,15 @@ static int make_room(struct t1 *t, struct tenant *tn, uint64_t bytes, uint64_t n
 			return -EDQUOT;
 		return alloc_free_chunks(&t->alloc) < nchunks ? -ENOSPC : 0;
 	}
+	struct evict_scope mine = { t, tn }, anyone = { t, NULL };
 	if (mode == EVICT_FREE) {
 		/* No exact count of free-to-evict bytes is kept: evict and see. What
 		 * goes is backed elsewhere, so an attempt that fails loses nothing. */
 		while (quota && tn->bytes + bytes > quota)
-			if (!evict_one(t, classify_free, tn))
+			if (!evict_one(t, classify_free, &mine))
 				return -EDQUOT;
 		while (alloc_free_chunks(&t->alloc) < nchunks)
-			if (!evict_one(t, classify_free, NULL))
+			if (!evict_one(t, classify_free, &anyone))
 				return -ENOSPC;
 		return 0;
 	}
@@ -428,10 +441,10 @@ static int make_room(struct t1 *t, struct tenant *tn, uint64_t bytes, uint64_t n
 		return -ENOSPC;
 
 	while (quota && tn->bytes + bytes > quota)
-		if (!evict_one(t, classify_tenant, tn))
+		if (!evict_one(t, classify_tenant, &mine))
 			return -EDQUOT; /* the counters lied; fail rather than overrun */
 	while (alloc_free_chunks(&t->alloc) < nchunks)
-		if (!evict_one(t, classify_any, NULL))
+		if (!evict_one(t, classify_any, &anyone))
 			return -ENOSPC;
 	return 0;
 }
@@ -465,6 +478,7 @@ int t1_open(const struct t1_config *cfg, struct t1 **out, struct t1_report *rep)
 	t->default_quota = cfg->default_quota;
 	t->on_evict = cfg->on_evict;
 	t->evict_arg = cfg->evict_arg;
+	t->droppable = cfg->droppable;
 
 	int rc = alloc_init(&t->alloc, nchunks);
 	if (rc < 0)

@@ -31,6 +31,12 @@ struct t1_config {
 	 * not call back into the t1. */
 	void (*on_evict)(const struct t1_block *b, void *arg);
 	void *evict_arg;
+	/* Asked during a victim search about an evictable block with no lower-tier copy:
+	 * may it go at no cost, because the lower tier would turn it away anyway (its
+	 * admission rule)? Such blocks count as FREE, like backed ones, so a store that
+	 * may only take free room drops them instead of waiting for write-backs. May be
+	 * NULL (never). Same rules as on_evict; arg is evict_arg. */
+	bool (*droppable)(const struct t1_block *b, void *arg);
 };
 
 /* How the arena came out, for the daemon to log and report. */

@@ -465,6 +465,101 @@ static void admission_reused(const char *backend)
 TEST(uring_admission_reused_writes_only_read_blocks) { admission_reused("uring"); }
 TEST(threads_admission_reused_writes_only_read_blocks) { admission_reused("threads"); }
 
+/* ---- chains under pressure ---------------------------------------------------------- */
+
+/*
+ * One PUT of a 32-block chain (each block's parent the one before) into a host
+ * tier full of admitted blocks not yet on NVMe: items wait for write-backs to
+ * make room, in order, so no child is tried while its parent waits and refused
+ * as an orphan. Every item succeeds and LOOKUP finds the whole chain.
+ */
+static void chain_put_waits_in_order(const char *backend)
+{
+	enum { FILL = 64, CHAIN = 32 };
+	const uint32_t ns = 7, nc = 8;
+	const size_t len = 1 * MiB;
+	char conf[512];
+	conf_for(conf, sizeof(conf), backend, "nvme_admission = always\nnvme_write = back\n");
+	struct kvtd d;
+	kvtd_start(&d, conf);
+	kvt_conn *c = kvtd_connect(&d, 30000);
+	kvt_region *src = make_region(c, CHAIN * len);
+	kvt_region *dst = make_region(c, len);
+	uint8_t *want = malloc(len);
+	CHECK(want);
+	for (uint64_t i = 0; i < FILL; i++)
+		CHECK_RC(put_blk(c, src, 0, ns, i, len, NULL), 0);
+
+	kvt_put_item it[CHAIN];
+	kvt_key keys[CHAIN];
+	for (uint64_t i = 0; i < CHAIN; i++) {
+		keys[i] = blk_key(nc, i);
+		blk_fill((uint8_t *)kvt_region_base(src) + i * len, nc, i, len);
+		it[i] = (kvt_put_item){ .key = keys[i], .region = src, .offset = i * len,
+					.length = len, .desc = blk_desc(nc, i), .status = 12345 };
+		if (i)
+			it[i].parent = keys[i - 1];
+	}
+	int rc = kvt_block_put(c, it, CHAIN);
+	log_tier_stats(c, "after the chain");
+	for (uint64_t i = 0; i < CHAIN; i++)
+		CHECK_MSG(it[i].status == 0, "chain item %llu: %s", (unsigned long long)i,
+			  test_errname(it[i].status));
+	CHECK_RC(rc, 0);
+	size_t found = 0;
+	uint8_t tiers[CHAIN];
+	CHECK_RC(kvt_block_lookup(c, keys, CHAIN, &found, tiers), 0);
+	CHECK_EQ(found, CHAIN);
+	for (uint64_t i = 0; i < CHAIN; i++)
+		CHECK_RC(get_blk(c, dst, nc, i, len, want), 0);
+	CHECK_EQ(stat_num(c, "t1.dropped_unwritten"), 0);
+	free(want);
+	CHECK_RC(kvt_region_destroy(dst), 0);
+	CHECK_RC(kvt_region_destroy(src), 0);
+	kvt_conn_close(c);
+	stop_clean(&d);
+}
+
+TEST(uring_chain_put_waits_in_order_and_loses_no_child) { chain_put_waits_in_order("uring"); }
+TEST(threads_chain_put_waits_in_order_and_loses_no_child) { chain_put_waits_in_order("threads"); }
+
+/*
+ * A block whose parent is only on NVMe is not an orphan: LOOKUP follows the chain
+ * through both tiers. With the host tier full of blocks NVMe has too, storing
+ * the child displaces one of them (it used to be refused with ENOSPC, as if the
+ * parent were gone).
+ */
+TEST(child_of_a_block_on_nvme_is_stored)
+{
+	enum { N = 80 };
+	const uint32_t ns = 9;
+	const size_t len = 1 * MiB;
+	char conf[512];
+	conf_for(conf, sizeof(conf), "uring", "nvme_write = through\n");
+	struct kvtd d;
+	kvtd_start(&d, conf);
+	kvt_conn *c = kvtd_connect(&d, 30000);
+	kvt_region *src = make_region(c, len);
+	for (uint64_t i = 0; i < N; i++)
+		CHECK_RC(put_blk(c, src, 0, ns, i, len, NULL), 0);
+	wait_stat_eq(c, "t2.blocks", N);
+	CHECK_EQ(lookup_tier(c, blk_key(ns, 0)), KVT_TIER_NVME);
+	CHECK_EQ(stat_num(c, "t1.dropped_unwritten"), 0);
+
+	kvt_key parent = blk_key(ns, 0);
+	CHECK_RC(put_blk(c, src, 0, ns, 1000, len, &parent), 0);
+	kvt_key chain[2] = { parent, blk_key(ns, 1000) };
+	size_t found = 0;
+	uint8_t tiers[2];
+	CHECK_RC(kvt_block_lookup(c, chain, 2, &found, tiers), 0);
+	CHECK_EQ(found, 2);
+	CHECK_EQ(tiers[0], KVT_TIER_NVME);
+	CHECK_EQ(tiers[1], KVT_TIER_HOST);
+	CHECK_RC(kvt_region_destroy(src), 0);
+	kvt_conn_close(c);
+	stop_clean(&d);
+}
+
 /* ---- write-through ---------------------------------------------------------------- */
 
 /*
@@ -678,4 +773,5 @@ TEST_MAIN(uring_roundtrip_raw, uring_roundtrip_zstd, uring_roundtrip_bf16, threa
 	  uring_admission_reused_writes_only_read_blocks,
 	  threads_admission_reused_writes_only_read_blocks, uring_write_through_writes_every_put,
 	  threads_write_through_writes_every_put, auto_backend_falls_back_to_threads_and_says_why,
-	  memstat_shows_the_nvme_tier)
+	  memstat_shows_the_nvme_tier, uring_chain_put_waits_in_order_and_loses_no_child,
+	  threads_chain_put_waits_in_order_and_loses_no_child, child_of_a_block_on_nvme_is_stored)

@@ -924,6 +924,47 @@ TEST(evicting_a_backed_middle_block_releases_every_hold)
 	t1_close(t);
 }
 
+/* The hook says odd ids would be turned away by the lower tier. */
+static bool odd_is_droppable(const struct t1_block *b, void *arg)
+{
+	(*(int *)arg)++;
+	return t1_block_key(b)->key.b[0] & 1;
+}
+
+TEST(droppable_blocks_are_free_room_for_a_clean_reserve)
+{
+	/* Four unbacked blocks fill the tier; ids 1 and 3 are droppable. A clean
+	 * reserve (only costless evictions) takes exactly those two, oldest first,
+	 * then fails: the others would be lost, not merely dropped. */
+	int asked = 0;
+	struct t1_config cfg = { .capacity = 4 * CHUNK, .chunk_size = CHUNK,
+				 .hugepages = T1_OFF, .mlock = T1_OFF,
+				 .droppable = odd_is_droppable, .evict_arg = &asked };
+	struct t1 *t = NULL;
+	CHECK_RC(t1_open(&cfg, &t, NULL), 0);
+	for (uint64_t id = 1; id <= 4; id++)
+		put(t, 1, id, CHUNK);
+	struct t1_block *b = NULL;
+	for (uint64_t id = 10; id <= 12; id += 2) {
+		struct t1_key k = tkey(1, id);
+		CHECK_RC(t1_reserve_clean(t, &k, NULL, CHUNK, NULL, &b), 0);
+		fill(b, id);
+		t1_commit(t, b);
+	}
+	CHECK(asked > 0);
+	for (uint64_t id = 1; id <= 4; id++) {
+		struct t1_key k = tkey(1, id);
+		CHECK_MSG((t1_find(t, &k) != NULL) == !(id & 1), "block %llu %s",
+			  (unsigned long long)id, t1_find(t, &k) ? "kept" : "evicted");
+	}
+	struct t1_key k14 = tkey(1, 14);
+	CHECK_RC(t1_reserve_clean(t, &k14, NULL, CHUNK, NULL, &b), -ENOSPC);
+	/* An unrestricted reserve still evicts anything. */
+	CHECK_RC(t1_reserve(t, &k14, NULL, CHUNK, NULL, &b), 0);
+	t1_abort(t, b);
+	t1_close(t);
+}
+
 TEST_MAIN(index_many_keys_insert_find_remove_and_grow,
 	  index_same_key_under_two_tenants_is_two_entries, index_duplicate_insert_is_eexist, index_seeds_differ_between_tables,
 	  open_rejects_bad_config_and_rounds_capacity, reserve_is_invisible_until_commit,
@@ -939,4 +980,5 @@ TEST_MAIN(index_many_keys_insert_find_remove_and_grow,
 	  reserve_free_never_evicts_and_contains_sees_pending,
 	  reserve_free_respects_the_quota_without_evicting,
 	  backed_parent_may_be_evicted_for_its_own_child,
-	  evicting_a_backed_middle_block_releases_every_hold)
+	  evicting_a_backed_middle_block_releases_every_hold,
+	  droppable_blocks_are_free_room_for_a_clean_reserve)
