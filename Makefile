@@ -153,7 +153,7 @@ BENCH_LIBS_bench_transfer := -lhiredis
 BENCH_LIBS_bench_codec := $(STORE_LIBS) -lm
 BENCH_LIBS_bench_io := $(STORE_LIBS)
 $(BUILD)/bench/bench_codec $(BUILD)/bench/bench_io: $(STORE_OBJ)
-$(BUILD)/bench/bench_replay $(BUILD)/bench/bench_policy: $(call obj,bench/trace.c store/policy_lru.c)
+$(BUILD)/bench/bench_replay $(BUILD)/bench/bench_policy: $(call obj,bench/trace.c store/policy_lru.c store/policy_2q.c)
 
 # Unit tests of daemon pieces link those pieces too.
 $(BUILD)/tests/test_config: $(call obj,daemon/config.c)

@@ -308,7 +308,7 @@ struct polspec {
 	const char *tag; /* at most 9 characters, for the "best online" row */
 	const struct sim_ops *ops;
 	uint32_t ghost; /* S3-FIFO: ghost FIFO = ghost x capacity */
-	bool exact;     /* W-TinyLFU: exact counters instead of the sketch */
+	bool exact;     /* W-TinyLFU: exact counters instead of the sketch; kvtier: 2q */
 	bool online;    /* false: knows the future */
 };
 
@@ -581,7 +581,10 @@ static int kvt_setup(struct sim *s)
 	s->nodes = calloc(s->n, sizeof(*s->nodes));
 	if (!s->nodes)
 		return -ENOMEM;
-	return policy_lru_create(&cfg, &s->kp);
+	/* The node's key: what t1 gives 2Q, a hash of the block's identity. */
+	for (uint32_t id = 0; id < s->n; id++)
+		s->nodes[id].key = (uint64_t)id * 0x9e3779b97f4a7c15ull + 1;
+	return s->ps->exact ? policy_2q_create(&cfg, &s->kp) : policy_lru_create(&cfg, &s->kp);
 }
 
 static void kvt_teardown(struct sim *s)
@@ -1062,11 +1065,12 @@ static const struct sim_ops bip_ops = { .setup = bip_setup, .begin = bip_begin,
 static const struct sim_ops bel_ops = { .begin = bel_begin, .access = bel_access,
 					.insert = bel_insert };
 
-enum { P_KVT, P_LRU, P_S3, P_S3G10, P_ARC, P_SLRU, P_WTLFU, P_WTLFU_EXACT, P_LRU2, P_LFU, P_BIP,
+enum { P_KVT, P_KVT2Q, P_LRU, P_S3, P_S3G10, P_ARC, P_SLRU, P_WTLFU, P_WTLFU_EXACT, P_LRU2, P_LFU, P_BIP,
        P_BELADY, NPOL };
 
 static const struct polspec pols[NPOL] = {
 	[P_KVT] = { "kvtier lru", "kvt-lru", &kvt_ops, 0, false, true },
+	[P_KVT2Q] = { "kvtier 2q", "kvt-2q", &kvt_ops, 0, true, true },
 	[P_LRU] = { "lru", "lru", &lru_ops, 0, false, true },
 	[P_S3] = { "s3-fifo ghost 1x", "s3-g1x", &s3_ops, 1, false, true },
 	[P_S3G10] = { "s3-fifo ghost 10x", "s3-g10x", &s3_ops, 10, false, true },

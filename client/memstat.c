@@ -450,8 +450,9 @@ static void print_text(const char *sock, kvt_conn *c, const kvt_stats *s, const 
 			printf(", %" PRIu64 " not a chain tail", v);
 		printf(")\n");
 		t = text(s, "t1.hugepages");
-		printf("                hugepages %s  mlock %s\n", t ? t : "-",
-		       num(s, "t1.mlocked", &v) ? (v ? "yes" : "no") : "-");
+		const char *pol = text(s, "t1.policy");
+		printf("                hugepages %s  mlock %s  eviction %s\n", t ? t : "-",
+		       num(s, "t1.mlocked", &v) ? (v ? "yes" : "no") : "-", pol ? pol : "-");
 	}
 	print_t2(s);
 

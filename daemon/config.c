@@ -56,7 +56,7 @@ enum key_kind {
 };
 
 /* KK_ENUM keys name their table of value names with these (in the key's min). */
-enum { ENUM_CODEC, ENUM_ADMISSION, ENUM_WRITE, ENUM_IO };
+enum { ENUM_CODEC, ENUM_ADMISSION, ENUM_WRITE, ENUM_IO, ENUM_POLICY };
 
 #define KF_AUTO 1u /* "auto" is accepted and stored as 0 until config_finish */
 #define KF_POW2 2u
@@ -91,6 +91,8 @@ struct key_def {
 	  "Huge pages for the host tier: on (required), off, auto (try, else fall back).")        \
 	X(host_mlock, KK_TRISTATE, host_mlock, 0, 0, 0, "", "auto",                               \
 	  "Lock the host tier in RAM: on (required), off, auto (if RLIMIT_MEMLOCK allows).")      \
+	X(host_policy, KK_ENUM, host_policy, ENUM_POLICY, 0, 0, "", "2q",                          \
+	  "Host-tier eviction: 2q (blocks seen once go before blocks seen again) or lru.")        \
 	X(tenant_quota, KK_SIZE, tenant_quota, 0, UINT64_MAX, 0, "", "0",                         \
 	  "Most bytes one tenant may hold in the host tier; 0 = no limit.")                       \
 	X(quota, KK_QUOTA, quotas, 0, 0, 0, "# ", "1000:8GiB",                                    \
@@ -172,6 +174,7 @@ static const char *const enum_codec[] = { "raw", "zstd", "bf16" };
 static const char *const enum_admission[] = { "always", "chain", "reused" };
 static const char *const enum_write[] = { "back", "through" };
 static const char *const enum_io[] = { "auto", "uring", "threads" };
+static const char *const enum_policy[] = { "2q", "lru" }; /* enum t1_policy */
 static const struct {
 	const char *const *names;
 	size_t n;
@@ -181,6 +184,7 @@ static const struct {
 	[ENUM_ADMISSION] = { enum_admission, 3, "always, chain or reused" },
 	[ENUM_WRITE] = { enum_write, 2, "back or through" },
 	[ENUM_IO] = { enum_io, 3, "auto, uring or threads" },
+	[ENUM_POLICY] = { enum_policy, 2, "2q or lru" },
 };
 
 static const char *enum_name(const struct key_def *k, uint64_t v)
@@ -204,6 +208,7 @@ void config_defaults(struct kvtd_config *c)
 	c->host_chunk = 64 << 10;
 	c->host_hugepages = T1_AUTO;
 	c->host_mlock = T1_AUTO;
+	c->host_policy = T1_POLICY_2Q;
 	c->tenant_quota = 0;
 	c->max_connections = 256;
 	c->max_frame = 4 << 20; /* a 256K-token context manifest with token ids fits */

@@ -34,6 +34,7 @@ struct kvtd_config {
 	uint32_t host_chunk;
 	enum t1_mode host_hugepages;
 	enum t1_mode host_mlock;
+	uint32_t host_policy;      /* enum t1_policy */
 	uint64_t tenant_quota;
 	struct quota_entry *quotas;
 	size_t nquotas;

@@ -155,6 +155,7 @@ static int open_host_tier(struct server *s)
 		.mlock = cfg->host_mlock,
 		.default_quota = cfg->tenant_quota,
 		.evict_scan = 64,
+		.policy = (enum t1_policy)cfg->host_policy,
 		.on_evict = tier2_on_evict, /* counts blocks dropped before reaching NVMe */
 		.evict_arg = s,
 		.droppable = tier2_droppable,

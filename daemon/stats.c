@@ -124,6 +124,7 @@ size_t stats_build(struct conn *c, uint8_t *buf, size_t cap)
 				      : s->t1_report.thp   ? "thp"
 							   : "none");
 		add_u64(&w, "t1.mlocked", s->t1_report.locked);
+		kvt_stats_writer_text(&w, "t1.policy", t1_policy_name(s->t1));
 		tier2_stats(s, &w);
 	}
 

@@ -25,10 +25,13 @@
 #include <stdint.h>
 
 /* Per-block policy state, embedded in the block. The LRU uses the links; other
- * policies may use aux (e.g. a frequency count or a queue id). */
+ * policies may use aux (e.g. a frequency count or a queue id). key is set by the
+ * owner before insert: a hash of the block's identity, the same every time that
+ * block is stored, so a policy can remember keys it has seen (2Q's history). */
 struct policy_node {
 	struct policy_node *prev, *next;
 	uint64_t aux;
+	uint64_t key;
 };
 
 /* What the owner says about one candidate during a victim search. */
@@ -76,6 +79,10 @@ struct policy_config {
 
 /* LRU with chain-tail preference (policy_lru.c). Returns 0 or -ENOMEM. */
 int policy_lru_create(const struct policy_config *cfg, struct policy **out);
+/* Two LRU lists, blocks seen for the first time before blocks seen again, with a
+ * history of keys that outlives residency; chain tails first within each list
+ * (policy_2q.c). Returns 0 or -ENOMEM. */
+int policy_2q_create(const struct policy_config *cfg, struct policy **out);
 
 static inline void policy_destroy(struct policy *p)
 {

@@ -463,7 +463,7 @@ int t1_open(const struct t1_config *cfg, struct t1 **out, struct t1_report *rep)
 	uint64_t chunk = cfg->chunk_size ? cfg->chunk_size : T1_DEFAULT_CHUNK;
 	if (chunk < T1_MIN_CHUNK || chunk > T1_MAX_CHUNK || (chunk & (chunk - 1)))
 		return -EINVAL;
-	if (cfg->hugepages > T1_AUTO || cfg->mlock > T1_AUTO)
+	if (cfg->hugepages > T1_AUTO || cfg->mlock > T1_AUTO || cfg->policy > T1_POLICY_LRU)
 		return -EINVAL;
 	uint64_t nchunks = cfg->capacity / chunk;
 	if (nchunks == 0)
@@ -487,7 +487,8 @@ int t1_open(const struct t1_config *cfg, struct t1 **out, struct t1_report *rep)
 	if (rc < 0)
 		goto out_alloc;
 	struct policy_config pc = { .evict_scan = cfg->evict_scan };
-	rc = policy_lru_create(&pc, &t->policy);
+	rc = cfg->policy == T1_POLICY_LRU ? policy_lru_create(&pc, &t->policy)
+					  : policy_2q_create(&pc, &t->policy);
 	if (rc < 0)
 		goto out_index;
 	rc = arena_map(&t->arena, t->capacity, cfg->hugepages, cfg->mlock, rep);
@@ -648,6 +649,7 @@ void t1_commit(struct t1 *t, struct t1_block *b)
 		return;
 	bool was = is_evictable(b);
 	b->state = BLK_COMMITTED;
+	b->pnode.key = b->inode.hash; /* (tenant, key): the same whenever it is stored again */
 	t->pending--;
 	t->blocks++;
 	b->tenant->blocks++;
@@ -816,6 +818,11 @@ int t1_set_quota(struct t1 *t, uint32_t tenant, uint64_t bytes)
 	tn->quota_set = true;
 	tn->quota = bytes;
 	return 0;
+}
+
+const char *t1_policy_name(const struct t1 *t)
+{
+	return t->policy->ops->name;
 }
 
 void t1_get_stats(const struct t1 *t, struct t1_stats *s)

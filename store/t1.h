@@ -20,6 +20,12 @@ enum t1_mode { T1_OFF = 0, T1_ON = 1, T1_AUTO = 2 };
 struct t1;
 struct t1_block;
 
+/* Eviction policies (store/policy.h). */
+enum t1_policy {
+	T1_POLICY_2Q = 0,  /* once-seen blocks before reused ones, with a key history */
+	T1_POLICY_LRU = 1, /* plain recency */
+};
+
 struct t1_config {
 	uint64_t capacity;      /* arena bytes; rounded down to a whole number of chunks */
 	uint32_t chunk_size;    /* allocation unit, power of two >= 4096 (default 64 KiB) */
@@ -27,6 +33,7 @@ struct t1_config {
 	enum t1_mode mlock;     /* ON: mlock or fail; AUTO: mlock if RLIMIT_MEMLOCK allows */
 	uint64_t default_quota; /* per-tenant byte quota, 0 = none */
 	uint32_t evict_scan;    /* LRU entries examined to find a chain tail (default 64) */
+	enum t1_policy policy;  /* eviction policy (default T1_POLICY_2Q) */
 	/* Told about each block just before eviction frees it (may be NULL). It must
 	 * not call back into the t1. */
 	void (*on_evict)(const struct t1_block *b, void *arg);
@@ -175,6 +182,8 @@ struct t1_stats {
 	uint64_t free_chunks;
 	uint64_t largest_free_run; /* chunks */
 };
+/* The eviction policy's name ("2q", "lru"); static storage. */
+const char *t1_policy_name(const struct t1 *t);
 void t1_get_stats(const struct t1 *t, struct t1_stats *s);
 
 struct t1_tenant_stats {

@@ -417,7 +417,10 @@ static void admission_reused(const char *backend)
 	const uint32_t ns = 2, ns2 = 3;
 	const size_t len = 1 * MiB;
 	char conf[512];
-	conf_for(conf, sizeof(conf), backend, "nvme_admission = reused\nnvme_write = back\n");
+	/* Plain LRU, so that newer blocks push the read one out of RAM (2Q would keep
+	 * it: read blocks go after blocks seen once). */
+	conf_for(conf, sizeof(conf), backend,
+		 "nvme_admission = reused\nnvme_write = back\nhost_policy = lru\n");
 	struct kvtd d;
 	kvtd_start(&d, conf);
 	kvt_conn *c = kvtd_connect(&d, 30000);

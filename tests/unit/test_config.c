@@ -24,7 +24,7 @@
  * implementation's table fails the tests that use this list. */
 static const char *const all_keys[] = {
 	"socket", "socket_mode", "data_dir", "host_capacity", "host_chunk",
-	"host_hugepages", "host_mlock", "tenant_quota", "quota", "uid_map",
+	"host_hugepages", "host_mlock", "host_policy", "tenant_quota", "quota", "uid_map",
 	"max_connections", "max_frame", "max_inflight", "max_batch", "max_regions",
 	"max_region_size", "max_block_size", "idle_timeout", "handshake_timeout",
 	"frame_timeout", "workers", "log_level",
@@ -58,6 +58,7 @@ static const char *config_diff(const struct kvtd_config *a, const struct kvtd_co
 	SAME_(host_chunk);
 	SAME_(host_hugepages);
 	SAME_(host_mlock);
+	SAME_(host_policy);
 	SAME_(tenant_quota);
 	SAME_(max_connections);
 	SAME_(max_frame);
@@ -255,6 +256,7 @@ TEST(defaults_match_the_spec)
 	CHECK_EQ(c.host_chunk, 64 * KIB);
 	CHECK_EQ(c.host_hugepages, T1_AUTO);
 	CHECK_EQ(c.host_mlock, T1_AUTO);
+	CHECK_EQ(c.host_policy, T1_POLICY_2Q);
 	CHECK_EQ(c.tenant_quota, 0);
 	CHECK(c.quotas == NULL && c.nquotas == 0);
 	CHECK(c.uid_maps == NULL && c.nuid_maps == 0);
@@ -320,6 +322,7 @@ TEST(every_key_parses)
 		     "host_chunk = 2MiB\n"
 		     "host_hugepages = on\n"
 		     "host_mlock = off\n"
+		     "host_policy = lru\n"
 		     "tenant_quota = 512MiB\n"
 		     "quota = 7:1GiB\n"
 		     "uid_map = 1000:7\n"
@@ -342,6 +345,7 @@ TEST(every_key_parses)
 	CHECK_EQ(c.host_chunk, 2 * MIB);
 	CHECK_EQ(c.host_hugepages, T1_ON);
 	CHECK_EQ(c.host_mlock, T1_OFF);
+	CHECK_EQ(c.host_policy, T1_POLICY_LRU);
 	CHECK_EQ(c.tenant_quota, 512 * MIB);
 	CHECK_EQ(c.nquotas, 1);
 	CHECK_EQ(c.quotas[0].tenant, 7);
@@ -477,6 +481,8 @@ TEST(bad_values_name_line_key_and_expectation)
 		{ "host_hugepages", "ON" },
 		{ "host_hugepages", "" },
 		{ "host_mlock", "1" },
+		{ "host_policy", "LRU" },
+		{ "host_policy", "arc" },
 		{ "tenant_quota", "1MB" },
 		{ "tenant_quota", "none" },
 		{ "quota", "1000" },

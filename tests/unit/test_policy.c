@@ -1,6 +1,8 @@
-/* test_policy.c - what the host tier evicts: the LRU policy on its own
- * (store/policy_lru.c), then through t1: recency, chain tails before heads, pins,
- * refs and pending blocks never evicted, and quotas evicting the tenant's own blocks. */
+/* test_policy.c - what the host tier evicts: the LRU and 2Q policies on their own
+ * (store/policy_lru.c, store/policy_2q.c), then through t1 (with the default, 2Q):
+ * recency, chain tails before heads, pins, refs and pending blocks never evicted,
+ * quotas evicting the tenant's own blocks, and 2Q keeping reused blocks through a
+ * stream of new ones where LRU loses them. */
 #include <errno.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -22,6 +24,13 @@ static enum policy_class classify_fake(const struct policy_node *n, void *arg)
 {
 	(void)arg;
 	return classes[n - nodes];
+}
+
+static enum policy_class classify_all_tail(const struct policy_node *n, void *arg)
+{
+	(void)n;
+	(void)arg;
+	return POLICY_TAIL;
 }
 
 static struct policy *lru(uint32_t scan)
@@ -100,6 +109,199 @@ TEST(lru_skips_kept_nodes_and_prefers_tails_in_its_window)
 	CHECK_EQ(victim_index(p, &nontail), -1);
 	policy_destroy(p);
 	policy_destroy(NULL);
+}
+
+static struct policy *twoq(uint32_t scan)
+{
+	struct policy_config pc = { .evict_scan = scan };
+	struct policy *p = NULL;
+	CHECK_RC(policy_2q_create(&pc, &p), 0);
+	return p;
+}
+
+/* Node i stands for key 1000 + i unless the test says otherwise. */
+static void q_insert(struct policy *p, int i, uint64_t key)
+{
+	classes[i] = POLICY_TAIL;
+	nodes[i].key = key;
+	policy_insert(p, &nodes[i]);
+}
+
+TEST(twoq_evicts_once_seen_blocks_before_reused_ones)
+{
+	struct policy *p = twoq(0);
+	for (int i = 0; i < 10; i++)
+		q_insert(p, i, 1000 + (uint64_t)i);
+	/* Read 0, 1, 2: they join the "again" list; the rest go first, oldest first,
+	 * even though 0..2 are older. */
+	for (int i = 0; i < 3; i++)
+		policy_access(p, &nodes[i]);
+	bool nontail = true;
+	for (int i = 3; i < 10; i++) {
+		CHECK_EQ(victim_index(p, &nontail), i);
+		CHECK(!nontail);
+		policy_remove(p, &nodes[i]);
+	}
+	/* Only reused blocks are left: least recent of them first. */
+	policy_access(p, &nodes[0]);
+	CHECK_EQ(victim_index(p, &nontail), 1);
+	/* next_cold walks the once list, then the again list: here 1, 2, 0. */
+	q_insert(p, 9, 5000);
+	struct policy_node *n = policy_next_cold(p, NULL);
+	int order[4], k = 0;
+	for (; n && k < 4; n = policy_next_cold(p, n))
+		order[k++] = (int)(n - nodes);
+	CHECK_EQ(k, 4);
+	CHECK(order[0] == 9 && order[1] == 1 && order[2] == 2 && order[3] == 0);
+	policy_destroy(p);
+}
+
+TEST(twoq_remembers_keys_after_they_leave)
+{
+	struct policy *p = twoq(0);
+	q_insert(p, 0, 77);
+	policy_remove(p, &nodes[0]); /* evicted */
+	q_insert(p, 1, 88);          /* a new key */
+	q_insert(p, 0, 77);          /* 77 stored again: seen before, so it is kept longer */
+	bool nontail = true;
+	CHECK_EQ(victim_index(p, &nontail), 1);
+	policy_remove(p, &nodes[1]);
+	policy_remove(p, &nodes[0]);
+	/* The history is bounded: after many other keys, 77 is new again. */
+	for (uint64_t k = 0; k < 5000; k++) {
+		q_insert(p, 2, 100000 + k);
+		policy_remove(p, &nodes[2]);
+	}
+	q_insert(p, 0, 77);
+	q_insert(p, 1, 88 + 1000000); /* new */
+	policy_access(p, &nodes[1]);  /* now reused */
+	CHECK_EQ(victim_index(p, &nontail), 0);
+	policy_destroy(p);
+}
+
+TEST(twoq_keeps_a_reserve_for_once_seen_blocks)
+{
+	/* The once list is not drained below 5% of the blocks: one once-seen block
+	 * among 16 (6%) still goes first; one among 21 (4.8%) stays, and the reused
+	 * list gives up its coldest instead. */
+	struct policy *p = twoq(0);
+	for (int i = 0; i < 15; i++) {
+		q_insert(p, i, 2000 + (uint64_t)i);
+		policy_access(p, &nodes[i]);
+	}
+	q_insert(p, 15, 3000);
+	bool nontail = true;
+	CHECK_EQ(victim_index(p, &nontail), 15);
+	policy_destroy(p);
+
+	static struct policy_node more[24];
+	p = twoq(0);
+	for (int i = 0; i < 20; i++) {
+		more[i].key = 4000 + (uint64_t)i;
+		policy_insert(p, &more[i]);
+		policy_access(p, &more[i]);
+	}
+	more[20].key = 5000;
+	policy_insert(p, &more[20]);
+	struct policy_node *v = policy_victim(p, classify_all_tail, NULL, &nontail);
+	CHECK(v == &more[0]);
+	policy_destroy(p);
+}
+
+TEST(twoq_skips_kept_nodes_and_falls_back_to_the_other_list)
+{
+	struct policy *p = twoq(0);
+	q_insert(p, 0, 1);
+	q_insert(p, 1, 2);
+	policy_access(p, &nodes[1]);
+	classes[0] = POLICY_KEEP; /* the only once-seen block is pinned */
+	bool nontail = true;
+	CHECK_EQ(victim_index(p, &nontail), 1);
+	classes[1] = POLICY_KEEP;
+	CHECK_EQ(victim_index(p, &nontail), -1);
+	/* A FREE block (a lower tier has it) in the window is taken at once. */
+	classes[0] = POLICY_TAIL;
+	classes[1] = POLICY_FREE;
+	q_insert(p, 2, 3);
+	classes[2] = POLICY_NONTAIL;
+	CHECK_EQ(victim_index(p, &nontail), 0);
+	policy_destroy(p);
+}
+
+/*
+ * The history against a model: with at most 8 blocks resident the history keeps
+ * the last 256 keys noted (inserts and reads, repeats included), so a block stored
+ * again joins the again list (aux 1) exactly when its key is among those. Then
+ * 3000 blocks resident at once make the history grow several times under random
+ * traffic, and every node stays on exactly one list.
+ */
+TEST(twoq_history_matches_a_model_and_survives_growth)
+{
+	enum { WINDOW = 256, KEYS = 600, OPS = 20000, BIG = 3000 };
+	memset(nodes, 0, sizeof(nodes));
+	struct policy *p = twoq(0);
+	static uint64_t noted[OPS * 2];
+	size_t nnoted = 0;
+	int resident[8];
+	uint64_t rkey[8];
+	int nres = 0;
+	uint64_t rng = 12345;
+	for (int op = 0; op < OPS; op++) {
+		rng = rng * 6364136223846793005ull + 1442695040888963407ull;
+		unsigned r = (unsigned)(rng >> 33);
+		if (nres < 8 && (r & 1)) {
+			uint64_t key = 1 + (r >> 1) % KEYS;
+			bool seen = false;
+			for (size_t j = nnoted > WINDOW ? nnoted - WINDOW : 0; j < nnoted; j++)
+				seen |= noted[j] == key;
+			int slot = 0;
+			while (nodes[slot].prev) /* a free node: not linked */
+				slot++;
+			nodes[slot].key = key;
+			policy_insert(p, &nodes[slot]);
+			noted[nnoted++] = key;
+			CHECK_MSG(nodes[slot].aux == (seen ? 1u : 0u), "op %d: key %llu seen=%d aux=%llu",
+				  op, (unsigned long long)key, seen, (unsigned long long)nodes[slot].aux);
+			resident[nres] = slot;
+			rkey[nres++] = key;
+		} else if (nres && (r & 2)) {
+			int j = (int)((r >> 2) % (unsigned)nres);
+			policy_access(p, &nodes[resident[j]]);
+			noted[nnoted++] = rkey[j];
+		} else if (nres) {
+			int j = (int)((r >> 2) % (unsigned)nres);
+			policy_remove(p, &nodes[resident[j]]);
+			resident[j] = resident[nres - 1];
+			rkey[j] = rkey[nres - 1];
+			nres--;
+		}
+	}
+	while (nres)
+		policy_remove(p, &nodes[resident[--nres]]);
+	CHECK_EQ(p->count, 0);
+
+	struct policy_node *big = calloc(BIG, sizeof(*big));
+	CHECK(big);
+	for (int i = 0; i < BIG; i++) {
+		big[i].key = (uint64_t)i * 7919 % 4001;
+		policy_insert(p, &big[i]);
+		if (i % 3 == 0)
+			policy_access(p, &big[i / 2]);
+	}
+	size_t walked = 0;
+	for (struct policy_node *n = policy_next_cold(p, NULL); n; n = policy_next_cold(p, n))
+		walked++;
+	CHECK_EQ(walked, (size_t)BIG);
+	bool nontail;
+	for (int i = 0; i < BIG; i++) {
+		struct policy_node *v = policy_victim(p, classify_all_tail, NULL, &nontail);
+		CHECK(v != NULL);
+		policy_remove(p, v);
+	}
+	CHECK_EQ(p->count, 0);
+	CHECK(policy_victim(p, classify_all_tail, NULL, &nontail) == NULL);
+	policy_destroy(p);
+	free(big);
 }
 
 /* ---- through t1 ------------------------------------------------------------------ */
@@ -493,8 +695,53 @@ TEST(global_shortage_evicts_other_tenants_in_lru_order)
 	t1_close(t);
 }
 
+static struct t1 *open_policy(uint64_t chunks, enum t1_policy policy)
+{
+	struct t1_config cfg = { .capacity = chunks * CHUNK, .chunk_size = CHUNK,
+				 .policy = policy };
+	struct t1 *t = NULL;
+	CHECK_RC(t1_open(&cfg, &t, NULL), 0);
+	return t;
+}
+
+/* Eight blocks stored and read, then 64 new ones stored once each through a tier of
+ * 16 chunks: how many of the eight are left? */
+static unsigned reused_left(enum t1_policy policy)
+{
+	struct t1 *t = open_policy(16, policy);
+	for (uint64_t i = 1; i <= 8; i++)
+		t1_touch(t, put(t, 1, i, 0, CHUNK));
+	for (uint64_t i = 100; i < 164; i++)
+		put(t, 1, i, 0, CHUNK);
+	unsigned left = 0;
+	for (uint64_t i = 1; i <= 8; i++)
+		left += has(t, 1, i);
+	CHECK_EQ(stats(t).blocks, 16);
+	t1_close(t);
+	return left;
+}
+
+TEST(twoq_keeps_reused_blocks_through_a_stream_of_new_ones_where_lru_does_not)
+{
+	CHECK_EQ(reused_left(T1_POLICY_2Q), 8);
+	CHECK_EQ(reused_left(T1_POLICY_LRU), 0);
+}
+
+TEST(unknown_policy_is_refused)
+{
+	struct t1_config cfg = { .capacity = 16 * CHUNK, .chunk_size = CHUNK,
+				 .policy = (enum t1_policy)7 };
+	struct t1 *t = NULL;
+	CHECK_RC(t1_open(&cfg, &t, NULL), -EINVAL);
+	CHECK(t == NULL);
+}
+
 TEST_MAIN(lru_picks_least_recent_and_access_moves_to_front,
 	  lru_skips_kept_nodes_and_prefers_tails_in_its_window,
+	  twoq_evicts_once_seen_blocks_before_reused_ones, twoq_remembers_keys_after_they_leave,
+	  twoq_keeps_a_reserve_for_once_seen_blocks,
+	  twoq_skips_kept_nodes_and_falls_back_to_the_other_list,
+	  twoq_history_matches_a_model_and_survives_growth,
 	  t1_evicts_the_least_recently_used_block, chain_tail_is_evicted_before_its_head,
 	  chain_tail_preference_survives_out_of_order_commits,
 	  chain_longer_than_the_arena_keeps_its_prefix, chain_longer_than_the_quota_keeps_its_prefix,
@@ -503,4 +750,6 @@ TEST_MAIN(lru_picks_least_recent_and_access_moves_to_front,
 	  unpinned_block_comes_back_as_the_most_recent,
 	  referenced_and_pending_blocks_are_never_evicted, quota_evicts_the_tenants_own_blocks_first,
 	  quota_is_edquot_when_the_tenant_cannot_make_room,
-	  global_shortage_evicts_other_tenants_in_lru_order)
+	  global_shortage_evicts_other_tenants_in_lru_order,
+	  twoq_keeps_reused_blocks_through_a_stream_of_new_ones_where_lru_does_not,
+	  unknown_policy_is_refused)
