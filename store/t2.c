@@ -1496,6 +1496,8 @@ static int load_segments(struct t2 *t, char *err, size_t errcap, uint32_t *missi
 		goto out;
 	}
 	t->nseg = n;
+	for (uint32_t i = 0; i < n; i++)
+		t->segs[i].fd = -1;
 	sc.n = n;
 	sc.max_id = 0;
 	if ((rc = t2_index_load_segments(&t->ix, rows, n, &max_row)) ||
@@ -1508,7 +1510,24 @@ static int load_segments(struct t2 *t, char *err, size_t errcap, uint32_t *missi
 		s->row = rows[i];
 		s->state = SEG_ABSENT;
 		if (sc.exists[i]) {
+			/* Open and lock it: this waits until every write an earlier
+			 * opener (killed, say) still had in flight on it has landed,
+			 * which is what makes reusing its space below safe. */
 			s->fd = t2_segment_open(t->dir, i, &t->direct);
+			if (s->fd == -EBUSY || s->fd == -ENOLCK) {
+				rc = s->fd;
+				s->fd = -1;
+				if (rc == -EBUSY)
+					snprintf(err, errcap, "%s: segment file seg-%08u.kvs is still "
+						 "locked after %u s: a process that had the store open "
+						 "(and was killed) still has writes in flight to it, or "
+						 "another process holds the file; try again later",
+						 t->dir, i, t2_segment_lock_wait_ms / 1000u);
+				else
+					snprintf(err, errcap, "%s: cannot lock segment file "
+						 "seg-%08u.kvs (flock)", t->dir, i);
+				goto out;
+			}
 			if (s->fd < 0 && rows[i].nblocks == 0)
 				continue;
 		}
@@ -1525,7 +1544,9 @@ static int load_segments(struct t2 *t, char *err, size_t errcap, uint32_t *missi
 			memset(&s->row, 0, sizeof(s->row));
 		/* Resume appending where the most room is left: normally the
 		 * segment that was open (anything past its committed end was never
-		 * indexed and is overwritten). */
+		 * indexed and is overwritten). Overwriting it, or a free segment,
+		 * is safe only because the segment is locked: no write of the
+		 * previous opener can land there any more (t2_segment.c). */
 		if (s->state == SEG_SEALED && s->row.write_off + T2_ALIGN <= t->seg_size &&
 		    (best < 0 || s->row.write_off < t->segs[best].row.write_off))
 			best = (int)i;
@@ -1541,6 +1562,15 @@ static int load_segments(struct t2 *t, char *err, size_t errcap, uint32_t *missi
 		     "they stay in use.", t->dir, segs_existing(t), t->nseg_max);
 	rc = 0;
 out:
+	if (rc && t->segs) {
+		for (uint32_t i = 0; i < t->nseg; i++)
+			if (t->segs[i].fd >= 0)
+				close(t->segs[i].fd);
+		free(t->segs);
+		t->segs = NULL;
+		t->nseg = 0;
+		t->open_seg = -1;
+	}
 	free(rows);
 	free(sc.exists);
 	return rc;
@@ -1611,8 +1641,10 @@ int t2_open(const struct t2_config *cfg, struct t2 **out, struct t2_open_report 
 	t->reserve = t->nseg_max > T2_RESERVE + 1 ? T2_RESERVE : (t->nseg_max > 1 ? 1 : 0);
 	rc = load_segments(t, err, errcap, &missing);
 	if (rc) {
-		snprintf(err, errcap, "%s: cannot read the segment table: %s", cfg->dir,
-			 strerror(-rc));
+		/* A segment lock that could not be taken has its own message. */
+		if (rc != -EBUSY && rc != -ENOLCK)
+			snprintf(err, errcap, "%s: cannot read the segment table: %s", cfg->dir,
+				 strerror(-rc));
 		goto out_index;
 	}
 	if (t->open_seg < 0 && segs_existing(t) == 0) {

@@ -65,7 +65,10 @@ struct t2;
  * version and layout signature are checked: a newer or unknown format is refused
  * with -EPROTO and a message in err saying what to do; nothing is ever rewritten
  * silently. Returns 0, -EINVAL (bad config), -EPROTO, -EBUSY (another process has
- * the directory open), -ENOSPC (cannot create segments), or -errno. On success err
+ * the directory open, or a segment file is still locked after 60 s by writes a
+ * killed opener left in flight), -ENOSPC (cannot create segments), or -errno.
+ * After a crash it waits (up to that long) until every write the previous opener
+ * still had in flight has landed: only then is that space reused. On success err
  * holds "" or a note worth logging (O_DIRECT refused, segment files missing, more
  * segments than the capacity); rep may be NULL. io is used from the calling
  * thread, which becomes the owner.

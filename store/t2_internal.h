@@ -377,11 +377,25 @@ void t2_batch_free(struct t2_batch *b);
 
 /* Path of segment id in dir/segments. */
 int t2_segment_path(char *buf, size_t cap, const char *dir, uint32_t id);
-/* Open an existing segment; *direct in: try O_DIRECT, out: whether it is used. */
+/*
+ * Take flock(LOCK_EX) on fd's open file description, waiting while it is held
+ * elsewhere: by the description of an earlier opener that some of its I/O still
+ * references (a killed process's io_uring writes complete after it is reaped;
+ * t2_segment.c explains why nothing may be written before they have). Every fd
+ * t2_segment_open and t2_segment_create return holds it until closed. Returns 0,
+ * -EBUSY (still held after t2_segment_lock_wait_ms) or -ENOLCK (flock failed).
+ */
+int t2_segment_lock(int fd);
+/* How long t2_segment_lock waits (default 60 s; tests lower it). */
+extern unsigned t2_segment_lock_wait_ms;
+/* Open an existing segment, locked; *direct in: try O_DIRECT, out: whether it is
+ * used. Returns the fd, -EBUSY or -ENOLCK (the lock, see t2_segment_lock; never
+ * from open itself), or -errno. */
 int t2_segment_open(const char *dir, uint32_t id, bool *direct);
-/* Create and preallocate a segment, durably (file and directory entry). Returns
- * the fd, -ENOSPC when the file system cannot hold it (nothing left behind), or
- * -errno. */
+/* Create and preallocate a segment, durably (file and directory entry), locked
+ * as t2_segment_open. Returns the fd, -ENOSPC when the file system cannot hold
+ * it (nothing left behind), -EBUSY or -ENOLCK (an existing file whose lock
+ * could not be taken; left as it is), or -errno. */
 int t2_segment_create(const char *dir, uint32_t id, uint64_t size, bool *direct);
 /* Before appending to an existing segment: make sure it is preallocated to size
  * (a crash during creation, or a damaged file, can leave it short). Returns 0,

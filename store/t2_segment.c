@@ -3,7 +3,8 @@
  * preallocated with fallocate so appends never allocate blocks, opened O_DIRECT
  * (buffered with fdatasync where the file system refuses O_DIRECT), created
  * durably (file size and directory entry synced before anything in them is
- * indexed).
+ * indexed), and locked (flock) for as long as this opener or any I/O it started
+ * may use them.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -11,7 +12,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "t2_internal.h"
@@ -51,14 +54,73 @@ static int open_segment(const char *path, int flags, bool *direct)
 	return fd >= 0 ? fd : -errno;
 }
 
+/*
+ * Segment locks. Invariant: no opener writes a byte of a segment file while a
+ * write that an earlier opener submitted to it may still reach the disk.
+ *
+ * The committed index says what is indexed; it says nothing about what a killed
+ * process still had on its way to the disk. With io_uring, the O_DIRECT writes
+ * of a process killed with SIGKILL are not waited for when it exits: the kernel
+ * completes them afterwards, possibly well after the process has been reaped and
+ * t2.lock released (a loaded machine takes tens or hundreds of ms). They land
+ * where that process had reserved space: past the committed write_off of the
+ * segment it was appending to, or in a segment whose blocks have all gone since
+ * and that is free now. That is exactly the space the next opener fills first,
+ * so without this lock a late write could overwrite a record the next opener
+ * has already written, synced and indexed: an acknowledged block that then
+ * fails its checksum. (The thread-pool backend is not exposed: its pwrite calls
+ * finish before the process can be reaped.)
+ *
+ * Every I/O request holds a reference to the open file description it was
+ * submitted on, and a flock lock belongs to the description: it goes only when
+ * the last reference does. So each opener takes LOCK_EX on every segment file
+ * it opens, on the description it does its I/O through, and keeps it until it
+ * closes the file. A new opener that finds a segment still locked after t2.lock
+ * was free waits until the previous opener's last request on it is gone, and
+ * only then reads or writes it.
+ */
+unsigned t2_segment_lock_wait_ms = 60000;
+
+int t2_segment_lock(int fd)
+{
+	struct timespec start, now, pause = { 0, 1000000 };
+	int64_t waited_ms;
+
+	clock_gettime(CLOCK_MONOTONIC, &start);
+	for (;;) {
+		if (flock(fd, LOCK_EX | LOCK_NB) == 0)
+			return 0;
+		if (errno == EINTR)
+			continue;
+		if (errno != EWOULDBLOCK)
+			return -ENOLCK;
+		clock_gettime(CLOCK_MONOTONIC, &now);
+		waited_ms = (int64_t)(now.tv_sec - start.tv_sec) * 1000 +
+			    (int64_t)(now.tv_nsec - start.tv_nsec) / 1000000;
+		if (waited_ms >= (int64_t)t2_segment_lock_wait_ms)
+			return -EBUSY;
+		nanosleep(&pause, NULL);
+		if (pause.tv_nsec < 16000000L)
+			pause.tv_nsec *= 2;
+	}
+}
+
 int t2_segment_open(const char *dir, uint32_t id, bool *direct)
 {
 	char path[4096];
-	int rc = t2_segment_path(path, sizeof(path), dir, id);
+	int fd, rc = t2_segment_path(path, sizeof(path), dir, id);
 
 	if (rc < 0)
 		return rc;
-	return open_segment(path, O_RDWR | O_CLOEXEC, direct);
+	fd = open_segment(path, O_RDWR | O_CLOEXEC, direct);
+	if (fd < 0) /* -EBUSY and -ENOLCK say the lock failed, nothing else */
+		return fd == -EBUSY || fd == -ENOLCK ? -EIO : fd;
+	rc = t2_segment_lock(fd);
+	if (rc < 0) {
+		close(fd);
+		return rc;
+	}
+	return fd;
 }
 
 static int sync_dir(const char *dir)
@@ -85,8 +147,16 @@ int t2_segment_create(const char *dir, uint32_t id, uint64_t size, bool *direct)
 	if (rc < 0)
 		return rc;
 	fd = open_segment(path, O_RDWR | O_CREAT | O_CLOEXEC, direct);
-	if (fd < 0)
-		return fd;
+	if (fd < 0) /* as in t2_segment_open */
+		return fd == -EBUSY || fd == -ENOLCK ? -EIO : fd;
+	/* The file may exist (left by an earlier opener): never write to it while
+	 * that opener's I/O may still be in flight. Locked: it is not ours to
+	 * remove either. */
+	rc = t2_segment_lock(fd);
+	if (rc < 0) {
+		close(fd);
+		return rc;
+	}
 	/* Preallocate: appends then never allocate, and a full file system shows up
 	 * here, once, rather than as a failed write later. */
 	rc = fallocate(fd, 0, 0, (off_t)size);

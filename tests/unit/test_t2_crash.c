@@ -236,6 +236,313 @@ static void kill_loop(const char *dir, enum io_backend b)
 }
 T2T_BOTH(kill_loop)
 
+/* ---- writes that land after their writer was reaped ---------------------------------- */
+
+/*
+ * The kernel finishes the io_uring writes of a process killed with SIGKILL after
+ * the process has been reaped (on a loaded machine, tens or hundreds of ms
+ * later): they land in space the killed writer had reserved and never indexed,
+ * which is exactly where the next opener appends first. Each such write keeps
+ * the writer's open file description alive, as a process would. This case makes
+ * it happen on purpose: the writer forks a "ghost" that keeps the writer's
+ * segment file descriptions (and nothing else). After the writer is killed and
+ * reaped, the ghost overwrites LATE_LEN bytes of unindexed space in each segment
+ * it holds (from the committed write_off, or from 0 where nothing is indexed),
+ * but not before the next opener has appended there and been acknowledged, or
+ * LATE_MS have passed. t2_open must wait until the ghost is gone (it locks each segment
+ * file), so every block the next opener acknowledged reads back, as does every
+ * block the killed writer acknowledged. Without the locks the ghost overwrites
+ * acknowledged blocks every time.
+ *
+ * KVT_LATE_LOOPS sets the number of kills (default 3).
+ */
+
+#define LATE_MS 300                 /* the ghost waits at most this long for the opener */
+#define LATE_LEN (8 * MIB)          /* bytes of unindexed space it overwrites per segment */
+#define LATE_WRITER_BYTES (16 * MIB) /* the writer stays within its first segment */
+#define LATE_PARENT_KEYS 8
+#define LATE_MAX_SEGS 64
+
+struct late_region {
+	uint32_t seg;
+	uint64_t off, len;
+};
+
+/* The ghost: keep the segment descriptions, wait for the regions to hit (ended by
+ * one of length 0; its off, if not 0, says to wait for a byte before starting the
+ * clock), hit them once the opener says it has appended (or after LATE_MS), then
+ * exit. */
+static void late_ghost(int ctl, int done, uint8_t *junk)
+{
+	int segfd[LATE_MAX_SEGS];
+	struct late_region rg[LATE_MAX_SEGS], end = { 0, 0, 0 };
+	size_t nrg = 0;
+	char path[64], link[4096];
+	struct pollfd p = { ctl, POLLIN, 0 };
+	uint8_t go;
+
+	for (int i = 0; i < LATE_MAX_SEGS; i++)
+		segfd[i] = -1;
+	/* Keep only the segment files and the two pipes (not t2.lock, the index,
+	 * the ring, nor the test's log pipe). */
+	for (int fd = 3; fd < 1024; fd++) {
+		ssize_t n;
+		unsigned id;
+		const char *s;
+
+		if (fd == ctl || fd == done)
+			continue;
+		snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+		n = readlink(path, link, sizeof(link) - 1);
+		if (n < 0)
+			continue;
+		link[n] = '\0';
+		s = strstr(link, "/segments/seg-");
+		if (s && sscanf(s, "/segments/seg-%8u.kvs", &id) == 1 && id < LATE_MAX_SEGS &&
+		    segfd[id] < 0) {
+			segfd[id] = fd;
+			continue;
+		}
+		close(fd);
+	}
+	/* The regions, then the word to go (or the time limit). */
+	while (read(ctl, &end, sizeof(end)) == sizeof(end) && end.len)
+		if (nrg < LATE_MAX_SEGS)
+			rg[nrg++] = end;
+	if (end.off && poll(&p, 1, 20000) > 0)
+		(void)!read(ctl, &go, 1);
+	if (poll(&p, 1, LATE_MS) > 0)
+		(void)!read(ctl, &go, 1);
+	for (size_t i = 0; i < nrg; i++) {
+		if (rg[i].seg >= LATE_MAX_SEGS || segfd[rg[i].seg] < 0)
+			continue;
+		for (uint64_t o = 0; o < rg[i].len; o += MIB)
+			(void)!pwrite(segfd[rg[i].seg], junk, MIB, (off_t)(rg[i].off + o));
+		(void)fdatasync(segfd[rg[i].seg]);
+	}
+	(void)!write(done, "x", 1);
+	_exit(0);
+}
+
+static void late_writer(const char *dir, enum io_backend b, uint64_t seed, int fd, int ctl[2],
+			int done[2])
+{
+	struct io_engine *io = t2t_io(b);
+	struct t2_config c = t2t_config(dir, io, 6);
+	struct t2_open_report rep;
+	struct codec_ctx *ctx;
+	struct slot slots[INFLIGHT];
+	uint64_t next = 0, s = seed | 1, written = 0;
+	uint8_t *junk;
+	struct t2 *t;
+	pid_t ghost;
+
+	c.commit_interval_ms = (unsigned)(seed % 4);
+	t = t2t_open(&c, &rep);
+	junk = t2t_alloc(MIB);
+	memset(junk, 0xa5, MIB);
+	ghost = fork();
+	if (ghost < 0)
+		_exit(1);
+	if (ghost == 0) {
+		close(ctl[1]);
+		close(done[0]);
+		late_ghost(ctl[0], done[1], junk);
+	}
+	close(ctl[0]);
+	close(ctl[1]);
+	close(done[1]);
+	put_u64(fd, MARK_OPEN);
+	if (codec_ctx_new(1, &ctx) != 0)
+		_exit(1);
+	memset(slots, 0, sizeof(slots));
+	for (;;) {
+		for (int i = 0; i < INFLIGHT && written < LATE_WRITER_BYTES; i++) {
+			struct slot *sl = &slots[i];
+			struct t1_key k;
+			kvt_block_desc d;
+			uint64_t len;
+			size_t rl;
+
+			if (sl->busy)
+				continue;
+			sl->idx = next++;
+			k = t2t_key(22, sl->idx);
+			len = len_for(&s);
+			d = t2t_desc(len);
+			sl->rec = t2t_record(ctx, (enum codec_id)(t2t_rand(&s) % CODEC_COUNT), &k, len, &rl);
+			written += rl;
+			sl->busy = true;
+			sl->dn.done = false;
+			t2_append(t, &k, NULL, sl->rec, rl, len, &d, 0, t2t_done_cb, &sl->dn);
+		}
+		t2t_pump(io, t, 1);
+		for (int i = 0; i < INFLIGHT; i++) {
+			struct slot *sl = &slots[i];
+
+			if (!sl->busy || !sl->dn.done)
+				continue;
+			put_u64(fd, sl->dn.status == 0 ? sl->idx : MARK_FAIL);
+			free(sl->rec);
+			sl->busy = false;
+		}
+	}
+}
+
+/* Unindexed space of every segment file, as committed: where the killed writer's
+ * unacknowledged appends were going, what a late write may hit. */
+static size_t late_regions(const char *dir, struct late_region *rg)
+{
+	struct t2_index ix;
+	struct t2_segrow rows[LATE_MAX_SEGS];
+	uint64_t seg_size = SEG64;
+	uint32_t max_id = 0;
+	bool created = false;
+	char err[512] = "";
+	size_t n = 0;
+
+	memset(rows, 0, sizeof(rows));
+	CHECK_MSG(t2_index_open(&ix, dir, 0, &seg_size, &created, err, sizeof(err)) == 0, "%s", err);
+	CHECK_RC(t2_index_load_segments(&ix, rows, LATE_MAX_SEGS, &max_id), 0);
+	t2_index_close(&ix);
+	for (uint32_t i = 0; i < LATE_MAX_SEGS; i++) {
+		char path[512];
+		uint64_t off = rows[i].nblocks ? t2_align_up(rows[i].write_off) : 0;
+
+		CHECK(t2_segment_path(path, sizeof(path), dir, i) == 0);
+		if (access(path, F_OK) != 0 || off >= seg_size)
+			continue;
+		rg[n].seg = i;
+		rg[n].off = off;
+		rg[n].len = seg_size - off < LATE_LEN ? seg_size - off : LATE_LEN;
+		n++;
+	}
+	return n;
+}
+
+static void late_writes(const char *topdir, enum io_backend b)
+{
+	const char *env = getenv("KVT_LATE_LOOPS"), *senv = getenv("KVT_KILL_SEED");
+	unsigned loops = env && atoi(env) > 0 ? (unsigned)atoi(env) : 3;
+	uint64_t seed = senv ? strtoull(senv, NULL, 0)
+			     : (uint64_t)time(NULL) * 2654435761u + (uint64_t)getpid();
+	uint64_t s = seed | 1, total_acked = 0, waited_ms = 0;
+	struct codec_ctx *ctx;
+
+	test_log("seed %llu, %u kills (backend %s)", (unsigned long long)seed, loops,
+		 b == IO_BACKEND_URING ? "io_uring" : "threads");
+	CHECK_RC(codec_ctx_new(1, &ctx), 0);
+	for (unsigned loop = 0; loop < loops; loop++) {
+		int pfd[2], ctl[2], done[2], st;
+		struct late_region rg[LATE_MAX_SEGS];
+		struct late_region end = { 0, 0, 0 };
+		size_t nrg, nacked = 0;
+		bool acked[1 << 12];
+		char dir[512], err[512];
+		struct io_engine *io;
+		struct t2_config c;
+		struct t2_open_report rep;
+		struct t2 *t = NULL;
+		uint64_t v, t0, hi = 0;
+		pid_t pid;
+		int rc;
+
+		/* A fresh store each time: the ghost holds the first segment. */
+		snprintf(dir, sizeof(dir), "%s/%u", topdir, loop);
+		CHECK(pipe(pfd) == 0 && pipe(ctl) == 0 && pipe(done) == 0);
+		pid = fork();
+		CHECK(pid >= 0);
+		if (pid == 0) {
+			close(pfd[0]);
+			late_writer(dir, b, t2t_rand(&s), pfd[1], ctl, done);
+			_exit(0);
+		}
+		close(pfd[1]);
+		close(ctl[0]);
+		close(done[1]);
+		CHECK_MSG(readable(pfd[0], 20000), "the writer never opened the store");
+		CHECK(read(pfd[0], &v, sizeof(v)) == (ssize_t)sizeof(v) && v == MARK_OPEN);
+		CHECK_MSG(readable(pfd[0], 20000), "the writer never acknowledged an append");
+		sleep_ms(t2t_rand(&s) % 60);
+		kill(pid, SIGKILL);
+		while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
+			;
+		CHECK_MSG(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL, "writer exited by itself (%d)", st);
+		memset(acked, 0, sizeof(acked));
+		while (read(pfd[0], &v, sizeof(v)) == (ssize_t)sizeof(v)) {
+			CHECK_MSG(v != MARK_FAIL, "an append failed in the writer");
+			CHECK(v < sizeof(acked));
+			nacked += !acked[v];
+			acked[v] = true;
+			hi = v + 1 > hi ? v + 1 : hi;
+		}
+		close(pfd[0]);
+
+		/* The writer is gone; its "late writes" are not. */
+		nrg = late_regions(dir, rg);
+		CHECK(nrg > 0);
+		for (size_t i = 0; i < nrg; i++)
+			CHECK(write(ctl[1], &rg[i], sizeof(rg[i])) == (ssize_t)sizeof(rg[i]));
+		end.off = loop == 0; /* hold on until the refused open below */
+		CHECK(write(ctl[1], &end, sizeof(end)) == (ssize_t)sizeof(end));
+
+		io = t2t_io(b);
+		c = t2t_config(dir, io, 6);
+		if (loop == 0) {
+			/* While they may still land, the store does not open... */
+			t2_segment_lock_wait_ms = 20;
+			rc = t2_open(&c, &t, &rep, err, sizeof(err));
+			t2_segment_lock_wait_ms = 60000;
+			CHECK_MSG(rc == -EBUSY && strstr(err, "still locked"),
+				  "open with writes in flight: %d (%s) %s", rc, test_errname(rc), err);
+			CHECK(write(ctl[1], "s", 1) == 1);
+		}
+		/* ... it waits until they have landed. */
+		t0 = t2_mono_ms();
+		t = t2t_open(&c, &rep);
+		waited_ms += t2_mono_ms() - t0;
+		CHECK(rep.blocks >= nacked);
+		/* Append where the killed writer's writes were going, and only then
+		 * let them land (if they still can). */
+		for (uint64_t i = 0; i < LATE_PARENT_KEYS; i++) {
+			struct t1_key k = t2t_key(23, i);
+
+			CHECK_RC(t2t_append(io, t, ctx, (enum codec_id)(i % CODEC_COUNT), &k, NULL,
+					    1 + t2t_rand(&s) % (512 * 1024)), 0);
+		}
+		(void)!write(ctl[1], "g", 1);
+		CHECK_MSG(readable(done[0], 20000), "the ghost never finished");
+		close(ctl[1]);
+		close(done[0]);
+		for (uint64_t i = 0; i < LATE_PARENT_KEYS; i++) {
+			struct t1_key k = t2t_key(23, i);
+
+			rc = t2t_verify(io, t, ctx, &k, UINT64_MAX);
+			CHECK_MSG(rc == 0, "loop %u: key %llu, acknowledged after the reopen, reads %d "
+				  "(%s)", loop, (unsigned long long)i, rc, test_errname(rc));
+		}
+		for (uint64_t i = 0; i < hi + INFLIGHT; i++) {
+			struct t1_key k = t2t_key(22, i);
+
+			rc = t2t_verify(io, t, ctx, &k, UINT64_MAX);
+			if (i < hi && acked[i])
+				CHECK_MSG(rc == 0, "loop %u: acknowledged key %llu reads %d (%s)", loop,
+					  (unsigned long long)i, rc, test_errname(rc));
+			else
+				CHECK_MSG(rc == 0 || rc == -ENOENT,
+					  "loop %u: unacknowledged key %llu reads %d (%s)", loop,
+					  (unsigned long long)i, rc, test_errname(rc));
+		}
+		t2_close(t);
+		io_close(io);
+		total_acked += nacked;
+	}
+	test_log("%llu acknowledged keys checked; opens waited %llu ms in all for late writes",
+		 (unsigned long long)total_acked, (unsigned long long)waited_ms);
+	codec_ctx_free(ctx);
+}
+T2T_BOTH(late_writes)
+
 /* ---- kill -9 while cleaning relocates chain heads ------------------------------------ */
 
 /*
@@ -560,4 +867,5 @@ static void kill_relocation(const char *dir, enum io_backend b)
 }
 T2T_BOTH(kill_relocation)
 
-TEST_MAIN(kill_loop_uring, kill_loop_threads, kill_relocation_uring, kill_relocation_threads)
+TEST_MAIN(kill_loop_uring, kill_loop_threads, late_writes_uring, late_writes_threads,
+	  kill_relocation_uring, kill_relocation_threads)
