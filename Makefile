@@ -6,7 +6,9 @@
 #   client/   libkvtier and memstat: the public header and common/ only; memstat
 #             uses only the public API.
 #   store/    the tiers: common/ only; never calls into daemon/.
-#   kernels/  CUDA kernels and their CPU references (later).
+#   kernels/  paged-KV gather/scatter: CPU references (always built, linked into the
+#             daemon and the unit tests) and CUDA kernels (kernels/*.cu, CUDA=1 only,
+#             linked into the daemon, the GPU tests and bench_gpu_kernels).
 #   daemon/   kvtierd: composes store/ and kernels/.
 #
 # Everything is built under $(BUILD) (default build/); the sanitizer build of the
@@ -16,11 +18,19 @@
 #   check     unit + integration + bad-input tests (fast, one build)
 #   test      check, then the same suite under ASan+UBSan; ends with "N passed, N failed"
 #   bench     run the benchmarks, results under bench/results/
+#   test-gpu  build and run the GPU tests (tests/gpu/gtest_*.c, CUDA=1 only; each one
+#             skips, exit 77, when no CUDA device is present)
 #   install   PREFIX (default /usr/local), DESTDIR honoured: binaries, library, header,
 #             kvtier.pc, man pages, systemd units, sysusers/tmpfiles snippets, the
 #             configuration (an existing one is kept) and its example
 #   uninstall the same files, except the configuration in SYSCONFDIR
 #   clean
+#
+# CUDA ?= 1 when nvcc is on PATH or at /usr/local/cuda/bin/nvcc, else 0 (make CUDA=0
+# turns it off; NVCC=, CUDA_HOME= point elsewhere). With CUDA=1, kernels/*.cu are
+# compiled by nvcc (sm_90 and sm_80 code, compute_80 PTX), C code gets -DKVT_HAVE_CUDA=1
+# and the CUDA headers, the daemon's link line gets the static CUDA runtime, `all` also
+# builds the GPU tests and bench_gpu_kernels. Without CUDA everything else builds.
 
 PREFIX     ?= /usr/local
 BINDIR     ?= $(PREFIX)/bin
@@ -50,7 +60,7 @@ ifeq ($(WERROR),1)
 WARN += -Werror
 endif
 BASE_CFLAGS := -std=c11 -D_GNU_SOURCE -pthread -fno-strict-aliasing $(WARN) \
-               -Iinclude -Icommon -Istore -Idaemon -Itests/lib
+               -Iinclude -Icommon -Istore -Ikernels -Idaemon -Itests/lib
 ifeq ($(SAN),1)
 BASE_CFLAGS += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 SAN_LDFLAGS := -fsanitize=address,undefined
@@ -58,22 +68,58 @@ endif
 ALL_CFLAGS := $(BASE_CFLAGS) $(CFLAGS) -DKVT_BIN_DIR='"$(abspath $(BUILD))/bin"'
 ALL_LDFLAGS := -pthread $(SAN_LDFLAGS) $(LDFLAGS)
 
+# ---- CUDA (see the header) -----------------------------------------------------
+NVCC_FOUND := $(firstword $(shell command -v nvcc 2>/dev/null) $(wildcard /usr/local/cuda/bin/nvcc))
+CUDA ?= $(if $(NVCC_FOUND),1,0)
+ifeq ($(CUDA),1)
+NVCC ?= $(NVCC_FOUND)
+ifeq ($(NVCC),)
+$(error CUDA=1 but no nvcc on PATH or at /usr/local/cuda/bin/nvcc: pass NVCC=/path/to/nvcc, or CUDA=0)
+endif
+CUDA_HOME   ?= $(abspath $(dir $(firstword $(shell command -v $(NVCC) 2>/dev/null) $(NVCC)))..)
+CUDA_INC    ?= $(CUDA_HOME)/include
+CUDA_LIBDIR ?= $(CUDA_HOME)/lib64
+NVCCFLAGS   ?= -O3
+NVCC_GENCODE := -gencode arch=compute_90,code=sm_90 -gencode 'arch=compute_80,code=[sm_80,compute_80]'
+NVCC_WARN   := -Xcompiler -Wall,-Wextra
+ifeq ($(WERROR),1)
+NVCC_WARN   += -Werror all-warnings -Xcompiler -Werror
+endif
+# nvcc objects are never sanitized; C code calling them still is under SAN=1. No
+# exceptions and no thread-safe statics, so they need no C++ runtime: C links them.
+ALL_NVCCFLAGS := $(NVCC_GENCODE) $(NVCCFLAGS) $(NVCC_WARN) -std=c++17 \
+                 -Xcompiler -fPIC,-fno-exceptions,-fno-threadsafe-statics \
+                 -Iinclude -Icommon -Ikernels
+ALL_CFLAGS  += -DKVT_HAVE_CUDA=1 -isystem $(CUDA_INC)
+CUDA_LIBS   := -L$(CUDA_LIBDIR) -lcudart_static -ldl -lrt
+else ifneq ($(CUDA),0)
+$(error CUDA must be 0 or 1, not '$(CUDA)')
+endif
+
 # ---- sources -------------------------------------------------------------------
 COMMON_SRC := common/proto.c common/errors.c common/key.c
 STORE_SRC  := $(sort $(wildcard store/*.c))
+KERNELS_SRC := $(sort $(wildcard kernels/*.c))
+KERNELS_CU  := $(sort $(wildcard kernels/*.cu))
 DAEMON_SRC := $(sort $(wildcard daemon/*.c))
 LIB_SRC    := $(sort $(filter-out client/memstat.c,$(wildcard client/*.c)))
 TESTLIB_SRC := tests/lib/test.c tests/lib/harness.c
 
 UNIT_TESTS  := $(patsubst tests/unit/%.c,%,$(sort $(wildcard tests/unit/test_*.c)))
 INTEG_TESTS := $(patsubst tests/integ/%.c,%,$(sort $(wildcard tests/integ/itest_*.c)))
-BENCHES     := $(patsubst bench/%.c,%,$(sort $(wildcard bench/bench_*.c)))
+BENCHES     := $(patsubst bench/%.c,%,$(sort $(filter-out bench/bench_gpu_%.c,$(wildcard bench/bench_*.c))))
+GPU_TESTS   := $(patsubst tests/gpu/%.c,%,$(sort $(wildcard tests/gpu/gtest_*.c)))
+GPU_BENCHES := $(patsubst bench/%.c,%,$(sort $(wildcard bench/bench_gpu_*.c)))
 
 obj = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
 pic = $(patsubst %.c,$(BUILD)/pic/%.o,$(1))
 
 COMMON_OBJ  := $(call obj,$(COMMON_SRC))
 STORE_OBJ   := $(call obj,$(STORE_SRC))
+KERNELS_OBJ := $(call obj,$(KERNELS_SRC))
+# kernels/x.cu -> $(BUILD)/obj/kernels/x.cu.o, so a kernels/x.c can never collide;
+# none with CUDA=0.
+KERNELS_CU_OBJ := $(if $(filter 1,$(CUDA)),$(patsubst %.cu,$(BUILD)/obj/%.cu.o,$(KERNELS_CU)))
 DAEMON_OBJ  := $(call obj,$(DAEMON_SRC))
 TESTLIB_OBJ := $(call obj,$(TESTLIB_SRC))
 LIB_PIC     := $(call pic,$(LIB_SRC) $(COMMON_SRC))
@@ -89,12 +135,14 @@ LIB_A       := $(BUILD)/lib/libkvtier.a
 LIB_SO      := $(BUILD)/lib/$(LIBSO_FULL)
 TEST_BINS   := $(addprefix $(BUILD)/tests/,$(UNIT_TESTS) $(INTEG_TESTS))
 BENCH_BINS  := $(addprefix $(BUILD)/bench/,$(BENCHES))
+GPU_TEST_BINS  := $(addprefix $(BUILD)/tests/gpu/,$(GPU_TESTS))
+GPU_BENCH_BINS := $(addprefix $(BUILD)/bench/,$(GPU_BENCHES))
 
 STORE_LIBS  := -lxxhash -lzstd -luring -llmdb
-DAEMON_LIBS := $(STORE_LIBS) -lsystemd
+DAEMON_LIBS := $(STORE_LIBS) -lsystemd $(CUDA_LIBS)
 RPATH       := -Wl,-rpath,'$$ORIGIN/../lib'
 
-.PHONY: all deps run check test test-unit test-integ test-asan bench install uninstall clean memstat
+.PHONY: all deps run check test test-unit test-integ test-asan test-gpu bench install uninstall clean memstat
 .DEFAULT_GOAL := all
 
 all: $(BIN_DAEMON) $(LIB_SO) $(LIB_A) $(BIN_MEMSTAT) $(BIN_ENGINE) $(TEST_BINS) $(BENCH_BINS)
@@ -111,7 +159,7 @@ $(BUILD)/pic/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -fPIC -fvisibility=hidden -DKVT_BUILDING_LIB -MMD -MP -c $< -o $@
 
-$(BIN_DAEMON): $(DAEMON_OBJ) $(STORE_OBJ) $(COMMON_OBJ)
+$(BIN_DAEMON): $(DAEMON_OBJ) $(STORE_OBJ) $(KERNELS_OBJ) $(KERNELS_CU_OBJ) $(COMMON_OBJ)
 	@mkdir -p $(dir $@)
 	$(CC) $^ -o $@ $(ALL_LDFLAGS) $(DAEMON_LIBS)
 
@@ -137,7 +185,7 @@ $(BIN_ENGINE): $(call obj,examples/engine.c) $(LIB_SO)
 
 # Unit tests link the pieces they test directly; integration tests link the
 # static library (public API) plus common/ for raw protocol work.
-$(BUILD)/tests/test_%: $(BUILD)/obj/tests/unit/test_%.o $(TESTLIB_OBJ) $(STORE_OBJ) $(COMMON_OBJ) $(LIB_A)
+$(BUILD)/tests/test_%: $(BUILD)/obj/tests/unit/test_%.o $(TESTLIB_OBJ) $(STORE_OBJ) $(KERNELS_OBJ) $(COMMON_OBJ) $(LIB_A)
 	@mkdir -p $(dir $@)
 	$(CC) $(filter %.o,$^) -o $@ $(ALL_LDFLAGS) $(LIB_A) $(STORE_LIBS)
 
@@ -157,6 +205,35 @@ $(BUILD)/bench/bench_replay $(BUILD)/bench/bench_policy: $(call obj,bench/trace.
 
 # Unit tests of daemon pieces link those pieces too.
 $(BUILD)/tests/test_config: $(call obj,daemon/config.c)
+
+# ---- CUDA objects, GPU tests and the GPU benchmark (CUDA=1) ----------------------
+ifeq ($(CUDA),1)
+all: $(GPU_TEST_BINS) $(GPU_BENCH_BINS)
+
+$(BUILD)/obj/%.cu.o: %.cu
+	@mkdir -p $(dir $@)
+	$(NVCC) $(ALL_NVCCFLAGS) -MMD -MP -MF $(@:.o=.d) -MT $@ -c $< -o $@
+
+# GPU tests: C, linked with the kernels (CPU references and CUDA) and cudart.
+$(BUILD)/tests/gpu/gtest_%: $(BUILD)/obj/tests/gpu/gtest_%.o $(call obj,tests/lib/test.c) \
+		$(KERNELS_OBJ) $(KERNELS_CU_OBJ) $(COMMON_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(filter %.o,$^) -o $@ $(ALL_LDFLAGS) $(CUDA_LIBS)
+
+# The daemon's CUDA backend (daemon/gpu_cuda.c) launches the kernels.
+$(BIN_DAEMON): $(KERNELS_CU_OBJ)
+
+$(GPU_BENCH_BINS): $(KERNELS_OBJ) $(KERNELS_CU_OBJ)
+$(foreach b,$(GPU_BENCHES),$(eval BENCH_LIBS_$(b) := $(CUDA_LIBS)))
+
+test-gpu: $(GPU_TEST_BINS)
+	@sh tests/run.sh --gpu $(BUILD)
+else
+test-gpu:
+	@echo "make test-gpu: CUDA is off (CUDA=0, or no nvcc on PATH or at" \
+		"/usr/local/cuda/bin/nvcc); install the CUDA toolkit or pass NVCC=/path/to/nvcc" >&2
+	@exit 1
+endif
 
 run: deps $(BIN_DAEMON) $(BIN_MEMSTAT) $(BIN_ENGINE)
 	@mkdir -p run

@@ -11,12 +11,21 @@
 # BUILD_DIR that is not a sanitizer build (variant [sys]); they get $KVT_BIN_DIR
 # and $KVT_BUILD_DIR, and print the same PASS/FAIL/SKIP lines.
 #
-# usage: sh tests/run.sh BUILD_DIR [BUILD_DIR...]
+# With --gpu it runs the GPU test programs (tests/gpu/gtest_*) instead, and no
+# shell tests (make test-gpu). A program that exits 77 was skipped as a whole (no
+# GPU): it counts as one skip unless it printed SKIP lines of its own.
+#
+# usage: sh tests/run.sh [--gpu] BUILD_DIR [BUILD_DIR...]
 # env:   KVT_PROG_TIMEOUT  seconds per program (default 600)
 set -u
 
+gpu=0
+if [ "${1:-}" = --gpu ]; then
+	gpu=1
+	shift
+fi
 if [ $# -lt 1 ]; then
-	echo "usage: sh tests/run.sh BUILD_DIR [BUILD_DIR...]" >&2
+	echo "usage: sh tests/run.sh [--gpu] BUILD_DIR [BUILD_DIR...]" >&2
 	exit 2
 fi
 
@@ -65,7 +74,9 @@ run_prog() {
 	# Exit 0, or 1 with the failures reported, is a program that finished.
 	# Anything else (a crash, a timeout, exit 1 without saying why) loses
 	# the lines of the cases it never ran: count it as one more failure.
-	if [ "$rc" -ne 0 ] && { [ "$rc" -ne 1 ] || [ "$f" -eq 0 ]; }; then
+	if [ "$rc" -eq 77 ] && [ "$f" -eq 0 ]; then
+		[ "$s" -gt 0 ] || s=1
+	elif [ "$rc" -ne 0 ] && { [ "$rc" -ne 1 ] || [ "$f" -eq 0 ]; }; then
 		why=""
 		if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
 			why=" (timed out after ${limit} s)"
@@ -87,12 +98,19 @@ for dir in "$@"; do
 	*) variant=$(basename "$dir") ;;
 	esac
 	if ! bindir=$(cd "$dir/bin" 2>/dev/null && pwd); then
-		printf '[%s] FAIL %s: no bin directory (not built?)\n' "$variant" "$dir"
-		failed=$((failed + 1))
-		continue
+		bindir="" # the GPU tests start no programs of the build
+		if [ "$gpu" -eq 0 ]; then
+			printf '[%s] FAIL %s: no bin directory (not built?)\n' "$variant" "$dir"
+			failed=$((failed + 1))
+			continue
+		fi
 	fi
 	ran=0
-	for prog in "$dir"/tests/test_* "$dir"/tests/itest_*; do
+	for prog in "$dir"/tests/test_* "$dir"/tests/itest_* "$dir"/tests/gpu/gtest_*; do
+		case $prog in
+		*/gpu/gtest_*) [ "$gpu" -eq 1 ] || continue ;;
+		*) [ "$gpu" -eq 0 ] || continue ;;
+		esac
 		if [ ! -f "$prog" ] || [ ! -x "$prog" ]; then
 			continue # an unmatched glob, or not a program
 		fi
@@ -100,7 +118,8 @@ for dir in "$@"; do
 		run_prog "$variant" "$bindir" "$(basename "$prog")" "$prog"
 	done
 	if [ "$ran" -eq 0 ]; then
-		printf '[%s] FAIL %s: no test programs in %s/tests\n' "$variant" "$dir" "$dir"
+		printf '[%s] FAIL %s: no test programs in %s/tests%s\n' "$variant" "$dir" "$dir" \
+			"$([ "$gpu" -eq 1 ] && echo /gpu)"
 		failed=$((failed + 1))
 	fi
 done
@@ -108,6 +127,7 @@ done
 # tests/sys/*.sh, once (see the header).
 srcdir=$(cd "$(dirname "$0")" && pwd)
 for dir in "$@"; do
+	[ "$gpu" -eq 0 ] || break
 	dir=${dir%/}
 	case $dir in *asan) continue ;; esac
 	bindir=$(cd "$dir/bin" 2>/dev/null && pwd) || continue
