@@ -184,6 +184,8 @@ static int open_host_tier(struct server *s)
 					    : strerror(-r->lock_error))
 				 : "no (host_mlock = off)");
 	log_info("GPU tier (T0): not active: this build has no GPU tier");
+	if (r->prefault)
+		log_info("host tier: not locked, so its pages are being faulted in by a background thread");
 	return 0;
 }
 

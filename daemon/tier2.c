@@ -71,8 +71,14 @@ struct demote {
 	uint8_t codec;
 	uint8_t *buf;
 	size_t cap, rec_len;
+	size_t flow;                /* bytes counted in staging_used while in flight */
 	struct t2_span *spans;
 	size_t nspans;
+	/* Raw codec: the record is written from the block's memory (header and last
+	 * page in buf, out[] the pieces): no copy of the block. */
+	bool direct;
+	struct t2_span *out;
+	size_t nout;
 	int rc;
 	struct job job;
 };
@@ -476,7 +482,7 @@ static void demote_finish(struct demote *d, int status)
 			break;
 		}
 	staging_put(s, d->buf, d->cap);
-	t->staging_used -= d->cap;
+	t->staging_used -= d->flow;
 	t->demoting--;
 	uint32_t fl = t1_block_flags(d->b) & ~T1F_DEMOTING;
 	if (status == 0) {
@@ -505,6 +511,7 @@ static void demote_finish(struct demote *d, int status)
 		pw = next;
 	}
 	free(d->spans);
+	free(d->out);
 	free(d);
 	if (t->flushing)
 		pump_ex(s, true);
@@ -529,9 +536,14 @@ static void encode_task(struct job *j, size_t i, struct codec_ctx *ctx)
 {
 	struct demote *d = j->arg;
 	(void)i;
-	d->rc = ctx ? t2_record_encode(ctx, (enum codec_id)d->codec, &d->key, &d->desc, d->spans,
-				       d->nspans, d->len, d->buf, d->cap, &d->rec_len)
-		    : -ENOMEM;
+	if (d->direct)
+		d->rc = t2_record_raw_plan(&d->key, &d->desc, d->spans, d->nspans, d->len, d->buf,
+					   d->cap, d->out, d->nspans + 2, &d->nout, &d->rec_len);
+	else
+		d->rc = ctx ? t2_record_encode(ctx, (enum codec_id)d->codec, &d->key, &d->desc,
+					       d->spans, d->nspans, d->len, d->buf, d->cap,
+					       &d->rec_len)
+			    : -ENOMEM;
 }
 
 static void encode_done(struct job *j)
@@ -542,7 +554,13 @@ static void encode_done(struct job *j)
 		demote_finish(d, d->rc);
 		return;
 	}
-	t2_append(t->t2, &d->key, kvt_key_is_zero(&d->parent) ? NULL : &d->parent, d->buf,
+	const kvt_key *parent = kvt_key_is_zero(&d->parent) ? NULL : &d->parent;
+	if (d->direct) {
+		t2_append_spans(t->t2, &d->key, parent, d->out, d->nout, d->rec_len, d->len,
+				&d->desc, d->codec, append_done, d);
+		return;
+	}
+	t2_append(t->t2, &d->key, parent, d->buf,
 		  d->rec_len, d->len, &d->desc, d->codec, append_done, d);
 }
 
@@ -557,23 +575,42 @@ static bool admitted(const struct server *s, const struct t1_block *b)
 	}
 }
 
+/* Can a raw record be written straight from these extents (O_DIRECT: each starts
+ * on a page, all but the last are whole pages)? T1's always can. */
+static bool spans_direct_ok(const struct t2_span *sp, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (((uintptr_t)sp[i].ptr & (T2_ALIGN - 1)) || (i + 1 < n && sp[i].len % T2_ALIGN))
+			return false;
+	return n > 0;
+}
+
 /* Start writing b to NVMe. NULL if staging memory is exhausted (unless force) or
  * allocation failed. */
 static struct demote *demote_start_ex(struct server *s, struct t1_block *b, bool force)
 {
 	struct tier2 *t = s->tier2;
 	uint64_t len = t1_block_len(b);
-	size_t cap = align_up(t2_record_bound(len));
-	if (!force && t->staging_used && t->staging_used + cap > s->cfg->nvme_staging)
+	/* Flow control counts every record's full size, copied or not, so the bytes
+	 * queued for the disk stay within nvme_staging either way. */
+	size_t flow = align_up(t2_record_bound(len));
+	if (!force && t->staging_used && t->staging_used + flow > s->cfg->nvme_staging)
 		return NULL;
 	struct demote *d = calloc(1, sizeof(*d));
 	if (!d)
 		return NULL;
-	d->buf = staging_get(t, cap, &cap);
+	d->desc = *t1_block_desc(b);
+	d->codec = (uint8_t)codec_for_desc((enum codec_id)s->cfg->nvme_codec, &d->desc);
 	d->spans = block_spans(b, &d->nspans);
-	if (!d->buf || !d->spans) {
+	d->direct = d->spans && d->codec == CODEC_RAW && spans_direct_ok(d->spans, d->nspans);
+	size_t cap = d->direct ? align_up(t2_record_raw_head_bound(len)) : flow;
+	d->buf = staging_get(t, cap, &cap);
+	if (d->direct)
+		d->out = calloc(d->nspans + 2, sizeof(*d->out));
+	if (!d->buf || !d->spans || (d->direct && !d->out)) {
 		free(d->buf);
 		free(d->spans);
+		free(d->out);
 		free(d);
 		return NULL;
 	}
@@ -581,11 +618,10 @@ static struct demote *demote_start_ex(struct server *s, struct t1_block *b, bool
 	d->b = b;
 	d->key = *t1_block_key(b);
 	d->parent = *t1_block_parent(b);
-	d->desc = *t1_block_desc(b);
 	d->len = len;
 	d->cap = cap;
-	d->codec = (uint8_t)codec_for_desc((enum codec_id)s->cfg->nvme_codec, &d->desc);
-	t->staging_used += cap;
+	d->flow = flow;
+	t->staging_used += flow;
 	t->demoting++;
 	t1_block_ref(s->t1, b);
 	t1_block_set_flags(b, t1_block_flags(b) | T1F_DEMOTING);

@@ -18,6 +18,7 @@
 #include "arena.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -117,6 +118,36 @@ static int lock_arena(struct arena *a, enum t1_mode lock, struct t1_report *rep)
 	return 0;
 }
 
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23 /* Linux 5.14 */
+#endif
+#define PREFAULT_STEP ((size_t)64 << 20)
+
+/* Fault the mapping in, a step at a time, until done, refused or told to stop. */
+static void *prefault_main(void *arg)
+{
+	struct arena *a = arg;
+	for (size_t off = 0; off < a->map_len && !atomic_load(&a->prefault_stop);
+	     off += PREFAULT_STEP) {
+		size_t n = a->map_len - off < PREFAULT_STEP ? a->map_len - off : PREFAULT_STEP;
+		if (madvise((uint8_t *)a->map + off, n, MADV_POPULATE_WRITE) != 0)
+			break; /* EINVAL before 5.14; ENOMEM/EFAULT: leave it to use */
+	}
+	return NULL;
+}
+
+static void prefault_start(struct arena *a, struct t1_report *rep)
+{
+	/* Refused at once by kernels without the advice: try one page first. */
+	if (madvise(a->map, 4096, MADV_POPULATE_WRITE) != 0)
+		return;
+	atomic_store(&a->prefault_stop, false);
+	if (pthread_create(&a->prefault_thread, NULL, prefault_main, a) == 0) {
+		a->prefaulting = true;
+		rep->prefault = true;
+	}
+}
+
 int arena_map(struct arena *a, size_t len, enum t1_mode huge, enum t1_mode lock,
 	      struct t1_report *rep)
 {
@@ -149,6 +180,8 @@ int arena_map(struct arena *a, size_t len, enum t1_mode huge, enum t1_mode lock,
 	rc = lock_arena(a, lock, rep);
 	if (rc < 0)
 		goto out_unmap;
+	if (!rep->locked)
+		prefault_start(a, rep);
 	return 0;
 
 out_unmap:
@@ -159,6 +192,11 @@ out_unmap:
 
 void arena_unmap(struct arena *a)
 {
+	if (a->prefaulting) {
+		atomic_store(&a->prefault_stop, true);
+		pthread_join(a->prefault_thread, NULL);
+		a->prefaulting = false;
+	}
 	if (a->map)
 		munmap(a->map, a->map_len);
 	memset(a, 0, sizeof(*a));

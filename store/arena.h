@@ -6,6 +6,9 @@
 #ifndef KVT_STORE_ARENA_H
 #define KVT_STORE_ARENA_H
 
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -16,6 +19,10 @@ struct arena {
 	size_t len;     /* usable bytes, as asked */
 	void *map;      /* the whole mapping, for munmap */
 	size_t map_len;
+	/* Background prefault of an unlocked arena (see arena.c). */
+	pthread_t prefault_thread;
+	bool prefaulting;
+	atomic_bool prefault_stop;
 };
 
 /*
@@ -34,7 +41,14 @@ struct arena {
 int arena_map(struct arena *a, size_t len, enum t1_mode huge, enum t1_mode lock,
 	      struct t1_report *rep);
 
-/* Unmap (and so unlock). NULL-safe on a zeroed struct. */
+/* An arena that is not locked (mlock faults every page in) is faulted in by a
+ * background thread with MADV_POPULATE_WRITE, 64 MiB at a time, so that stores do
+ * not pay for the first touch of each page; contents are never changed, so it may
+ * race with stores. rep->prefault says whether it started (kernels before 5.14
+ * refuse the advice: the arena is then faulted in by use, as before). */
+
+/* Unmap (and so unlock), stopping and joining the prefault thread first. NULL-safe
+ * on a zeroed struct. */
 void arena_unmap(struct arena *a);
 
 #endif /* KVT_STORE_ARENA_H */

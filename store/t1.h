@@ -53,6 +53,7 @@ struct t1_report {
 	bool locked;    /* mlock succeeded */
 	int lock_error; /* -errno of the failed mlock, or 0 */
 	int huge_error; /* -errno of the failed MAP_HUGETLB, or 0 */
+	bool prefault;  /* not locked: being faulted in by a background thread */
 };
 
 /* A block's identity inside the daemon: the client's key salted with its tenant. */

@@ -87,6 +87,20 @@ struct t2_req {
 	uint8_t *buf;          /* MOVE: the record, read from seg/off, written to to_seg/to_off */
 	uint32_t to_seg;
 	uint64_t to_off;
+	/* APPEND from pieces (t2_append_spans): one write each, at consecutive
+	 * offsets; the record is written when the last is back. NULL: one write of rec. */
+	struct t2_piece *pieces;
+	struct io_req **piece_reqs;
+	size_t npieces;
+	size_t pieces_left;
+	int piece_err;
+};
+
+struct t2_piece {
+	struct io_req io;
+	struct t2_req *r;
+	const uint8_t *ptr;
+	size_t len;
 };
 
 struct req_list {
@@ -480,6 +494,7 @@ static int reserve_space(struct t2 *t, size_t rec_len, uint32_t *seg, uint64_t *
 /* ---- appends ------------------------------------------------------------------------- */
 
 static void write_done(struct io_req *io);
+static void piece_done(struct io_req *io);
 
 static void submit_write(struct t2 *t, struct t2_req *r)
 {
@@ -487,6 +502,28 @@ static void submit_write(struct t2 *t, struct t2_req *r)
 
 	s->pending++;
 	t->writes_in_io++;
+	if (r->pieces) {
+		uint64_t off = r->off;
+
+		r->pieces_left = r->npieces;
+		r->piece_err = 0;
+		for (size_t i = 0; i < r->npieces; i++) {
+			struct t2_piece *p = &r->pieces[i];
+
+			memset(&p->io, 0, sizeof(p->io));
+			p->io.fd = s->fd;
+			p->io.write = true;
+			p->io.buf = (void *)p->ptr;
+			p->io.len = p->len;
+			p->io.off = off;
+			p->io.done = piece_done;
+			p->io.arg = p;
+			r->piece_reqs[i] = &p->io;
+			off += p->len;
+		}
+		io_submit(t->io, r->piece_reqs, r->npieces);
+		return;
+	}
 	memset(&r->io, 0, sizeof(r->io));
 	r->io.fd = s->fd;
 	r->io.write = true;
@@ -531,19 +568,38 @@ static void run_waiting(struct t2 *t)
 	}
 }
 
+static void write_finished(struct t2_req *r, int result);
+
 static void write_done(struct io_req *io)
 {
-	struct t2_req *r = io->arg;
+	write_finished(io->arg, io->result);
+}
+
+/* One piece of a record is back; the record is written when all are (the first
+ * error, if any, is the record's). */
+static void piece_done(struct io_req *io)
+{
+	struct t2_piece *p = io->arg;
+	struct t2_req *r = p->r;
+
+	if (io->result < 0 && !r->piece_err)
+		r->piece_err = io->result;
+	if (--r->pieces_left == 0)
+		write_finished(r, r->piece_err);
+}
+
+static void write_finished(struct t2_req *r, int result)
+{
 	struct t2 *t = r->t;
 	struct t2_entry old, e;
 	struct t2_op *op;
 	int rc;
 
 	t->writes_in_io--;
-	if (io->result < 0) {
+	if (result < 0) {
 		t->segs[r->seg].pending--;
 		t->st.io_errors++;
-		fail_append(t, r, io->result == -ENOSPC ? -ENOSPC : -EIO);
+		fail_append(t, r, result == -ENOSPC ? -ENOSPC : -EIO);
 		return;
 	}
 	op = op_new(T2_OP_INSERT, &r->key);
@@ -579,26 +635,63 @@ static void write_done(struct io_req *io)
 	(void)pend_set(t, &r->key, true, &e, op->seq);
 }
 
-void t2_append(struct t2 *t, const struct t1_key *key, const kvt_key *parent, const uint8_t *rec,
-	       size_t rec_len, uint64_t len, const kvt_block_desc *desc, uint8_t codec,
-	       t2_done_fn done, void *arg)
+/* Everything t2_append and t2_append_spans share, once r holds the request: the
+ * checks of the record (its first head_len bytes at head), then space. */
+static void append_start(struct t2 *t, struct t2_req *r, const uint8_t *head, size_t head_len)
 {
-	struct t2_req *r = calloc(1, sizeof(*r));
 	kvt_block_desc rdesc;
 	uint64_t rlen, reclen;
 	int rc;
 
-	if (!r) {
-		/* Nothing to queue the answer on: the one case answered inside the call. */
-		if (done)
-			done(arg, -ENOMEM);
+	t->appends++;
+	if (t->closing) {
+		complete_later(t, r, -ECANCELED);
 		return;
 	}
+	if (atomic_load(&t->ix.fatal)) {
+		complete_later(t, r, T2_EFATAL);
+		return;
+	}
+	if (r->rec_len > t->seg_size) {
+		complete_later(t, r, -EFBIG);
+		return;
+	}
+	/* Never write a record under the wrong key or with a description that
+	 * disagrees with it: the header is checked now, as a reader would. */
+	rc = t2_record_check_head(head, head_len, r->rec_len, &r->key, &rlen, &rdesc, &reclen);
+	if (rc || reclen != r->rec_len || rlen != r->len || rdesc.dtype != r->desc.dtype ||
+	    rdesc.layout != r->desc.layout || rdesc.layers != r->desc.layers ||
+	    rdesc.tokens != r->desc.tokens || rdesc.reserved0 != r->desc.reserved0 ||
+	    rdesc.reserved1 != r->desc.reserved1) {
+		complete_later(t, r, -EINVAL);
+		return;
+	}
+	/* Appends keep their order: behind anyone already waiting for space. */
+	if (t->waiting.head) {
+		list_push(&t->waiting, r);
+		return;
+	}
+	rc = reserve_space(t, r->rec_len, &r->seg, &r->off);
+	if (rc == 0)
+		submit_write(t, r);
+	else if (rc == -EAGAIN)
+		list_push(&t->waiting, r);
+	else
+		fail_append(t, r, rc);
+}
+
+static struct t2_req *append_req(struct t2 *t, const struct t1_key *key, const kvt_key *parent,
+				 size_t rec_len, uint64_t len, const kvt_block_desc *desc,
+				 uint8_t codec, t2_done_fn done, void *arg)
+{
+	struct t2_req *r = calloc(1, sizeof(*r));
+
+	if (!r)
+		return NULL;
 	r->t = t;
 	r->kind = REQ_APPEND;
 	r->done = done;
 	r->arg = arg;
-	r->rec = rec;
 	r->rec_len = rec_len;
 	r->len = len;
 	r->codec = codec;
@@ -610,47 +703,67 @@ void t2_append(struct t2 *t, const struct t1_key *key, const kvt_key *parent, co
 		r->parent = *parent;
 		r->has_parent = true;
 	}
-	t->appends++;
+	return r;
+}
 
-	if (t->closing) {
-		complete_later(t, r, -ECANCELED);
+void t2_append(struct t2 *t, const struct t1_key *key, const kvt_key *parent, const uint8_t *rec,
+	       size_t rec_len, uint64_t len, const kvt_block_desc *desc, uint8_t codec,
+	       t2_done_fn done, void *arg)
+{
+	struct t2_req *r = append_req(t, key, parent, rec_len, len, desc, codec, done, arg);
+
+	if (!r) {
+		/* Nothing to queue the answer on: the one case answered inside the call. */
+		if (done)
+			done(arg, -ENOMEM);
 		return;
 	}
-	if (atomic_load(&t->ix.fatal)) {
-		complete_later(t, r, T2_EFATAL);
-		return;
-	}
+	r->rec = rec;
 	if (!key || !desc || !rec || rec_len == 0 || rec_len % T2_ALIGN ||
 	    ((uintptr_t)rec & (T2_ALIGN - 1))) {
+		t->appends++;
 		complete_later(t, r, -EINVAL);
 		return;
 	}
-	if (rec_len > t->seg_size) {
-		complete_later(t, r, -EFBIG);
+	append_start(t, r, rec, rec_len);
+}
+
+void t2_append_spans(struct t2 *t, const struct t1_key *key, const kvt_key *parent,
+		     const struct t2_span *spans, size_t nspans, size_t rec_len, uint64_t len,
+		     const kvt_block_desc *desc, uint8_t codec, t2_done_fn done, void *arg)
+{
+	struct t2_req *r = append_req(t, key, parent, rec_len, len, desc, codec, done, arg);
+	uint64_t sum = 0;
+	bool bad = !key || !desc || !spans || nspans == 0 || rec_len == 0;
+
+	if (r && nspans) {
+		r->pieces = calloc(nspans, sizeof(*r->pieces));
+		r->piece_reqs = calloc(nspans, sizeof(*r->piece_reqs));
+	}
+	if (!r || (nspans && (!r->pieces || !r->piece_reqs))) {
+		if (r) {
+			free(r->pieces);
+			free(r->piece_reqs);
+			free(r);
+		}
+		if (done)
+			done(arg, -ENOMEM);
 		return;
 	}
-	/* Never write a record under the wrong key or with a description that
-	 * disagrees with it: the header is checked now, as a reader would. */
-	rc = t2_record_check(rec, rec_len, key, &rlen, &rdesc, &reclen, NULL);
-	if (rc || reclen != rec_len || rlen != len || rdesc.dtype != desc->dtype ||
-	    rdesc.layout != desc->layout || rdesc.layers != desc->layers ||
-	    rdesc.tokens != desc->tokens || rdesc.reserved0 != desc->reserved0 ||
-	    rdesc.reserved1 != desc->reserved1) {
+	r->npieces = nspans;
+	for (size_t i = 0; i < nspans && !bad; i++) {
+		bad = !spans[i].ptr || spans[i].len == 0 || spans[i].len % T2_ALIGN ||
+		      ((uintptr_t)spans[i].ptr & (T2_ALIGN - 1));
+		r->pieces[i] = (struct t2_piece){ .r = r, .ptr = spans[i].ptr,
+						  .len = (size_t)spans[i].len };
+		sum += spans[i].len;
+	}
+	if (bad || sum != rec_len) {
+		t->appends++;
 		complete_later(t, r, -EINVAL);
 		return;
 	}
-	/* Appends keep their order: behind anyone already waiting for space. */
-	if (t->waiting.head) {
-		list_push(&t->waiting, r);
-		return;
-	}
-	rc = reserve_space(t, rec_len, &r->seg, &r->off);
-	if (rc == 0)
-		submit_write(t, r);
-	else if (rc == -EAGAIN)
-		list_push(&t->waiting, r);
-	else
-		fail_append(t, r, rc);
+	append_start(t, r, spans[0].ptr, (size_t)spans[0].len);
 }
 
 /* ---- reads --------------------------------------------------------------------------- */
@@ -1176,6 +1289,8 @@ static void finish_req(struct t2 *t, struct t2_req *r)
 		t->reads--;
 	if (r->done)
 		r->done(r->arg, r->status);
+	free(r->pieces);
+	free(r->piece_reqs);
 	free(r);
 }
 

@@ -104,6 +104,22 @@ int t2_record_encode(struct codec_ctx *ctx, enum codec_id codec, const struct t1
 		     const kvt_block_desc *desc, const struct t2_span *src, size_t nsrc,
 		     uint64_t len, uint8_t *buf, size_t cap, size_t *record_len);
 
+/*
+ * A raw record without copying the block: header (and the block's last partial
+ * page) built in hdr (T2_ALIGN aligned, hdr_cap >= t2_record_raw_head_bound(len)),
+ * and out[0..*nout) (out_cap >= nsrc + 2) listing the pieces to write in order:
+ * the header, src's pages, the last page from hdr. src's extents must each start
+ * on a T2_ALIGN boundary and all but the last be whole T2_ALIGN pages (T1's are);
+ * -EINVAL otherwise (use t2_record_encode). *record_len: the padded record length.
+ * The bytes written equal what t2_record_encode builds with CODEC_RAW. Returns 0,
+ * -EINVAL, -ENOBUFS, -EIO.
+ */
+size_t t2_record_raw_head_bound(uint64_t len);
+int t2_record_raw_plan(const struct t1_key *key, const kvt_block_desc *desc,
+		       const struct t2_span *src, size_t nsrc, uint64_t len, uint8_t *hdr,
+		       size_t hdr_cap, struct t2_span *out, size_t out_cap, size_t *nout,
+		       size_t *record_len);
+
 struct t2_frame {
 	uint64_t stored_off;   /* offset of the stored bytes within the record */
 	uint32_t stored_len;
@@ -159,6 +175,15 @@ typedef void (*t2_done_fn)(void *arg, int status);
 void t2_append(struct t2 *t, const struct t1_key *key, const kvt_key *parent, const uint8_t *rec,
 	       size_t rec_len, uint64_t len, const kvt_block_desc *desc, uint8_t codec,
 	       t2_done_fn done, void *arg);
+
+/* t2_append for a record given as pieces (t2_record_raw_plan's out[]): each piece
+ * T2_ALIGN aligned and a multiple of T2_ALIGN long, rec_len in all, the first
+ * holding the whole padded header. The pieces are written in order at consecutive
+ * offsets; the array is copied, the memory it points to must stay valid until done.
+ * Same results as t2_append. */
+void t2_append_spans(struct t2 *t, const struct t1_key *key, const kvt_key *parent,
+		     const struct t2_span *spans, size_t nspans, size_t rec_len, uint64_t len,
+		     const kvt_block_desc *desc, uint8_t codec, t2_done_fn done, void *arg);
 
 /* Read key's record into buf (T2_ALIGN aligned, cap >= info.record_len). done gets 0,
  * -ENOENT (not indexed), -EIO, -ENOBUFS (cap too small), -EINVAL (buf not aligned),

@@ -118,6 +118,12 @@ static inline uint64_t t2_align_up(uint64_t v)
 int t2_record_check(const uint8_t *rec, size_t rec_len, const struct t1_key *key,
 		    uint64_t *len, kvt_block_desc *desc, uint64_t *record_len, uint64_t *nframes);
 
+/* t2_record_check on a record of rec_len bytes of which only the first head_len
+ * (its padded header at least, else -EBADMSG) are at head. */
+int t2_record_check_head(const uint8_t *head, size_t head_len, size_t rec_len,
+			 const struct t1_key *key, uint64_t *len, kvt_block_desc *desc,
+			 uint64_t *record_len);
+
 /* Bytes of the header (unpadded) for a block of len logical bytes. */
 uint64_t t2_record_header_len(uint64_t len);
 

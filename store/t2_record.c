@@ -221,6 +221,26 @@ static int spans_total(const struct t2_span *s, size_t n, uint64_t *total)
 	return 0;
 }
 
+/* The fixed header fields and its checksum; the frame table must be in place. */
+static void fill_header(uint8_t *buf, const struct t1_key *key, const kvt_block_desc *desc,
+			uint64_t len, uint8_t codec, uint64_t record_len)
+{
+	uint64_t hdr_len = t2_record_header_len(len);
+
+	memcpy(buf + H_MAGIC, T2_RECORD_MAGIC, 4);
+	t2_put16(buf + H_VERSION, T2_RECORD_VERSION);
+	t2_put16(buf + H_FLAGS, 0);
+	t2_put32(buf + H_HDRLEN, (uint32_t)hdr_len);
+	t2_put32(buf + H_TENANT, key->tenant);
+	memcpy(buf + H_KEY, key->key.b, 16);
+	t2_desc_encode(buf + H_DESC, desc);
+	t2_put64(buf + H_LEN, len);
+	buf[H_CODEC] = codec;
+	t2_put32(buf + H_NFRAMES, (uint32_t)frames_for(len));
+	t2_put64(buf + H_RECLEN, record_len);
+	t2_put64(buf + H_CSUM, header_checksum(buf, hdr_len));
+}
+
 int t2_record_encode(struct codec_ctx *ctx, enum codec_id codec, const struct t1_key *key,
 		     const kvt_block_desc *desc, const struct t2_span *src, size_t nsrc,
 		     uint64_t len, uint8_t *buf, size_t cap, size_t *record_len)
@@ -290,24 +310,122 @@ int t2_record_encode(struct codec_ctx *ctx, enum codec_id codec, const struct t1
 		uint64_t end = t2_align_up(pos);
 
 		memset(buf + pos, 0, (size_t)(end - pos));
-		memcpy(buf + H_MAGIC, T2_RECORD_MAGIC, 4);
-		t2_put16(buf + H_VERSION, T2_RECORD_VERSION);
-		t2_put16(buf + H_FLAGS, 0);
-		t2_put32(buf + H_HDRLEN, (uint32_t)hdr_len);
-		t2_put32(buf + H_TENANT, key->tenant);
-		memcpy(buf + H_KEY, key->key.b, 16);
-		t2_desc_encode(buf + H_DESC, desc);
-		t2_put64(buf + H_LEN, len);
-		buf[H_CODEC] = (uint8_t)codec;
-		t2_put32(buf + H_NFRAMES, (uint32_t)nframes);
-		t2_put64(buf + H_RECLEN, end);
-		t2_put64(buf + H_CSUM, header_checksum(buf, hdr_len));
+		fill_header(buf, key, desc, len, codec, end);
 		*record_len = (size_t)end;
 	}
 	rc = 0;
 out:
 	free(scratch);
 	return rc;
+}
+
+/*
+ * A raw record written straight from the block's memory: the record is the header
+ * (padded to T2_ALIGN), the block's bytes as they are, and the block's last partial
+ * T2_ALIGN page zero-padded. Only the header and that last page are built, in hdr;
+ * out[] lists what to write, in order. Frame checksums are computed over src as it
+ * is (streaming across extents), so the bytes on disk are exactly what
+ * t2_record_encode would have produced for CODEC_RAW.
+ */
+size_t t2_record_raw_head_bound(uint64_t len)
+{
+	if (len > T2_MAX_BLOCK)
+		return 0;
+	return (size_t)t2_align_up(t2_record_header_len(len)) + T2_ALIGN;
+}
+
+int t2_record_raw_plan(const struct t1_key *key, const kvt_block_desc *desc,
+		       const struct t2_span *src, size_t nsrc, uint64_t len, uint8_t *hdr,
+		       size_t hdr_cap, struct t2_span *out, size_t out_cap, size_t *nout,
+		       size_t *record_len)
+{
+	uint64_t total, nframes, hdr_pad, tail, body;
+	XXH3_state_t st;
+	size_t n = 0;
+	int rc;
+
+	if (!key || !desc || !hdr || !out || !nout || !record_len || (nsrc && !src))
+		return -EINVAL;
+	if (((uintptr_t)hdr & (T2_ALIGN - 1)) || len == 0 || len > T2_MAX_BLOCK)
+		return -EINVAL;
+	rc = spans_total(src, nsrc, &total);
+	if (rc < 0 || total != len)
+		return -EINVAL;
+	if (hdr_cap < t2_record_raw_head_bound(len) || out_cap < nsrc + 2)
+		return -ENOBUFS;
+	/* Direct I/O: every piece written from the block's memory starts on a page and,
+	 * but for the last, is whole pages. Anything else is for t2_record_encode. */
+	for (size_t i = 0; i < nsrc; i++)
+		if (((uintptr_t)src[i].ptr & (T2_ALIGN - 1)) ||
+		    (i + 1 < nsrc && src[i].len % T2_ALIGN))
+			return -EINVAL;
+
+	nframes = frames_for(len);
+	hdr_pad = t2_align_up(t2_record_header_len(len));
+	memset(hdr, 0, (size_t)hdr_pad + T2_ALIGN);
+	/* Frame table and checksums: frame i covers logical [i MiB, +1 MiB). */
+	{
+		size_t si = 0;
+		uint64_t soff = 0;
+
+		for (uint64_t i = 0; i < nframes; i++) {
+			uint64_t loff = i * CODEC_FRAME_SIZE;
+			uint64_t flen = len - loff < CODEC_FRAME_SIZE ? len - loff : CODEC_FRAME_SIZE;
+			uint8_t *ent = hdr + H_FRAMES + i * T2_HDR_FRAME;
+			uint64_t left = flen;
+
+			if (XXH3_64bits_reset(&st) != XXH_OK)
+				return -EIO;
+			while (left) {
+				uint64_t take = src[si].len - soff < left ? src[si].len - soff : left;
+
+				if (take && XXH3_64bits_update(&st, src[si].ptr + soff, (size_t)take) !=
+						    XXH_OK)
+					return -EIO;
+				soff += take;
+				left -= take;
+				if (soff == src[si].len) {
+					si++;
+					soff = 0;
+				}
+			}
+			t2_put64(ent + F_STORED_OFF, hdr_pad + loff);
+			t2_put32(ent + F_STORED_LEN, (uint32_t)flen);
+			t2_put32(ent + F_LOGICAL_LEN, (uint32_t)flen);
+			ent[F_CODEC] = CODEC_RAW;
+			t2_put64(ent + F_CSUM, XXH3_64bits_digest(&st));
+		}
+	}
+	body = len - len % T2_ALIGN; /* written from src */
+	tail = len % T2_ALIGN;       /* copied into the page after the header */
+	fill_header(hdr, key, desc, len, CODEC_RAW, t2_align_up(hdr_pad + len));
+
+	out[n++] = (struct t2_span){ hdr, hdr_pad };
+	for (size_t i = 0; i < nsrc && body; i++) {
+		uint64_t take = src[i].len < body ? src[i].len : body;
+
+		if (take)
+			out[n++] = (struct t2_span){ src[i].ptr, take };
+		body -= take;
+	}
+	if (tail) {
+		gather(src, nsrc, len - tail, hdr + hdr_pad, tail);
+		out[n++] = (struct t2_span){ hdr + hdr_pad, T2_ALIGN };
+	}
+	*nout = n;
+	*record_len = (size_t)t2_align_up(hdr_pad + len);
+	return 0;
+}
+
+int t2_record_check_head(const uint8_t *head, size_t head_len, size_t rec_len,
+			 const struct t1_key *key, uint64_t *len, kvt_block_desc *desc,
+			 uint64_t *record_len)
+{
+	if (!head || head_len < T2_ALIGN)
+		return -EBADMSG;
+	if (t2_align_up(t2_get32(head + H_HDRLEN)) > head_len)
+		return -EBADMSG;
+	return t2_record_check(head, rec_len, key, len, desc, record_len, NULL);
 }
 
 static bool all_zero(const uint8_t *p, size_t n)

@@ -8,6 +8,9 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <sys/mman.h>
+
+#include "arena.h"
 #include "index.h"
 #include "t1.h"
 #include "test.h"
@@ -965,6 +968,49 @@ TEST(droppable_blocks_are_free_room_for_a_clean_reserve)
 	t1_close(t);
 }
 
+/* Pages of [p, p + len) resident in RAM (mincore). */
+static size_t resident_pages(void *p, size_t len)
+{
+	size_t n = len / 4096, got = 0;
+	unsigned char *v = malloc(n);
+	CHECK(v != NULL);
+	CHECK_RC(mincore(p, len, v) == 0 ? 0 : -errno, 0);
+	for (size_t i = 0; i < n; i++)
+		got += v[i] & 1;
+	free(v);
+	return got;
+}
+
+TEST(unlocked_arena_is_faulted_in_by_a_background_thread)
+{
+	/* Untouched anonymous memory is not resident; an unlocked arena must become
+	 * resident without anyone writing to it (MADV_POPULATE_WRITE, Linux >= 5.14),
+	 * and unmapping stops and joins the thread (LeakSanitizer and ASan check). */
+	const size_t len = 96u << 20;
+	struct arena a;
+	struct t1_report rep;
+	CHECK_RC(arena_map(&a, len, T1_OFF, T1_OFF, &rep), 0);
+	if (!rep.prefault) {
+		arena_unmap(&a);
+		test_skip("the kernel refuses MADV_POPULATE_WRITE (before Linux 5.14)");
+	}
+	size_t want = a.map_len / 4096, have = 0;
+	for (int i = 0; i < 2000 && have < want; i++) {
+		have = resident_pages(a.map, a.map_len);
+		if (have < want)
+			usleep(10000);
+	}
+	CHECK_MSG(have == want, "%zu of %zu pages resident after 20 s", have, want);
+	/* The contents are untouched: still zero. */
+	for (size_t off = 0; off < len; off += 4096)
+		CHECK_EQ(a.base[off], 0);
+	arena_unmap(&a);
+
+	/* Unmapping an arena while its thread is still at work stops it. */
+	CHECK_RC(arena_map(&a, 1u << 30, T1_OFF, T1_OFF, &rep), 0);
+	arena_unmap(&a);
+}
+
 TEST_MAIN(index_many_keys_insert_find_remove_and_grow,
 	  index_same_key_under_two_tenants_is_two_entries, index_duplicate_insert_is_eexist, index_seeds_differ_between_tables,
 	  open_rejects_bad_config_and_rounds_capacity, reserve_is_invisible_until_commit,
@@ -981,4 +1027,5 @@ TEST_MAIN(index_many_keys_insert_find_remove_and_grow,
 	  reserve_free_respects_the_quota_without_evicting,
 	  backed_parent_may_be_evicted_for_its_own_child,
 	  evicting_a_backed_middle_block_releases_every_hold,
-	  droppable_blocks_are_free_room_for_a_clean_reserve)
+	  droppable_blocks_are_free_room_for_a_clean_reserve,
+	  unlocked_arena_is_faulted_in_by_a_background_thread)

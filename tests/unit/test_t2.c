@@ -290,6 +290,161 @@ static void append_read(const char *dir, enum io_backend b)
 }
 T2T_BOTH(append_read)
 
+static const struct t2_span *good_of(uint8_t *buf)
+{
+	static struct t2_span one;
+	one = (struct t2_span){ buf, 8192 };
+	return &one;
+}
+
+/*
+ * Raw records written from the block's memory (t2_record_raw_plan + t2_append_spans):
+ * the pieces hold exactly what t2_record_encode builds with CODEC_RAW; appended,
+ * the record reads back and decodes to the block; unaligned extents are refused
+ * by the planner and badly shaped pieces by the append; a write error on any one
+ * piece fails the record and indexes nothing.
+ */
+static void raw_pieces(const char *dir, enum io_backend b)
+{
+	static const uint64_t lens[] = { 4096, 5000, MIB, 3 * MIB + 100, 2 * MIB + 65536 };
+	struct io_engine *io = t2t_io(b);
+	struct t2_config c = t2t_config(dir, io, 4);
+	struct t2 *t = t2t_open(&c, NULL);
+	struct codec_ctx *ctx;
+	struct t2t_done dn;
+
+	CHECK_RC(codec_ctx_new(1, &ctx), 0);
+	for (size_t li = 0; li < sizeof(lens) / sizeof(lens[0]); li++) {
+		uint64_t len = lens[li];
+		struct t1_key k = t2t_key(3, 100 + li);
+		kvt_block_desc d = t2t_desc(len);
+		/* The block as T1 holds it: 64 KiB extents, out of order in memory. */
+		uint64_t nx = (len + 65535) / 65536;
+		uint8_t *arena = t2t_alloc(nx * 65536), *flat = t2t_alloc(len);
+		struct t2_span src[64], out[66];
+		size_t nout = 0, rl = 0, rl2 = 0;
+		uint64_t seed = 99 + li;
+
+		for (uint64_t i = 0; i < len; i++)
+			flat[i] = (uint8_t)t2t_rand(&seed);
+		for (uint64_t x = 0; x < nx; x++) {
+			uint64_t slot = (x * 5) % nx; /* a permutation when nx is not a multiple of 5 */
+			uint64_t take = len - x * 65536 < 65536 ? len - x * 65536 : 65536;
+
+			src[x] = (struct t2_span){ arena + slot * 65536, take };
+			memcpy(src[x].ptr, flat + x * 65536, take);
+		}
+		CHECK(nx <= 64 && nx % 5 != 0);
+		size_t hcap = t2_record_raw_head_bound(len);
+		uint8_t *hdr = t2t_alloc(hcap);
+		CHECK_RC(t2_record_raw_plan(&k, &d, src, nx, len, hdr, hcap, out, 66, &nout, &rl), 0);
+		/* Same bytes as the copying encoder. */
+		uint8_t *rec = t2t_alloc(t2_record_bound(len)), *cat = t2t_alloc(rl);
+		size_t pos = 0;
+		CHECK_RC(t2_record_encode(ctx, CODEC_RAW, &k, &d, src, nx, len, rec,
+					  t2_record_bound(len), &rl2),
+			 0);
+		CHECK_EQ(rl, rl2);
+		for (size_t i = 0; i < nout; i++) {
+			CHECK(((uintptr_t)out[i].ptr % T2_ALIGN) == 0 && out[i].len % T2_ALIGN == 0);
+			CHECK(pos + out[i].len <= rl);
+			memcpy(cat + pos, out[i].ptr, out[i].len);
+			pos += out[i].len;
+		}
+		CHECK_EQ(pos, rl);
+		CHECK_MSG(memcmp(cat, rec, rl) == 0, "len %llu: pieces differ from the encoder's record",
+			  (unsigned long long)len);
+		/* Appended as pieces, it reads back as the block. */
+		dn = (struct t2t_done){ false, 0 };
+		t2_append_spans(t, &k, NULL, out, nout, rl, len, &d, CODEC_RAW, t2t_done_cb, &dn);
+		CHECK(!dn.done);
+		t2t_wait(io, t, &dn);
+		CHECK_RC(dn.status, 0);
+		{
+			struct t2_info info;
+			uint8_t *back = t2t_alloc(rl);
+			struct t2_frame fr[8];
+			size_t nf = 0;
+			uint64_t blen = 0;
+			kvt_block_desc bd;
+			uint8_t *got = t2t_alloc(len);
+			struct t2_span dst = { got, len };
+
+			CHECK_RC(t2_lookup(t, &k, &info), 0);
+			CHECK_EQ(info.record_len, rl);
+			dn = (struct t2t_done){ false, 0 };
+			t2_read(t, &k, back, rl, t2t_done_cb, &dn);
+			t2t_wait(io, t, &dn);
+			CHECK_RC(dn.status, 0);
+			CHECK_RC(t2_record_parse(back, rl, &k, fr, 8, &nf, &blen, &bd), 0);
+			CHECK_EQ(blen, len);
+			for (size_t f = 0; f < nf; f++)
+				CHECK_RC(t2_frame_decode(ctx, back, &fr[f], &dst, 1), 0);
+			CHECK(memcmp(got, flat, len) == 0);
+			free(got);
+			free(back);
+		}
+		free(cat);
+		free(rec);
+		free(hdr);
+		free(arena);
+		free(flat);
+	}
+	/* The planner refuses extents O_DIRECT cannot take. */
+	{
+		struct t1_key k = t2t_key(3, 900);
+		kvt_block_desc d = t2t_desc(8192);
+		uint8_t *buf = t2t_alloc(3 * 8192), *hdr = t2t_alloc(t2_record_raw_head_bound(8192));
+		struct t2_span bad1[2] = { { buf + 1, 4096 }, { buf + 8192, 4096 } };
+		struct t2_span bad2[2] = { { buf, 1000 }, { buf + 8192, 7192 } };
+		struct t2_span out[4];
+		size_t nout, rl;
+
+		CHECK_RC(t2_record_raw_plan(&k, &d, bad1, 2, 8192, hdr, t2_record_raw_head_bound(8192),
+					    out, 4, &nout, &rl),
+			 -EINVAL);
+		CHECK_RC(t2_record_raw_plan(&k, &d, bad2, 2, 8192, hdr, t2_record_raw_head_bound(8192),
+					    out, 4, &nout, &rl),
+			 -EINVAL);
+		CHECK_RC(t2_record_raw_plan(&k, &d, good_of(buf), 1, 8192, hdr, 4096, out, 4, &nout,
+					    &rl),
+			 -ENOBUFS);
+		/* A good plan, then pieces that break the rules: refused, nothing written. */
+		struct t2_span good[1] = { { buf, 8192 } };
+		CHECK_RC(t2_record_raw_plan(&k, &d, good, 1, 8192, hdr, t2_record_raw_head_bound(8192),
+					    out, 4, &nout, &rl),
+			 0);
+		struct t2_span cut[2] = { out[0], { out[1].ptr, out[1].len - 512 } };
+		dn = (struct t2t_done){ false, 0 };
+		t2_append_spans(t, &k, NULL, cut, 2, rl - 512, 8192, &d, CODEC_RAW, t2t_done_cb, &dn);
+		t2t_wait(io, t, &dn);
+		CHECK_RC(dn.status, -EINVAL);
+		dn = (struct t2t_done){ false, 0 };
+		t2_append_spans(t, &k, NULL, out + 1, nout - 1, rl - out[0].len, 8192, &d, CODEC_RAW,
+				t2t_done_cb, &dn);
+		t2t_wait(io, t, &dn);
+		CHECK_RC(dn.status, -EINVAL); /* the first piece must be the header */
+		CHECK_RC(t2_lookup(t, &k, NULL), -ENOENT);
+		/* A write error on the second piece fails the whole record. */
+		struct io_fault f = { .on_write = true, .skip = 1, .err = -EIO };
+		io_fault_set(io, &f);
+		dn = (struct t2t_done){ false, 0 };
+		t2_append_spans(t, &k, NULL, out, nout, rl, 8192, &d, CODEC_RAW, t2t_done_cb, &dn);
+		t2t_wait(io, t, &dn);
+		io_fault_clear(io);
+		CHECK_RC(dn.status, -EIO);
+		CHECK_RC(t2_lookup(t, &k, NULL), -ENOENT);
+		free(hdr);
+		free(buf);
+	}
+	CHECK_EQ(t2_inflight(t), 0);
+	t2_close(t);
+	CHECK_EQ(io_inflight(io), 0);
+	codec_ctx_free(ctx);
+	io_close(io);
+}
+T2T_BOTH(raw_pieces)
+
 /* Bytes read through read(2)-family calls by this process so far. */
 static uint64_t rchar(void)
 {
@@ -868,4 +1023,4 @@ TEST_MAIN(record_roundtrip_every_codec, record_parse_rejects_damage, record_layo
 	  index_ops_uring, index_ops_threads, format_newer_version_refused, bad_config_refused,
 	  directory_in_use_refused, missing_segment_uring, missing_segment_threads,
 	  map_growth_uring, map_growth_threads, buffered_fallback_uring, buffered_fallback_threads,
-	  segment_enospc_uring, segment_enospc_threads)
+	  segment_enospc_uring, segment_enospc_threads, raw_pieces_uring, raw_pieces_threads)
