@@ -1545,7 +1545,7 @@ int main(int argc, char **argv)
 
 	for (unsigned i = 0; i < npts; i++)
 		if (pts[i].nvme && nvme_ok) {
-			daemon_effective_config(&o, &pts[i].tc, "nvme_,host_chunk", nvme_config,
+			daemon_effective_config(&o, &pts[i].tc, "nvme_,host_chunk,host_policy", nvme_config,
 						sizeof(nvme_config));
 			break;
 		}
