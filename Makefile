@@ -220,6 +220,12 @@ $(BUILD)/tests/gpu/gtest_%: $(BUILD)/obj/tests/gpu/gtest_%.o $(call obj,tests/li
 	@mkdir -p $(dir $@)
 	$(CC) $(filter %.o,$^) -o $@ $(ALL_LDFLAGS) $(CUDA_LIBS)
 
+# gtest_region drives a real kvtierd (gpu_backend = cuda) through libkvtier.
+$(BUILD)/tests/gpu/gtest_region: $(BUILD)/obj/tests/gpu/gtest_region.o $(TESTLIB_OBJ) \
+		$(KERNELS_OBJ) $(KERNELS_CU_OBJ) $(COMMON_OBJ) $(LIB_A)
+	@mkdir -p $(dir $@)
+	$(CC) $(filter %.o,$^) -o $@ $(ALL_LDFLAGS) $(LIB_A) -lxxhash $(CUDA_LIBS)
+
 # The daemon's CUDA backend (daemon/gpu_cuda.c) launches the kernels.
 $(BIN_DAEMON): $(KERNELS_CU_OBJ)
 

@@ -378,6 +378,24 @@ static void print_ctxmem(const kvt_stats *s, const uint32_t *ids, size_t nt)
 
 /* ---- text output ---------------------------------------------------------------------- */
 
+/* The GPU section: engine memory registered as GPU regions (admin entries). */
+static void print_gpu(const kvt_stats *s)
+{
+	char b1[32], b2[32], b3[32], b4[32];
+	const char *t = text(s, "gpu.backend");
+
+	if (!t)
+		return; /* not visible to this connection, or an older daemon */
+	printf("\nGPU transfers   backend %s\n", t);
+	if ((t = text(s, "gpu.device")))
+		printf("                device %s\n", t);
+	printf("                regions %s  host->device %s  device->host %s  copies in flight %s\n",
+	       count_of(s, "gpu.regions", b1, sizeof(b1)),
+	       size_of(s, "gpu.h2d_bytes", b2, sizeof(b2)),
+	       size_of(s, "gpu.d2h_bytes", b3, sizeof(b3)),
+	       count_of(s, "gpu.copies_inflight", b4, sizeof(b4)));
+}
+
 static void print_text(const char *sock, kvt_conn *c, const kvt_stats *s, const struct rates *r)
 {
 	const kvt_server_info *si = kvt_conn_server(c);
@@ -457,6 +475,8 @@ static void print_text(const char *sock, kvt_conn *c, const kvt_stats *s, const 
 	print_t2(s);
 
 	/* Connections */
+	print_gpu(s);
+
 	printf("\nConnections     current %s  total %s  rejected %s  requests %s (errors %s)\n",
 	       count_of(s, "conn.current", b1, sizeof(b1)),
 	       count_of(s, "conn.total", b2, sizeof(b2)),
@@ -569,7 +589,7 @@ static void json_number(double d)
 static void print_json(const char *sock, kvt_conn *c, const kvt_stats *s, const struct rates *r)
 {
 	static const char *const groups[] = { "server", "conn", "requests", "t0", "t1", "t2",
-					      "meta" };
+					      "meta", "gpu" };
 	const kvt_server_info *si = kvt_conn_server(c);
 	size_t n = kvt_stats_count(s);
 	uint32_t *ids;

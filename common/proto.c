@@ -108,6 +108,14 @@ const char *kvt_op_name(uint16_t opcode)
 		return "STATS";
 	case KVT_OP_PREFETCH:
 		return "PREFETCH";
+	case KVT_OP_GPU_REGION_REGISTER:
+		return "GPU_REGION_REGISTER";
+	case KVT_OP_GPU_REGION_DESTROY:
+		return "GPU_REGION_DESTROY";
+	case KVT_OP_GPU_PUT:
+		return "GPU_PUT";
+	case KVT_OP_GPU_GET:
+		return "GPU_GET";
 	case KVT_OP_CTX_SAVE:
 		return "CTX_SAVE";
 	case KVT_OP_CTX_LOAD:
@@ -1134,4 +1142,218 @@ void kvt_fw_end(struct kvt_fields_writer *w, size_t mark)
 	}
 	if (w->buf)
 		kvt_put32(w->buf + mark + 4, (uint32_t)(w->len - mark - FIELD_HDR));
+}
+
+/* ---- GPU regions ------------------------------------------------------------ */
+
+size_t kvt_gpu_register_req_size(uint32_t nbuffers, uint32_t layers)
+{
+	return KVT_GPU_REG_FIXED_SIZE + (size_t)nbuffers * KVT_GPU_BUF_SIZE +
+	       (size_t)layers * KVT_GPU_LAYER_SIZE;
+}
+
+int kvt_gpu_register_req_encode(const struct kvt_gpu_register_req *m,
+				const struct kvt_gpu_buf_wire *bufs,
+				const struct kvt_gpu_layer_wire *layers, uint8_t *out, size_t cap)
+{
+	const struct kvt_gpu_layout_wire *l = &m->layout;
+
+	if (m->nbuffers < 1 || m->nbuffers > KVT_GPU_MAX_BUFFERS || l->layers < 1 ||
+	    l->layers > KVT_GPU_MAX_LAYERS || !bufs || !layers)
+		return KVT_EINVAL;
+	size_t len = kvt_gpu_register_req_size(m->nbuffers, l->layers);
+	int rc = check_room(len, cap);
+	if (rc)
+		return rc;
+	memset(out, 0, KVT_GPU_REG_FIXED_SIZE);
+	kvt_put16(out + 0, m->kind);
+	kvt_put16(out + 2, m->nbuffers);
+	kvt_put16(out + 4, (uint16_t)l->layers);
+	kvt_put16(out + 6, l->dtype);
+	kvt_put16(out + 8, l->layout_id);
+	memcpy(out + 16, m->uuid, KVT_GPU_UUID_SIZE);
+	kvt_put32(out + 32, l->planes);
+	kvt_put32(out + 36, l->heads);
+	kvt_put32(out + 40, l->head_dim);
+	kvt_put32(out + 44, l->elem_size);
+	kvt_put32(out + 48, l->page_tokens);
+	kvt_put64(out + 56, l->num_pages);
+	kvt_put64(out + 64, (uint64_t)l->plane_stride);
+	kvt_put64(out + 72, (uint64_t)l->page_stride);
+	kvt_put64(out + 80, (uint64_t)l->token_stride);
+	kvt_put64(out + 88, (uint64_t)l->head_stride);
+	kvt_put64(out + 96, (uint64_t)l->dim_stride);
+	uint8_t *p = out + KVT_GPU_REG_FIXED_SIZE;
+	for (uint32_t i = 0; i < m->nbuffers; i++, p += KVT_GPU_BUF_SIZE) {
+		memcpy(p, bufs[i].handle, KVT_GPU_IPC_HANDLE_SIZE);
+		kvt_put64(p + 64, bufs[i].size);
+		kvt_put32(p + 72, bufs[i].region_id);
+		kvt_put32(p + 76, 0);
+	}
+	for (uint32_t i = 0; i < l->layers; i++, p += KVT_GPU_LAYER_SIZE) {
+		kvt_put32(p + 0, layers[i].buffer);
+		kvt_put32(p + 4, 0);
+		kvt_put64(p + 8, layers[i].offset);
+	}
+	return (int)len;
+}
+
+static bool bytes_are_zero(const uint8_t *p, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (p[i])
+			return false;
+	return true;
+}
+
+int kvt_gpu_register_req_decode(const uint8_t *in, size_t len, struct kvt_gpu_register_req *m)
+{
+	if (!in || len < KVT_GPU_REG_FIXED_SIZE)
+		return KVT_EBADMSG;
+	uint16_t kind = kvt_get16(in + 0), nbuf = kvt_get16(in + 2), layers = kvt_get16(in + 4);
+	if (kind != KVT_GPU_KIND_CUDA_IPC && kind != KVT_GPU_KIND_EMULATED)
+		return KVT_EBADMSG;
+	if (nbuf == 0 || layers == 0)
+		return KVT_EBADMSG;
+	if (nbuf > KVT_GPU_MAX_BUFFERS || layers > KVT_GPU_MAX_LAYERS)
+		return KVT_E2BIG;
+	if (kvt_get16(in + 10) != 0 || kvt_get32(in + 12) != 0 || kvt_get32(in + 52) != 0)
+		return KVT_ERESERVED;
+	if (len != kvt_gpu_register_req_size(nbuf, layers))
+		return KVT_EBADMSG;
+	const uint8_t *bufs = in + KVT_GPU_REG_FIXED_SIZE;
+	const uint8_t *lay = bufs + (size_t)nbuf * KVT_GPU_BUF_SIZE;
+	for (uint32_t i = 0; i < nbuf; i++) {
+		const uint8_t *b = bufs + (size_t)i * KVT_GPU_BUF_SIZE;
+		if (kvt_get32(b + 76) != 0)
+			return KVT_ERESERVED;
+		if (kind == KVT_GPU_KIND_CUDA_IPC ? kvt_get32(b + 72) != 0
+						  : !bytes_are_zero(b, KVT_GPU_IPC_HANDLE_SIZE))
+			return KVT_ERESERVED;
+	}
+	for (uint32_t i = 0; i < layers; i++) {
+		const uint8_t *e = lay + (size_t)i * KVT_GPU_LAYER_SIZE;
+		if (kvt_get32(e + 4) != 0)
+			return KVT_ERESERVED;
+		if (kvt_get32(e + 0) >= nbuf)
+			return KVT_EBADMSG;
+	}
+	m->kind = kind;
+	m->nbuffers = nbuf;
+	memcpy(m->uuid, in + 16, KVT_GPU_UUID_SIZE);
+	struct kvt_gpu_layout_wire *l = &m->layout;
+	l->layers = layers;
+	l->dtype = kvt_get16(in + 6);
+	l->layout_id = kvt_get16(in + 8);
+	l->planes = kvt_get32(in + 32);
+	l->heads = kvt_get32(in + 36);
+	l->head_dim = kvt_get32(in + 40);
+	l->elem_size = kvt_get32(in + 44);
+	l->page_tokens = kvt_get32(in + 48);
+	l->num_pages = kvt_get64(in + 56);
+	l->plane_stride = (int64_t)kvt_get64(in + 64);
+	l->page_stride = (int64_t)kvt_get64(in + 72);
+	l->token_stride = (int64_t)kvt_get64(in + 80);
+	l->head_stride = (int64_t)kvt_get64(in + 88);
+	l->dim_stride = (int64_t)kvt_get64(in + 96);
+	m->buffers = bufs;
+	m->layer = lay;
+	return 0;
+}
+
+void kvt_gpu_buf_get(const struct kvt_gpu_register_req *m, uint32_t i, struct kvt_gpu_buf_wire *b)
+{
+	const uint8_t *p = m->buffers + (size_t)i * KVT_GPU_BUF_SIZE;
+	memcpy(b->handle, p, KVT_GPU_IPC_HANDLE_SIZE);
+	b->size = kvt_get64(p + 64);
+	b->region_id = kvt_get32(p + 72);
+}
+
+void kvt_gpu_layer_get(const struct kvt_gpu_register_req *m, uint32_t i,
+		       struct kvt_gpu_layer_wire *l)
+{
+	const uint8_t *p = m->layer + (size_t)i * KVT_GPU_LAYER_SIZE;
+	l->buffer = kvt_get32(p + 0);
+	l->offset = kvt_get64(p + 8);
+}
+
+size_t kvt_gpu_xfer_size(uint32_t count, uint32_t npage_ids)
+{
+	size_t items, pages, len;
+	if (__builtin_mul_overflow((size_t)count, (size_t)KVT_GPU_ITEM_SIZE, &items) ||
+	    __builtin_mul_overflow((size_t)npage_ids, (size_t)4, &pages) ||
+	    __builtin_add_overflow(items, pages, &len) ||
+	    __builtin_add_overflow(len, (size_t)KVT_GPU_XFER_PREFIX, &len))
+		return 0;
+	return len;
+}
+
+int kvt_gpu_xfer_prefix_encode(uint32_t count, uint32_t npage_ids, uint8_t *out, size_t cap)
+{
+	int rc = check_room(KVT_GPU_XFER_PREFIX, cap);
+	if (rc)
+		return rc;
+	kvt_put32(out + 0, count);
+	kvt_put32(out + 4, npage_ids);
+	kvt_put32(out + 8, 0);
+	kvt_put32(out + 12, 0);
+	return KVT_GPU_XFER_PREFIX;
+}
+
+void kvt_gpu_item_encode(const struct kvt_gpu_item_wire *it, uint8_t out[KVT_GPU_ITEM_SIZE])
+{
+	kvt_key_encode(&it->key, out + 0);
+	kvt_key_encode(&it->parent, out + 16);
+	kvt_put32(out + 32, it->region_id);
+	kvt_put32(out + 36, it->first_token);
+	kvt_put32(out + 40, it->ntokens);
+	kvt_put32(out + 44, it->pages_offset);
+	kvt_put32(out + 48, it->npages);
+	kvt_put32(out + 52, 0);
+}
+
+int kvt_gpu_item_decode(const uint8_t in[KVT_GPU_ITEM_SIZE], bool is_put, uint32_t npage_ids,
+			struct kvt_gpu_item_wire *it)
+{
+	if (kvt_get32(in + 52) != 0 || (!is_put && !bytes_are_zero(in + 16, KVT_KEY_SIZE)))
+		return KVT_ERESERVED;
+	uint32_t off = kvt_get32(in + 44), n = kvt_get32(in + 48);
+	if (off > npage_ids || n > npage_ids - off)
+		return KVT_EBADMSG;
+	kvt_key_decode(in + 0, &it->key);
+	kvt_key_decode(in + 16, &it->parent);
+	it->region_id = kvt_get32(in + 32);
+	it->first_token = kvt_get32(in + 36);
+	it->ntokens = kvt_get32(in + 40);
+	it->pages_offset = off;
+	it->npages = n;
+	return 0;
+}
+
+int kvt_gpu_xfer_decode(const uint8_t *in, size_t len, bool is_put, uint32_t max_batch,
+			uint32_t max_pages, struct kvt_gpu_xfer *x)
+{
+	if (!in || len < KVT_GPU_XFER_PREFIX)
+		return KVT_EBADMSG;
+	uint32_t count = kvt_get32(in + 0), npages = kvt_get32(in + 4);
+	if (count > max_batch || npages > max_pages)
+		return KVT_E2BIG;
+	if (kvt_get32(in + 8) != 0 || kvt_get32(in + 12) != 0)
+		return KVT_ERESERVED;
+	size_t want = kvt_gpu_xfer_size(count, npages);
+	if (want == 0 || want != len)
+		return KVT_EBADMSG;
+	const uint8_t *items = in + KVT_GPU_XFER_PREFIX;
+	for (uint32_t i = 0; i < count; i++) {
+		struct kvt_gpu_item_wire it;
+		int rc = kvt_gpu_item_decode(items + (size_t)i * KVT_GPU_ITEM_SIZE, is_put, npages,
+					     &it);
+		if (rc)
+			return rc;
+	}
+	x->count = count;
+	x->npage_ids = npages;
+	x->items = items;
+	x->pages = items + (size_t)count * KVT_GPU_ITEM_SIZE;
+	return 0;
 }

@@ -40,6 +40,10 @@ enum kvt_opcode {
 	KVT_OP_UNPIN = 10,
 	KVT_OP_STATS = 11,
 	KVT_OP_PREFETCH = 12,
+	KVT_OP_GPU_REGION_REGISTER = 13,
+	KVT_OP_GPU_REGION_DESTROY = 14,
+	KVT_OP_GPU_PUT = 15,
+	KVT_OP_GPU_GET = 16,
 	KVT_OP_CTX_SAVE = 20,
 	KVT_OP_CTX_LOAD = 21,
 	KVT_OP_CTX_LIST = 22,
@@ -283,6 +287,117 @@ int kvt_stats_rep_next(const uint8_t *in, size_t len, size_t *pos, struct kvt_st
 int kvt_notice_encode(const char *msg, uint8_t *out, size_t cap);
 int kvt_notice_decode(const uint8_t *in, size_t len, const char **msg, uint16_t *msg_len);
 
+/* ---- GPU regions (GPU_REGION_REGISTER, GPU_REGION_DESTROY, GPU_PUT, GPU_GET) ---- */
+
+/*
+ * GPU_REGION_REGISTER request: a 104-byte fixed part (kind, counts, device UUID,
+ * the paged-KV layout), then nbuffers buffers of 80 bytes, then `layers` layer
+ * entries of 16 bytes. Reply: the same 8 bytes as REGISTER's (region id).
+ * GPU_REGION_DESTROY request: the same 8 bytes as UNREGISTER's. docs/PROTOCOL.md
+ * has the tables.
+ */
+#define KVT_GPU_REG_FIXED_SIZE 104
+#define KVT_GPU_BUF_SIZE 80
+#define KVT_GPU_LAYER_SIZE 16
+#define KVT_GPU_KIND_CUDA_IPC 1 /* buffers are CUDA IPC memory handles */
+#define KVT_GPU_KIND_EMULATED 2 /* buffers are host region ids (gpu_backend = emulated) */
+
+struct kvt_gpu_layout_wire {
+	uint32_t layers, planes, heads, head_dim, elem_size, page_tokens;
+	uint64_t num_pages;
+	int64_t plane_stride, page_stride, token_stride, head_stride, dim_stride;
+	uint16_t dtype, layout_id;
+};
+
+struct kvt_gpu_buf_wire {
+	uint8_t handle[KVT_GPU_IPC_HANDLE_SIZE]; /* CUDA IPC: the handle; emulated: zero */
+	uint64_t size;
+	uint32_t region_id; /* emulated: a host region id; CUDA IPC: 0 */
+};
+
+struct kvt_gpu_layer_wire {
+	uint32_t buffer;
+	uint64_t offset;
+};
+
+struct kvt_gpu_register_req {
+	uint16_t kind;
+	uint16_t nbuffers;
+	uint8_t uuid[KVT_GPU_UUID_SIZE];
+	struct kvt_gpu_layout_wire layout;
+	const uint8_t *buffers; /* decode: view of nbuffers x KVT_GPU_BUF_SIZE */
+	const uint8_t *layer;   /* decode: view of layout.layers x KVT_GPU_LAYER_SIZE */
+};
+
+size_t kvt_gpu_register_req_size(uint32_t nbuffers, uint32_t layers);
+/* m's buffers/layer views are ignored: bufs[0..m->nbuffers) and layers[0..
+ * m->layout.layers) are written instead. Returns the length or KVT_EMSGSIZE
+ * (KVT_EINVAL for counts outside 1..KVT_GPU_MAX_BUFFERS / KVT_GPU_MAX_LAYERS). */
+int kvt_gpu_register_req_encode(const struct kvt_gpu_register_req *m,
+				const struct kvt_gpu_buf_wire *bufs,
+				const struct kvt_gpu_layer_wire *layers, uint8_t *out, size_t cap);
+/*
+ * Checks, in order: at least the fixed part (KVT_EBADMSG); kind 1 or 2
+ * (KVT_EBADMSG); nbuffers and layers not 0 (KVT_EBADMSG) and within
+ * KVT_GPU_MAX_BUFFERS / KVT_GPU_MAX_LAYERS (KVT_E2BIG); reserved fields 0
+ * (KVT_ERESERVED); the length exactly the fixed part plus the arrays
+ * (KVT_EBADMSG); every buffer: reserved 0, and for CUDA IPC region_id 0, for
+ * emulated an all-zero handle (KVT_ERESERVED); every layer: reserved 0
+ * (KVT_ERESERVED) and buffer < nbuffers (KVT_EBADMSG). The layout's values are
+ * not judged here (the daemon runs kvl_layout_check). Pure.
+ */
+int kvt_gpu_register_req_decode(const uint8_t *in, size_t len, struct kvt_gpu_register_req *m);
+/* Entry i of a decoded request (in range and checked by the decode). */
+void kvt_gpu_buf_get(const struct kvt_gpu_register_req *m, uint32_t i, struct kvt_gpu_buf_wire *b);
+void kvt_gpu_layer_get(const struct kvt_gpu_register_req *m, uint32_t i,
+		       struct kvt_gpu_layer_wire *l);
+
+/*
+ * GPU_PUT / GPU_GET request: u32 count, u32 npage_ids, u32 flags (0),
+ * u32 reserved (0), count items of 56 bytes, then npage_ids u32 page ids that the
+ * items index (pages_offset, npages). Reply: GPU_PUT a status reply, GPU_GET a GET
+ * reply (kvt_get_rep_*).
+ */
+#define KVT_GPU_XFER_PREFIX 16
+#define KVT_GPU_ITEM_SIZE 56
+
+struct kvt_gpu_item_wire {
+	kvt_key key;
+	kvt_key parent; /* GPU_PUT; zero in GPU_GET */
+	uint32_t region_id;
+	uint32_t first_token;
+	uint32_t ntokens;
+	uint32_t pages_offset;
+	uint32_t npages;
+};
+
+struct kvt_gpu_xfer {
+	uint32_t count;
+	uint32_t npage_ids;
+	const uint8_t *items; /* view: count x KVT_GPU_ITEM_SIZE */
+	const uint8_t *pages; /* view: npage_ids x u32 */
+};
+
+/* Exact body size, or 0 when it would not fit a size_t. */
+size_t kvt_gpu_xfer_size(uint32_t count, uint32_t npage_ids);
+/* Writes the 16-byte prefix; returns 16 or KVT_EMSGSIZE. */
+int kvt_gpu_xfer_prefix_encode(uint32_t count, uint32_t npage_ids, uint8_t *out, size_t cap);
+void kvt_gpu_item_encode(const struct kvt_gpu_item_wire *it, uint8_t out[KVT_GPU_ITEM_SIZE]);
+/* KVT_ERESERVED (reserved word; a GPU_GET item with a parent), KVT_EBADMSG
+ * (pages_offset + npages beyond npage_ids, overflow included). */
+int kvt_gpu_item_decode(const uint8_t in[KVT_GPU_ITEM_SIZE], bool is_put, uint32_t npage_ids,
+			struct kvt_gpu_item_wire *it);
+/*
+ * Checks, in order: at least the prefix (KVT_EBADMSG); count > max_batch or
+ * npage_ids > max_pages (KVT_E2BIG); flags or reserved not 0 (KVT_ERESERVED); the
+ * length exactly prefix + items + page ids (KVT_EBADMSG); then every item with
+ * kvt_gpu_item_decode, so a malformed item refuses the whole request. Pure.
+ */
+int kvt_gpu_xfer_decode(const uint8_t *in, size_t len, bool is_put, uint32_t max_batch,
+			uint32_t max_pages, struct kvt_gpu_xfer *x);
+/* Page id j of a decoded request (j < npage_ids). */
+static inline uint32_t kvt_gpu_xfer_page(const struct kvt_gpu_xfer *x, uint32_t j);
+
 /* ---- field lists (contexts and memory records) -------------------------- */
 
 /*
@@ -408,6 +523,11 @@ static inline uint32_t kvt_get32(const uint8_t *p)
 static inline uint64_t kvt_get64(const uint8_t *p)
 {
 	return (uint64_t)kvt_get32(p) | ((uint64_t)kvt_get32(p + 4) << 32);
+}
+
+static inline uint32_t kvt_gpu_xfer_page(const struct kvt_gpu_xfer *x, uint32_t j)
+{
+	return kvt_get32(x->pages + (size_t)j * 4);
 }
 
 #endif /* KVT_PROTO_H */

@@ -56,7 +56,7 @@ enum key_kind {
 };
 
 /* KK_ENUM keys name their table of value names with these (in the key's min). */
-enum { ENUM_CODEC, ENUM_ADMISSION, ENUM_WRITE, ENUM_IO, ENUM_POLICY };
+enum { ENUM_CODEC, ENUM_ADMISSION, ENUM_WRITE, ENUM_IO, ENUM_POLICY, ENUM_GPU };
 
 #define KF_AUTO 1u /* "auto" is accepted and stored as 0 until config_finish */
 #define KF_POW2 2u
@@ -149,7 +149,14 @@ struct key_def {
 	X(io_queue_depth, KK_COUNT, io_queue_depth, 1, 4096, 0, "", "64",                         \
 	  "NVMe requests in flight at once.")                                                     \
 	X(mem_value_max, KK_SIZE, mem_value_max, 1, 64 * SZ_MIB, 0, "", "1MiB",                    \
-	  "Largest value of a memory record (MEM_PUT); larger: EMSGSIZE.")
+	  "Largest value of a memory record (MEM_PUT); larger: EMSGSIZE.")                        \
+	X(gpu_backend, KK_ENUM, gpu_backend, ENUM_GPU, 0, 0, "", "auto",                          \
+	  "GPU transfers into engine memory: auto (cuda if built in and a device answers, else " \
+	  "off), cuda, emulated (host memory, for tests), off.")                                  \
+	X(gpu_max_regions, KK_COUNT, gpu_max_regions, 1, 65536, 0, "", "16",                      \
+	  "Most GPU regions registered per connection; more: EMFILE.")                            \
+	X(gpu_max_pages, KK_COUNT, gpu_max_pages, 1, 16777216, 0, "", "262144",                   \
+	  "Most page ids in one GPU_PUT or GPU_GET request; more: E2BIG.")
 
 #define EMBED_LINE_(name, kind, field, lo, hi, fl, prefix, def, help) \
 	"\n# " help "\n" prefix #name " = " def "\n"
@@ -175,6 +182,7 @@ static const char *const enum_admission[] = { "always", "chain", "reused" };
 static const char *const enum_write[] = { "back", "through" };
 static const char *const enum_io[] = { "auto", "uring", "threads" };
 static const char *const enum_policy[] = { "2q", "lru" }; /* enum t1_policy */
+static const char *const enum_gpu[] = { "auto", "cuda", "emulated", "off" }; /* gpu.h */
 static const struct {
 	const char *const *names;
 	size_t n;
@@ -185,6 +193,7 @@ static const struct {
 	[ENUM_WRITE] = { enum_write, 2, "back or through" },
 	[ENUM_IO] = { enum_io, 3, "auto, uring or threads" },
 	[ENUM_POLICY] = { enum_policy, 2, "2q or lru" },
+	[ENUM_GPU] = { enum_gpu, 4, "auto, cuda, emulated or off" },
 };
 
 static const char *enum_name(const struct key_def *k, uint64_t v)
@@ -235,6 +244,9 @@ void config_defaults(struct kvtd_config *c)
 	c->io_backend = 0;     /* auto */
 	c->io_queue_depth = 64;
 	c->mem_value_max = SZ_MIB;
+	c->gpu_backend = 0; /* auto */
+	c->gpu_max_regions = 16;
+	c->gpu_max_pages = 262144;
 }
 
 void config_free(struct kvtd_config *c)

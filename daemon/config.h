@@ -67,6 +67,9 @@ struct kvtd_config {
 	uint32_t io_backend;            /* enum io_backend */
 	uint32_t io_queue_depth;
 	uint64_t mem_value_max;         /* largest memory-record value */
+	uint32_t gpu_backend;           /* enum gpu_backend_kind (gpu.h) */
+	uint32_t gpu_max_regions;       /* GPU regions per connection */
+	uint32_t gpu_max_pages;         /* page ids in one GPU_PUT/GPU_GET */
 	enum log_level log_level;
 };
 

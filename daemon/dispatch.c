@@ -16,6 +16,7 @@
 #include "log.h"
 #include "server.h"
 #include "ctxmem.h"
+#include "gpu.h"
 #include "tier2.h"
 
 /* ---- regions ------------------------------------------------------------- */
@@ -45,6 +46,11 @@ static struct region *region_find(struct conn *c, uint32_t id)
 		}
 	}
 	return NULL;
+}
+
+struct region *region_lookup(struct conn *c, uint32_t id)
+{
+	return region_find(c, id);
 }
 
 static int region_add(struct conn *c, struct region *r)
@@ -184,6 +190,7 @@ void conn_release_all(struct conn *c)
 	for (uint32_t i = 0; i < c->nregion_slots; i++)
 		if (c->regions[i])
 			region_remove(c, c->regions[i]);
+	gpu_conn_release(c);
 }
 
 /* ---- replies -------------------------------------------------------------- */
@@ -1147,6 +1154,8 @@ void dispatch_frame(struct conn *c, const struct kvt_hdr *h, const uint8_t *body
 	default:
 		if (ctxmem_handles(h->opcode))
 			ctxmem_dispatch(c, h, body);
+		else if (gpu_handles(h->opcode))
+			gpu_dispatch(c, h, body);
 		else
 			reply_status(c, h, KVT_EOPCODE);
 		break;

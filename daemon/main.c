@@ -16,6 +16,7 @@
 #include "log.h"
 #include "reload.h"
 #include "ctxmem.h"
+#include "gpu.h"
 #include "tier2.h"
 #include "sd.h"
 #include "server.h"
@@ -183,7 +184,6 @@ static int open_host_tier(struct server *s)
 					    ? "no (RLIMIT_MEMLOCK is below the arena size: raise it, e.g. LimitMEMLOCK=infinity, or set host_mlock = on)"
 					    : strerror(-r->lock_error))
 				 : "no (host_mlock = off)");
-	log_info("GPU tier (T0): not active: this build has no GPU tier");
 	if (r->prefault)
 		log_info("host tier: not locked, so its pages are being faulted in by a background thread");
 	return 0;
@@ -333,6 +333,9 @@ int main(int argc, char **argv)
 		log_error("epoll/signalfd: %s", strerror(errno));
 		goto out;
 	}
+	kvtd_sd_status("Starting: GPU transfers");
+	if (gpu_open(&s) < 0)
+		goto out;
 	kvtd_sd_status("Starting: opening the NVMe tier");
 	if (tier2_open(&s) < 0)
 		goto out;
@@ -379,6 +382,7 @@ out:
 	tier2_close(&s);
 	workers_stop(s.workers);
 	server_free_dead(&s);
+	gpu_close(&s);
 	t1_close(s.t1);
 	if (s.sigfd >= 0)
 		close(s.sigfd);

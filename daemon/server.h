@@ -86,16 +86,21 @@ struct conn {
 	uint64_t created_ms, last_frame_ms, partial_since_ms, closing_since_ms;
 	kvt_key last_get;  /* last key found by this connection's GETs (read-ahead) */
 	bool has_last_get;
+
+	struct gpu_conn *gpu; /* GPU regions (gpu.c); NULL until the first one */
 };
 
 struct tier2;
 struct meta;
+struct gpu_state;
+struct gpu_conn;
 
 struct server {
 	struct kvtd_config *cfg;
 	struct t1 *t1;
 	struct tier2 *tier2; /* NULL when the NVMe tier is off */
 	struct meta *meta;   /* contexts and memory records (ctxmem.c) */
+	struct gpu_state *gpu; /* GPU transfers (gpu.c) */
 	struct t1_report t1_report;
 	struct workers *workers;
 	int epfd, lfd, sigfd;
@@ -159,6 +164,8 @@ int pagein_start(struct conn *c, uint64_t id, const uint8_t *keys, uint32_t n, u
 /* Answer every waiting PREFETCH now (shutdown). */
 void prefetch_answer_all(struct server *s);
 void region_put(struct region *r);
+/* c's registered host region id, or NULL (GPU regions emulated on host memory). */
+struct region *region_lookup(struct conn *c, uint32_t id);
 
 /* stats.c */
 struct tenant_counters *tenant_counters(struct server *s, uint32_t tenant);

@@ -11,6 +11,7 @@
 
 #include "server.h"
 #include "ctxmem.h"
+#include "gpu.h"
 #include "tier2.h"
 
 struct tenant_counters *tenant_counters(struct server *s, uint32_t tenant)
@@ -96,8 +97,7 @@ size_t stats_build(struct conn *c, uint8_t *buf, size_t cap)
 	t1_get_stats(s->t1, &ts);
 	add_u64(&w, "t1.capacity_bytes", ts.capacity);
 	if (c->admin) {
-		add_u64(&w, "t0.active", 0);
-		kvt_stats_writer_text(&w, "t0.reason", "this build has no GPU tier");
+		gpu_stats(s, &w); /* t0.* and gpu.* */
 		add_u64(&w, "conn.current", s->nconns);
 		add_u64(&w, "conn.total", s->conn_total);
 		add_u64(&w, "conn.rejected", s->conn_rejected);

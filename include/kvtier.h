@@ -67,6 +67,7 @@ extern "C" {
 	X(EEXIST, -17, "already exists")                                            \
 	X(EINVAL, -22, "invalid argument")                                          \
 	X(EMFILE, -24, "too many open files")                                       \
+	X(ENODEV, -19, "no such device")                                            \
 	X(EFBIG, -27, "block larger than the tier can hold")                        \
 	X(ENOSPC, -28, "no space left in the tier")                                 \
 	X(ERANGE, -34, "offset or length outside the region")                       \
@@ -98,7 +99,8 @@ extern "C" {
 	X(EPARTIAL, -1015, "some items of the batch failed; see per-item status")   \
 	X(ECLOSED, -1016, "connection closed by the daemon")                        \
 	X(EIDLE, -1017, "connection idle for too long")                             \
-	X(ETICKET, -1018, "unknown or already completed ticket")
+	X(ETICKET, -1018, "unknown or already completed ticket")                     \
+	X(ENOGPU, -1019, "the daemon has no GPU backend (gpu_backend off or no device)")
 
 enum kvt_error {
 #define KVT_ERR_ENUM_(name, value, msg) KVT_##name = (value),
@@ -552,6 +554,152 @@ int kvt_block_get_start(kvt_conn *c, kvt_get_item *items, size_t n, kvt_ticket *
  * returned. KVT_ETICKET if the ticket is unknown or was already waited for.
  */
 int kvt_wait(kvt_conn *c, kvt_ticket ticket);
+
+/* ------------------------------------------------------------------------ */
+/* GPU regions: the engine's paged KV cache as a transfer target             */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * An engine registers the GPU memory of its paged KV cache once, together with
+ * how the cache is laid out; the daemon then gathers pages into stored blocks
+ * (kvt_gpu_put) and scatters stored blocks into pages (kvt_gpu_get) itself, with
+ * CUDA copies on its side. The memory is shared with CUDA IPC: the engine calls
+ * cudaIpcGetMemHandle on each of its allocations (vLLM: one per layer) and passes
+ * the 64 handle bytes. libkvtier does not link CUDA; it only carries the bytes.
+ *
+ * Layout, for layer l, plane p (0 = K, 1 = V; planes = 1 for MLA-style caches),
+ * page g, token slot s, head h, element d: the element's first byte is at
+ *
+ *   buffer[layer[l].buffer] + layer[l].offset + p*plane_stride + g*page_stride
+ *     + s*token_stride + h*head_stride + d*dim_stride
+ *
+ * and a stored block is [layer][plane][token][head][dim], densely packed:
+ * layers * planes * ntokens * heads * head_dim * elem_size bytes. The daemon
+ * refuses a layout whose row elements overlap, or whose elements do not all lie
+ * inside their buffer (from layer[l].offset to the buffer's size).
+ */
+#define KVT_GPU_IPC_HANDLE_SIZE 64 /* sizeof(cudaIpcMemHandle_t) */
+#define KVT_GPU_UUID_SIZE 16       /* sizeof(cudaUUID_t) */
+#define KVT_GPU_MAX_BUFFERS 512    /* allocations in one registration */
+#define KVT_GPU_MAX_LAYERS 256     /* layers in one registration */
+
+/* One CUDA allocation of the engine. */
+typedef struct kvt_gpu_buffer {
+	uint8_t ipc_handle[KVT_GPU_IPC_HANDLE_SIZE]; /* from cudaIpcGetMemHandle(ptr) */
+	uint64_t size; /* bytes usable from ptr (the allocation's base) */
+} kvt_gpu_buffer;
+
+/* Where one layer's cache starts: a buffer index and a byte offset into it. */
+typedef struct kvt_kv_layer {
+	uint32_t buffer;
+	uint64_t offset;
+} kvt_kv_layer;
+
+typedef struct kvt_kv_layout {
+	uint32_t layers;      /* 1..KVT_GPU_MAX_LAYERS */
+	uint32_t planes;      /* 1 or 2 */
+	uint32_t heads;       /* KV heads (of this tensor-parallel shard), >= 1 */
+	uint32_t head_dim;    /* elements per head, >= 1 */
+	uint32_t elem_size;   /* 1, 2 or 4 bytes */
+	uint32_t page_tokens; /* token slots per page, >= 1 */
+	uint64_t num_pages;   /* pages per layer; page ids must be below it */
+	int64_t plane_stride; /* byte strides, see above */
+	int64_t page_stride;
+	int64_t token_stride;
+	int64_t head_stride;
+	int64_t dim_stride;
+	uint16_t dtype;       /* enum kvt_dtype of stored blocks; must fit elem_size;
+			       * 0: F32 when elem_size is 4, else unspecified */
+	uint16_t layout_id;   /* stored as the blocks' kvt_block_desc.layout */
+	const kvt_kv_layer *layer; /* layers entries; borrowed for the call */
+} kvt_kv_layout;
+
+/*
+ * Register n CUDA allocations (bufs[0..n), 1..KVT_GPU_MAX_BUFFERS) laid out as
+ * layout, on the GPU whose cudaDeviceProp.uuid is dev_uuid. On success
+ * *region_id is the GPU region's id on this connection (its own numbering,
+ * separate from host regions). The daemon opens the handles and keeps them open
+ * until kvt_gpu_region_destroy or the connection closes; the engine must keep the
+ * allocations alive until then. Everything passed is borrowed for the call.
+ * Returns 0; KVT_EINVAL (NULL arguments, n or layers out of range, a layout the
+ * daemon refuses: bad fields, overlapping row elements, dtype not matching
+ * elem_size, a layer naming a buffer >= n); KVT_ERANGE (a layer's elements reach
+ * outside its buffer); KVT_ENODEV (the daemon has no GPU with that UUID);
+ * KVT_ENOGPU (the daemon's GPU backend is off); KVT_EOPNOTSUPP (the backend is
+ * the emulated one, which takes only kvt_gpu_region_register_emulated);
+ * KVT_EMFILE (over gpu_max_regions); KVT_EACCES/KVT_EIO (CUDA refused a handle);
+ * KVT_EMSGSIZE (the registration does not fit max_frame); KVT_ENOMEM; a
+ * connection error.
+ */
+int kvt_gpu_region_register(kvt_conn *c, const kvt_gpu_buffer *bufs, size_t n,
+			    const kvt_kv_layout *layout, const uint8_t dev_uuid[KVT_GPU_UUID_SIZE],
+			    uint32_t *region_id);
+
+/*
+ * The same with host regions of c standing in for the device allocations (buffer
+ * i is regions[i], its whole size), for daemons running gpu_backend = emulated:
+ * tests and CPU-only development of the GPU path. The regions must stay
+ * registered while the GPU region is (the daemon keeps their memory mapped until
+ * the GPU region is gone in any case). Returns as kvt_gpu_region_register, plus
+ * KVT_EREGION (a region not registered on c); KVT_EOPNOTSUPP if the daemon's
+ * backend is not the emulated one.
+ */
+int kvt_gpu_region_register_emulated(kvt_conn *c, kvt_region *const *regions, size_t n,
+				     const kvt_kv_layout *layout, uint32_t *region_id);
+
+/*
+ * Release a GPU region. Transfers still running on it finish first; the daemon
+ * closes its IPC mappings once none uses them. Returns 0, KVT_EREGION (not a GPU
+ * region of this connection), KVT_ENOGPU, or a connection error.
+ */
+int kvt_gpu_region_destroy(kvt_conn *c, uint32_t region_id);
+
+/*
+ * One block <-> pages transfer. The block holds ntokens tokens starting at
+ * sequence position first_token. pages[0..npages) are the page ids holding them:
+ * pages[0] is the page of token first_token, at slot first_token % page_tokens,
+ * and each next page continues where the previous one ends, so npages must be
+ * exactly ceil((first_token % page_tokens + ntokens) / page_tokens).
+ */
+typedef struct kvt_gpu_item {
+	kvt_key key;
+	kvt_key parent;         /* put: previous block of the chain, or zero; get: zero */
+	uint32_t region_id;     /* a GPU region of this connection */
+	uint32_t first_token;
+	uint32_t ntokens;       /* >= 1 */
+	const uint32_t *pages;  /* borrowed for the call */
+	uint32_t npages;
+	int status;             /* out: 0 or a KVT_E* code, per item */
+	uint64_t length;        /* out (get): the block's length when known */
+	kvt_block_desc desc;    /* out (get): the block's descriptor when status is 0 */
+} kvt_gpu_item;
+
+/*
+ * Store n blocks gathered from GPU pages (n <= max_batch; all items and their
+ * page ids go in one request, which must fit max_frame, else KVT_EMSGSIZE, and
+ * hold at most gpu_max_pages page ids, else KVT_E2BIG). A stored block is like
+ * one kvt_block_put stored: readable with kvt_block_get, with descriptor
+ * {dtype, layout_id, layers, ntokens} from the registration. The pages have been
+ * read when this returns. Item statuses: 0 (stored, or already present);
+ * KVT_EREGION (unknown GPU region); KVT_EINVAL (zero key, ntokens 0, npages not
+ * as defined above); KVT_ERANGE (a page id >= num_pages: nothing is read);
+ * KVT_EFBIG, KVT_ENOSPC, KVT_EDQUOT (as for kvt_block_put); KVT_EIO (the copy
+ * failed). Returns 0, KVT_EPARTIAL (see the statuses), KVT_ENOGPU, or a
+ * request-level error. Thread-safety as every call on c.
+ */
+int kvt_gpu_put(kvt_conn *c, kvt_gpu_item *items, size_t n);
+
+/*
+ * Fetch n stored blocks into GPU pages (same limits as kvt_gpu_put). A block of
+ * the host tier, or of NVMe (brought up into the host tier first), is scattered
+ * into the pages; status 0 means every byte is in device memory when this
+ * returns. Item statuses: 0; KVT_ENOENT (miss); KVT_EREGION; KVT_EINVAL (ntokens,
+ * npages; or the block's length differs from what the layout gives for ntokens:
+ * length says what it is, nothing written); KVT_ERANGE (a page id >= num_pages:
+ * nothing written); KVT_EIO. Returns 0, KVT_EPARTIAL, KVT_ENOGPU, or a
+ * request-level error.
+ */
+int kvt_gpu_get(kvt_conn *c, kvt_gpu_item *items, size_t n);
 
 /* ------------------------------------------------------------------------ */
 /* Statistics                                                                 */

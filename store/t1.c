@@ -820,6 +820,12 @@ int t1_set_quota(struct t1 *t, uint32_t tenant, uint64_t bytes)
 	return 0;
 }
 
+void t1_arena(const struct t1 *t, void **base, size_t *len)
+{
+	*base = t->arena.map;
+	*len = t->arena.map_len;
+}
+
 const char *t1_policy_name(const struct t1 *t)
 {
 	return t->policy->ops->name;

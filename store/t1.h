@@ -183,6 +183,10 @@ struct t1_stats {
 	uint64_t free_chunks;
 	uint64_t largest_free_run; /* chunks */
 };
+/* The arena's whole mapping (for registering it with a DMA engine, e.g.
+ * cudaHostRegister). Valid until t1_close. */
+void t1_arena(const struct t1 *t, void **base, size_t *len);
+
 /* The eviction policy's name ("2q", "lru"); static storage. */
 const char *t1_policy_name(const struct t1 *t);
 void t1_get_stats(const struct t1 *t, struct t1_stats *s);

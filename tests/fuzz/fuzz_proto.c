@@ -51,6 +51,8 @@ enum fuzz_dec {
 	FZ_NOTICE,
 	FZ_FIELDS,
 	FZ_FIELDS_ENTRY,
+	FZ_GPU_REGISTER,
+	FZ_GPU_XFER,
 	FZ_COUNT
 };
 static unsigned long fuzz_ok[FZ_COUNT], fuzz_err[FZ_COUNT];
@@ -571,6 +573,77 @@ static void fuzz_fields(const uint8_t *in, size_t len)
 	fuzz_fields_at(in, len, 0, FZ_FIELDS);
 }
 
+/* ---- GPU regions (GPU_REGION_REGISTER, GPU_PUT, GPU_GET) ------------------- */
+
+struct fuzz_gpu_reg {
+	const struct kvt_gpu_register_req *m;
+	const struct kvt_gpu_buf_wire *bufs;
+	const struct kvt_gpu_layer_wire *layers;
+};
+
+static int fuzz_gpu_register_enc(const void *msg, uint8_t *out, size_t cap)
+{
+	const struct fuzz_gpu_reg *r = msg;
+	return kvt_gpu_register_req_encode(r->m, r->bufs, r->layers, out, cap);
+}
+
+static void fuzz_gpu_register(const uint8_t *in, size_t len)
+{
+	struct kvt_gpu_register_req m;
+	int rc = kvt_gpu_register_req_decode(in, len, &m);
+	fuzz_count(FZ_GPU_REGISTER, rc);
+	FUZZ_CHECK(rc == 0 || rc == KVT_EBADMSG || rc == KVT_ERESERVED || rc == KVT_E2BIG);
+	if (rc)
+		return;
+	FUZZ_CHECK(m.nbuffers >= 1 && m.nbuffers <= KVT_GPU_MAX_BUFFERS);
+	FUZZ_CHECK(m.layout.layers >= 1 && m.layout.layers <= KVT_GPU_MAX_LAYERS);
+	FUZZ_CHECK(len == kvt_gpu_register_req_size(m.nbuffers, m.layout.layers));
+	struct kvt_gpu_buf_wire *bufs = malloc(m.nbuffers * sizeof(*bufs));
+	struct kvt_gpu_layer_wire *layers = malloc(m.layout.layers * sizeof(*layers));
+	FUZZ_CHECK(bufs != NULL && layers != NULL);
+	for (uint32_t i = 0; i < m.nbuffers; i++)
+		kvt_gpu_buf_get(&m, i, &bufs[i]);
+	for (uint32_t i = 0; i < m.layout.layers; i++) {
+		kvt_gpu_layer_get(&m, i, &layers[i]);
+		FUZZ_CHECK(layers[i].buffer < m.nbuffers);
+	}
+	struct fuzz_gpu_reg r = { &m, bufs, layers };
+	fuzz_reencode(fuzz_gpu_register_enc, &r, in, len);
+	free(bufs);
+	free(layers);
+}
+
+static void fuzz_gpu_xfer(const uint8_t *in, size_t len, bool is_put, uint32_t max_batch,
+			  uint32_t max_pages)
+{
+	struct kvt_gpu_xfer x;
+	int rc = kvt_gpu_xfer_decode(in, len, is_put, max_batch, max_pages, &x);
+	fuzz_count(FZ_GPU_XFER, rc);
+	FUZZ_CHECK(rc == 0 || rc == KVT_EBADMSG || rc == KVT_ERESERVED || rc == KVT_E2BIG);
+	if (rc)
+		return;
+	FUZZ_CHECK(x.count <= max_batch && x.npage_ids <= max_pages);
+	FUZZ_CHECK(len == kvt_gpu_xfer_size(x.count, x.npage_ids));
+	FUZZ_CHECK(x.items == in + KVT_GPU_XFER_PREFIX);
+	uint8_t *buf = malloc(len);
+	FUZZ_CHECK(buf != NULL);
+	FUZZ_CHECK(kvt_gpu_xfer_prefix_encode(x.count, x.npage_ids, buf, len) ==
+		   KVT_GPU_XFER_PREFIX);
+	for (uint32_t i = 0; i < x.count; i++) {
+		struct kvt_gpu_item_wire it;
+		const uint8_t *p = x.items + (size_t)i * KVT_GPU_ITEM_SIZE;
+		FUZZ_CHECK(kvt_gpu_item_decode(p, is_put, x.npage_ids, &it) == 0);
+		FUZZ_CHECK(it.pages_offset <= x.npage_ids &&
+			   it.npages <= x.npage_ids - it.pages_offset);
+		FUZZ_CHECK(is_put || kvt_key_is_zero(&it.parent));
+		kvt_gpu_item_encode(&it, buf + (p - in));
+	}
+	for (uint32_t j = 0; j < x.npage_ids; j++)
+		kvt_put32(buf + (x.pages - in) + (size_t)j * 4, kvt_gpu_xfer_page(&x, j));
+	FUZZ_CHECK(memcmp(buf, in, len) == 0);
+	free(buf);
+}
+
 /* ---- entry points --------------------------------------------------------- */
 
 /* Every body decoder on one buffer. */
@@ -589,6 +662,9 @@ static void fuzz_bodies(const uint8_t *in, size_t len)
 	fuzz_stats_rep(in, len);
 	fuzz_notice(in, len);
 	fuzz_fields(in, len);
+	fuzz_gpu_register(in, len);
+	fuzz_gpu_xfer(in, len, true, 4096, 1 << 20);
+	fuzz_gpu_xfer(in, len, false, 2, 4);
 }
 
 /* A frame as a daemon or client would see it: the header, then the body handed
@@ -635,6 +711,21 @@ static void fuzz_frame(const uint8_t *in, size_t len)
 		break;
 	case KVT_OP_NOTICE:
 		fuzz_notice(body, blen);
+		break;
+	case KVT_OP_GPU_REGION_REGISTER:
+		fuzz_gpu_register(body, blen);
+		fuzz_register(body, blen);
+		break;
+	case KVT_OP_GPU_REGION_DESTROY:
+		fuzz_register(body, blen);
+		break;
+	case KVT_OP_GPU_PUT:
+		fuzz_gpu_xfer(body, blen, true, 4096, 1 << 20);
+		fuzz_status_rep(body, blen);
+		break;
+	case KVT_OP_GPU_GET:
+		fuzz_gpu_xfer(body, blen, false, 4096, 1 << 20);
+		fuzz_get_rep(body, blen);
 		break;
 	case KVT_OP_CTX_SAVE:
 	case KVT_OP_CTX_LOAD:

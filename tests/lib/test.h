@@ -45,7 +45,7 @@ extern unsigned test_timeout_s;
 				sizeof(test_cases_) / sizeof(test_cases_[0]), argc, argv); \
 	}
 
-/* Expand up to 40 case names into { "name", name } entries. */
+/* Expand up to 48 case names into { "name", name } entries. */
 #define TEST_ENTRY_(f) { #f, f },
 #define TEST_L1_(a) TEST_ENTRY_(a)
 #define TEST_L2_(a, ...) TEST_ENTRY_(a) TEST_L1_(__VA_ARGS__)
@@ -87,12 +87,21 @@ extern unsigned test_timeout_s;
 #define TEST_L38_(a, ...) TEST_ENTRY_(a) TEST_L37_(__VA_ARGS__)
 #define TEST_L39_(a, ...) TEST_ENTRY_(a) TEST_L38_(__VA_ARGS__)
 #define TEST_L40_(a, ...) TEST_ENTRY_(a) TEST_L39_(__VA_ARGS__)
-#define TEST_NARG_(...) TEST_NARG_I_(__VA_ARGS__, 40, 39, 38, 37, 36, 35, 34, 33, 32, 31, 30, \
+#define TEST_L41_(a, ...) TEST_ENTRY_(a) TEST_L40_(__VA_ARGS__)
+#define TEST_L42_(a, ...) TEST_ENTRY_(a) TEST_L41_(__VA_ARGS__)
+#define TEST_L43_(a, ...) TEST_ENTRY_(a) TEST_L42_(__VA_ARGS__)
+#define TEST_L44_(a, ...) TEST_ENTRY_(a) TEST_L43_(__VA_ARGS__)
+#define TEST_L45_(a, ...) TEST_ENTRY_(a) TEST_L44_(__VA_ARGS__)
+#define TEST_L46_(a, ...) TEST_ENTRY_(a) TEST_L45_(__VA_ARGS__)
+#define TEST_L47_(a, ...) TEST_ENTRY_(a) TEST_L46_(__VA_ARGS__)
+#define TEST_L48_(a, ...) TEST_ENTRY_(a) TEST_L47_(__VA_ARGS__)
+#define TEST_NARG_(...) TEST_NARG_I_(__VA_ARGS__, 48, 47, 46, 45, 44, 43, 42, 41, 40, 39, 38, 37, 36, 35, 34, 33, 32, 31, 30, \
 				   29, 28, 27, 26, 25, 24, 23, 22, 21, 20, 19, 18, 17, 16, 15, \
 				   14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1)
 #define TEST_NARG_I_(_1, _2, _3, _4, _5, _6, _7, _8, _9, _10, _11, _12, _13, _14, _15, _16,  \
 		     _17, _18, _19, _20, _21, _22, _23, _24, _25, _26, _27, _28, _29, _30,    \
-		     _31, _32, _33, _34, _35, _36, _37, _38, _39, _40, N, ...)                \
+		     _31, _32, _33, _34, _35, _36, _37, _38, _39, _40, _41, _42, _43, _44,    \
+		     _45, _46, _47, _48, N, ...)                                              \
 	N
 #define TEST_CAT_(a, b) TEST_CAT_I_(a, b)
 #define TEST_CAT_I_(a, b) a##b

@@ -27,7 +27,8 @@ static const char *const all_keys[] = {
 	"host_hugepages", "host_mlock", "host_policy", "tenant_quota", "quota", "uid_map",
 	"max_connections", "max_frame", "max_inflight", "max_batch", "max_regions",
 	"max_region_size", "max_block_size", "idle_timeout", "handshake_timeout",
-	"frame_timeout", "workers", "log_level",
+	"frame_timeout", "workers", "log_level", "gpu_backend", "gpu_max_regions",
+	"gpu_max_pages",
 };
 #define NKEYS (sizeof(all_keys) / sizeof(all_keys[0]))
 
@@ -72,6 +73,9 @@ static const char *config_diff(const struct kvtd_config *a, const struct kvtd_co
 	SAME_(frame_timeout_ms);
 	SAME_(workers);
 	SAME_(log_level);
+	SAME_(gpu_backend);
+	SAME_(gpu_max_regions);
+	SAME_(gpu_max_pages);
 	SAME_(nquotas);
 	SAME_(nuid_maps);
 	for (size_t i = 0; i < a->nquotas; i++)

@@ -446,9 +446,11 @@ TEST(error_names_and_messages)
 	CHECK(strcmp(kvt_errname(-2), "ENOENT") == 0);
 	CHECK(strcmp(kvt_errname(-1001), "EBADMAGIC") == 0);
 	CHECK(strcmp(kvt_errname(-1018), "ETICKET") == 0);
+	CHECK(strcmp(kvt_errname(-1019), "ENOGPU") == 0);
+	CHECK(strcmp(kvt_errname(-19), "ENODEV") == 0);
 	CHECK(strcmp(kvt_strerror(-1014), "reserved field is not zero") == 0);
 
-	static const int unknown[] = { 1, 2, 22, -3, -6, -999, -1000, -1019, -2000,
+	static const int unknown[] = { 1, 2, 22, -3, -6, -999, -1000, -1020, -2000,
 				       INT_MIN, INT_MAX };
 	for (size_t i = 0; i < sizeof(unknown) / sizeof(unknown[0]); i++) {
 		CHECK_MSG(strcmp(kvt_errname(unknown[i]), "UNKNOWN") == 0, "%d", unknown[i]);
@@ -474,12 +476,12 @@ TEST(error_codes_match_errno)
 		{ KVT_EOPNOTSUPP, EOPNOTSUPP }, { KVT_ECONNRESET, ECONNRESET },
 		{ KVT_ENOBUFS, ENOBUFS },     { KVT_ETIMEDOUT, ETIMEDOUT },
 		{ KVT_ECONNREFUSED, ECONNREFUSED }, { KVT_EDQUOT, EDQUOT },
-		{ KVT_ECANCELED, ECANCELED },
+		{ KVT_ECANCELED, ECANCELED }, { KVT_ENODEV, ENODEV },
 	};
 	for (size_t i = 0; i < sizeof(same) / sizeof(same[0]); i++)
 		CHECK_MSG(same[i].kvt == -same[i].sys, "%s is %d, errno says %d",
 			  kvt_errname(same[i].kvt), same[i].kvt, -same[i].sys);
-	CHECK(KVT_EBADMAGIC <= -1000 && KVT_ETICKET <= -1000);
+	CHECK(KVT_EBADMAGIC <= -1000 && KVT_ETICKET <= -1000 && KVT_ENOGPU <= -1000);
 }
 
 TEST(version_string)

@@ -349,7 +349,10 @@ TEST(op_names)
 		{ KVT_OP_MEM_GET, "MEM_GET" }, { KVT_OP_MEM_DELETE, "MEM_DELETE" },
 		{ KVT_OP_MEM_LIST, "MEM_LIST" }, { KVT_OP_MEM_SEARCH, "MEM_SEARCH" },
 		{ 24, "UNKNOWN" }, { 35, "UNKNOWN" },
-		{ 0, "UNKNOWN" }, { 13, "UNKNOWN" },
+		{ KVT_OP_GPU_REGION_REGISTER, "GPU_REGION_REGISTER" },
+		{ KVT_OP_GPU_REGION_DESTROY, "GPU_REGION_DESTROY" },
+		{ KVT_OP_GPU_PUT, "GPU_PUT" }, { KVT_OP_GPU_GET, "GPU_GET" },
+		{ 0, "UNKNOWN" }, { 17, "UNKNOWN" },
 		{ 254, "UNKNOWN" },	     { 0xffff, "UNKNOWN" },
 	};
 	for (size_t i = 0; i < sizeof(ops) / sizeof(ops[0]); i++)
@@ -1652,6 +1655,248 @@ static uint64_t rng(void)
 	return rng_state * 0x2545f4914f6cdd1dull;
 }
 
+/* ---- GPU regions -------------------------------------------------------------- */
+
+/* A CUDA IPC registration of nb buffers and nl layers (layer l in buffer l % nb). */
+static int build_gpu_register(uint8_t *out, size_t cap, uint16_t kind, uint16_t nb, uint32_t nl)
+{
+	struct kvt_gpu_buf_wire bufs[4];
+	struct kvt_gpu_layer_wire layers[4];
+	struct kvt_gpu_register_req m = {
+		.kind = kind, .nbuffers = nb,
+		.layout = { .layers = nl, .planes = 2, .heads = 8, .head_dim = 128, .elem_size = 2,
+			    .page_tokens = 16, .num_pages = 1000, .plane_stride = -4096,
+			    .page_stride = 65536, .token_stride = 2048, .head_stride = 256,
+			    .dim_stride = 2, .dtype = KVT_DTYPE_BF16, .layout_id = 7 },
+	};
+	CHECK(nb <= 4 && nl <= 4);
+	for (int i = 0; i < 16; i++)
+		m.uuid[i] = (uint8_t)(0xa0 + i);
+	for (uint16_t i = 0; i < nb; i++) {
+		memset(&bufs[i], 0, sizeof(bufs[i]));
+		if (kind == KVT_GPU_KIND_CUDA_IPC)
+			memset(bufs[i].handle, 0x11 * (i + 1), KVT_GPU_IPC_HANDLE_SIZE);
+		else
+			bufs[i].region_id = i + 1u;
+		bufs[i].size = (1ull << 32) + i;
+	}
+	for (uint32_t l = 0; l < nl; l++)
+		layers[l] = (struct kvt_gpu_layer_wire){ .buffer = l % nb, .offset = 4096u * l };
+	return kvt_gpu_register_req_encode(&m, bufs, layers, out, cap);
+}
+
+/* A GPU_PUT (or GET: no parents) of n items over 3 page ids each 1 apart. */
+static size_t build_gpu_xfer(uint8_t *out, size_t cap, bool put, uint32_t n)
+{
+	uint32_t npages = n + 2;
+	size_t len = kvt_gpu_xfer_size(n, npages);
+	CHECK(len <= cap);
+	CHECK_EQ(kvt_gpu_xfer_prefix_encode(n, npages, out, cap), KVT_GPU_XFER_PREFIX);
+	for (uint32_t i = 0; i < n; i++) {
+		struct kvt_gpu_item_wire it = {
+			.key = key_n((uint8_t)(i + 1)), .region_id = 1, .first_token = 5 + i,
+			.ntokens = 20, .pages_offset = i, .npages = 3,
+		};
+		if (put)
+			it.parent = key_n((uint8_t)(i + 100));
+		kvt_gpu_item_encode(&it, out + KVT_GPU_XFER_PREFIX + (size_t)i * KVT_GPU_ITEM_SIZE);
+	}
+	uint8_t *pg = out + KVT_GPU_XFER_PREFIX + (size_t)n * KVT_GPU_ITEM_SIZE;
+	for (uint32_t j = 0; j < npages; j++)
+		kvt_put32(pg + 4 * j, 1000u * j + 3);
+	return len;
+}
+
+static int dec_gpu_register(const uint8_t *in, size_t len)
+{
+	struct kvt_gpu_register_req m;
+	return kvt_gpu_register_req_decode(in, len, &m);
+}
+
+static int dec_gpu_put(const uint8_t *in, size_t len)
+{
+	struct kvt_gpu_xfer x;
+	return kvt_gpu_xfer_decode(in, len, true, 4096, 1 << 20, &x);
+}
+
+TEST(gpu_register_roundtrip)
+{
+	uint8_t buf[1024];
+	int n = build_gpu_register(buf, sizeof(buf), KVT_GPU_KIND_CUDA_IPC, 2, 3);
+	CHECK_EQ(n, (int)kvt_gpu_register_req_size(2, 3));
+	CHECK_EQ(n, 104 + 2 * 80 + 3 * 16);
+	struct kvt_gpu_register_req m;
+	CHECK_RC(kvt_gpu_register_req_decode(buf, (size_t)n, &m), 0);
+	CHECK_EQ(m.kind, KVT_GPU_KIND_CUDA_IPC);
+	CHECK_EQ(m.nbuffers, 2);
+	CHECK_EQ(m.uuid[0], 0xa0);
+	CHECK_EQ(m.uuid[15], 0xaf);
+	CHECK_EQ(m.layout.layers, 3);
+	CHECK_EQ(m.layout.planes, 2);
+	CHECK_EQ(m.layout.heads, 8);
+	CHECK_EQ(m.layout.head_dim, 128);
+	CHECK_EQ(m.layout.elem_size, 2);
+	CHECK_EQ(m.layout.page_tokens, 16);
+	CHECK_EQ(m.layout.num_pages, 1000);
+	CHECK(m.layout.plane_stride == -4096); /* signed strides survive */
+	CHECK_EQ(m.layout.page_stride, 65536);
+	CHECK_EQ(m.layout.dim_stride, 2);
+	CHECK_EQ(m.layout.dtype, KVT_DTYPE_BF16);
+	CHECK_EQ(m.layout.layout_id, 7);
+	struct kvt_gpu_buf_wire b;
+	kvt_gpu_buf_get(&m, 1, &b);
+	CHECK_EQ(b.handle[0], 0x22);
+	CHECK_EQ(b.size, (1ull << 32) + 1);
+	CHECK_EQ(b.region_id, 0);
+	struct kvt_gpu_layer_wire l;
+	kvt_gpu_layer_get(&m, 2, &l);
+	CHECK_EQ(l.buffer, 0);
+	CHECK_EQ(l.offset, 8192);
+	/* byte layout: kind, nbuffers, layers at the front, little-endian */
+	CHECK_EQ(buf[0], 1);
+	CHECK_EQ(buf[2], 2);
+	CHECK_EQ(buf[4], 3);
+	CHECK_EQ(kvt_get64(buf + 64), (uint64_t)-4096);
+
+	n = build_gpu_register(buf, sizeof(buf), KVT_GPU_KIND_EMULATED, 1, 2);
+	CHECK_RC(kvt_gpu_register_req_decode(buf, (size_t)n, &m), 0);
+	kvt_gpu_buf_get(&m, 0, &b);
+	CHECK_EQ(b.region_id, 1);
+	/* the encoder refuses counts the decoder would, and short buffers */
+	m.nbuffers = 0;
+	CHECK_RC(kvt_gpu_register_req_encode(&m, &b, &l, buf, sizeof(buf)), KVT_EINVAL);
+	CHECK_RC(build_gpu_register(buf, 100, KVT_GPU_KIND_CUDA_IPC, 1, 1), KVT_EMSGSIZE);
+}
+
+TEST(gpu_register_malformed)
+{
+	uint8_t buf[1024], bad[1024];
+	int n = build_gpu_register(buf, sizeof(buf), KVT_GPU_KIND_CUDA_IPC, 2, 3);
+	size_t len = (size_t)n;
+	check_truncations(dec_gpu_register, buf, len, KVT_EBADMSG);
+	struct {
+		size_t off;
+		uint8_t val;
+		int want;
+	} cases[] = {
+		{ 0, 0, KVT_EBADMSG },    /* kind 0 */
+		{ 0, 3, KVT_EBADMSG },    /* unknown kind */
+		{ 2, 0, KVT_EBADMSG },    /* no buffers */
+		{ 4, 0, KVT_EBADMSG },    /* no layers */
+		{ 10, 1, KVT_ERESERVED }, /* reserved u16 */
+		{ 12, 1, KVT_ERESERVED }, /* flags */
+		{ 52, 1, KVT_ERESERVED }, /* reserved in the layout */
+		{ 104 + 76, 1, KVT_ERESERVED },           /* buffer 0 reserved */
+		{ 104 + 72, 5, KVT_ERESERVED },           /* CUDA IPC buffer naming a region */
+		{ 104 + 160 + 4, 1, KVT_ERESERVED },      /* layer 0 reserved */
+		{ 104 + 160, 2, KVT_EBADMSG },            /* layer 0 names buffer 2 of 2 */
+		{ 104 + 160 + 16 + 3, 0x80, KVT_EBADMSG }, /* layer 1 names buffer 2^31 */
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		memcpy(bad, buf, len);
+		bad[cases[i].off] = cases[i].val;
+		CHECK_MSG(dec_exact(dec_gpu_register, bad, len) == cases[i].want, "case %zu", i);
+	}
+	/* oversized counts: E2BIG before the length is judged */
+	memcpy(bad, buf, len);
+	kvt_put16(bad + 2, KVT_GPU_MAX_BUFFERS + 1);
+	CHECK_RC(dec_exact(dec_gpu_register, bad, len), KVT_E2BIG);
+	memcpy(bad, buf, len);
+	kvt_put16(bad + 4, KVT_GPU_MAX_LAYERS + 1);
+	CHECK_RC(dec_exact(dec_gpu_register, bad, len), KVT_E2BIG);
+	/* a count that disagrees with the length */
+	memcpy(bad, buf, len);
+	kvt_put16(bad + 2, 3);
+	CHECK_RC(dec_exact(dec_gpu_register, bad, len), KVT_EBADMSG);
+	/* the largest registration is exactly accepted */
+	size_t big = kvt_gpu_register_req_size(KVT_GPU_MAX_BUFFERS, KVT_GPU_MAX_LAYERS);
+	uint8_t *mx = calloc(1, big);
+	CHECK(mx);
+	kvt_put16(mx + 0, KVT_GPU_KIND_CUDA_IPC);
+	kvt_put16(mx + 2, KVT_GPU_MAX_BUFFERS);
+	kvt_put16(mx + 4, KVT_GPU_MAX_LAYERS);
+	CHECK_RC(dec_exact(dec_gpu_register, mx, big), 0);
+	free(mx);
+	/* an emulated buffer must not carry handle bytes */
+	n = build_gpu_register(buf, sizeof(buf), KVT_GPU_KIND_EMULATED, 1, 1);
+	buf[104 + 63] = 1;
+	CHECK_RC(dec_exact(dec_gpu_register, buf, (size_t)n), KVT_ERESERVED);
+}
+
+TEST(gpu_xfer_roundtrip)
+{
+	uint8_t buf[1024];
+	size_t len = build_gpu_xfer(buf, sizeof(buf), true, 3);
+	CHECK_EQ(len, 16u + 3 * 56 + 5 * 4);
+	struct kvt_gpu_xfer x;
+	CHECK_RC(kvt_gpu_xfer_decode(buf, len, true, 3, 5, &x), 0);
+	CHECK_EQ(x.count, 3);
+	CHECK_EQ(x.npage_ids, 5);
+	CHECK(x.items == buf + 16);
+	CHECK(x.pages == buf + 16 + 3 * 56);
+	CHECK_EQ(kvt_gpu_xfer_page(&x, 4), 4003);
+	struct kvt_gpu_item_wire it;
+	CHECK_RC(kvt_gpu_item_decode(x.items + 56, true, x.npage_ids, &it), 0);
+	CHECK(kvt_key_equal(&it.key, &(kvt_key){ .b = { 0 } }) == false);
+	CHECK_EQ(it.region_id, 1);
+	CHECK_EQ(it.first_token, 6);
+	CHECK_EQ(it.ntokens, 20);
+	CHECK_EQ(it.pages_offset, 1);
+	CHECK_EQ(it.npages, 3);
+	uint8_t back[KVT_GPU_ITEM_SIZE];
+	kvt_gpu_item_encode(&it, back);
+	CHECK(memcmp(back, x.items + 56, KVT_GPU_ITEM_SIZE) == 0);
+	/* GPU_GET: the same without parents; an empty request is fine */
+	len = build_gpu_xfer(buf, sizeof(buf), false, 2);
+	CHECK_RC(kvt_gpu_xfer_decode(buf, len, false, 2, 4, &x), 0);
+	len = build_gpu_xfer(buf, sizeof(buf), false, 0);
+	CHECK_RC(kvt_gpu_xfer_decode(buf, len, false, 2, 4, &x), 0);
+	CHECK_EQ(x.count, 0);
+	CHECK_RC(kvt_gpu_xfer_prefix_encode(1, 1, buf, 15), KVT_EMSGSIZE);
+	CHECK_EQ(kvt_gpu_xfer_size(UINT32_MAX, UINT32_MAX),
+		 16 + (size_t)UINT32_MAX * 56 + (size_t)UINT32_MAX * 4);
+}
+
+TEST(gpu_xfer_malformed)
+{
+	uint8_t buf[1024], bad[1024];
+	struct kvt_gpu_xfer x;
+	size_t len = build_gpu_xfer(buf, sizeof(buf), true, 2);
+	check_truncations(dec_gpu_put, buf, len, KVT_EBADMSG);
+	/* limits: E2BIG for items over max_batch and page ids over max_pages */
+	CHECK_RC(kvt_gpu_xfer_decode(buf, len, true, 1, 1 << 20, &x), KVT_E2BIG);
+	CHECK_RC(kvt_gpu_xfer_decode(buf, len, true, 4096, 3, &x), KVT_E2BIG);
+	CHECK_RC(kvt_gpu_xfer_decode(buf, len, true, 2, 4, &x), 0);
+	struct {
+		size_t off;
+		uint8_t val;
+		int want;
+	} cases[] = {
+		{ 8, 1, KVT_ERESERVED },             /* flags */
+		{ 12, 1, KVT_ERESERVED },            /* reserved */
+		{ 16 + 52, 1, KVT_ERESERVED },       /* item 0 reserved */
+		{ 16 + 56 + 55, 1, KVT_ERESERVED },  /* item 1 reserved */
+		{ 16 + 44, 2, KVT_EBADMSG },         /* item 0 pages [2, 5) of 4 */
+		{ 16 + 48, 5, KVT_EBADMSG },         /* item 0 npages 5 > 4 */
+		{ 16 + 56 + 47, 0xff, KVT_EBADMSG }, /* item 1 offset near 2^32: no overflow */
+		{ 0, 3, KVT_EBADMSG },               /* count disagrees with the length */
+		{ 4, 5, KVT_EBADMSG },               /* npage_ids disagrees with the length */
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		memcpy(bad, buf, len);
+		bad[cases[i].off] = cases[i].val;
+		CHECK_MSG(dec_exact(dec_gpu_put, bad, len) == cases[i].want, "case %zu", i);
+	}
+	/* a GPU_GET item must not carry a parent */
+	CHECK_RC(kvt_gpu_xfer_decode(buf, len, false, 4096, 1 << 20, &x), KVT_ERESERVED);
+	/* counts that would overflow a 32-bit length still end as E2BIG/EBADMSG */
+	memcpy(bad, buf, len);
+	kvt_put32(bad + 0, UINT32_MAX);
+	kvt_put32(bad + 4, UINT32_MAX);
+	CHECK_RC(kvt_gpu_xfer_decode(bad, len, true, UINT32_MAX, UINT32_MAX, &x), KVT_EBADMSG);
+	CHECK_RC(kvt_gpu_xfer_decode(bad, len, true, 4096, UINT32_MAX, &x), KVT_E2BIG);
+}
+
 #define SEED_MAX 600
 
 struct seed {
@@ -1765,6 +2010,14 @@ static size_t build_seeds(struct seed *s)
 	kvt_fw_init(&w, body, sizeof(body));
 	kvt_fw_u32(&w, KVT_TAG_MISSING, 1);
 	add_frame(&s[n++], KVT_OP_CTX_SAVE, true, body, w.len);
+
+	/* GPU regions: CUDA IPC and emulated registrations, GPU_PUT and GPU_GET. */
+	len = build_gpu_register(body, sizeof(body), KVT_GPU_KIND_CUDA_IPC, 2, 3);
+	add_frame(&s[n++], KVT_OP_GPU_REGION_REGISTER, false, body, (size_t)len);
+	len = build_gpu_register(body, sizeof(body), KVT_GPU_KIND_EMULATED, 1, 2);
+	add_frame(&s[n++], KVT_OP_GPU_REGION_REGISTER, false, body, (size_t)len);
+	add_frame(&s[n++], KVT_OP_GPU_PUT, false, body, build_gpu_xfer(body, sizeof(body), true, 2));
+	add_frame(&s[n++], KVT_OP_GPU_GET, false, body, build_gpu_xfer(body, sizeof(body), false, 3));
 	return n;
 }
 
@@ -1829,7 +2082,7 @@ static void mutate(uint8_t *b, size_t *len, size_t cap)
 
 TEST(mutation_loop)
 {
-	struct seed seeds[24];
+	struct seed seeds[32];
 	uint8_t work[SEED_MAX + 64];
 	size_t nseeds = build_seeds(seeds);
 	const long iters = 200000;
@@ -1876,7 +2129,7 @@ TEST(mutation_loop)
 		"hdr",	     "hello_req", "hello_rep", "register_req", "register_rep",
 		"unregister_req", "batch_put", "batch_get", "batch_keys", "put_item",
 		"get_item",  "status_rep", "get_rep",	"lookup_rep", "stats_rep",
-		"notice",    "fields",	  "fields_entry",
+		"notice",    "fields",	  "fields_entry", "gpu_register", "gpu_xfer",
 	};
 	for (int d = 0; d < FZ_COUNT; d++) {
 		test_log("%-15s accepted %8lu refused %8lu", names[d], fuzz_ok[d], fuzz_err[d]);
@@ -1924,7 +2177,8 @@ TEST(prefetch_round_trip_and_malformed)
 	CHECK_EQ(kvt_prefetch_rep_encode(tiers, 3, rep, 10), KVT_EMSGSIZE);
 }
 
-TEST_MAIN(hdr_roundtrip, hdr_bytes_are_little_endian, hdr_bad_magic_still_fills_header,
+TEST_MAIN(gpu_register_roundtrip, gpu_register_malformed, gpu_xfer_roundtrip, gpu_xfer_malformed,
+	  hdr_roundtrip, hdr_bytes_are_little_endian, hdr_bad_magic_still_fills_header,
 	  hdr_bad_version, hdr_reserved_nonzero, hdr_body_len_over_max,
 	  hdr_flags_must_understand, op_names, hello_req_roundtrip, hello_req_malformed,
 	  hello_rep_roundtrip, hello_rep_malformed, register_roundtrip, register_malformed,

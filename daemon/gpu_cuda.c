@@ -1,0 +1,365 @@
+/*
+ * gpu_cuda.c - the CUDA GPU backend: opens an engine's allocations from their
+ * CUDA IPC handles and moves blocks between them and the host tier with the
+ * paged-KV kernels (kernels/kvcopy.cu). Compiled to a stub that reports "no CUDA
+ * in this build" unless the Makefile found nvcc (KVT_HAVE_CUDA).
+ *
+ * Each copy worker gets, per device, its own non-blocking stream and a device
+ * staging buffer (grown on demand, kept for the thread's life). A GPU_PUT item is
+ * gather into staging, then D2H into the reserved block's extents; a GPU_GET item
+ * is H2D of the block's extents into staging, then scatter. The worker waits for
+ * its stream (cudaStreamSynchronize) before the job is reported done, so the loop
+ * thread never blocks on the device. The host arena is registered with
+ * cudaHostRegister at start-up so those copies are DMA from pinned memory.
+ */
+#include "gpu.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(KVT_HAVE_CUDA) && KVT_HAVE_CUDA
+
+#include <cuda_runtime_api.h>
+
+#include "kvcopy.h"
+
+#define CUDA_MAX_DEVICES 64
+
+struct cuda_region {
+	int dev;
+	uint32_t nbuffers;
+	void **mapped;     /* per buffer, from cudaIpcOpenMemHandle */
+	void **dlayer_base; /* device array of layers pointers */
+};
+
+/* A worker's stream and staging on one device. */
+struct cuda_lane {
+	bool ready;
+	cudaStream_t stream;
+	uint8_t *stage;   /* device */
+	size_t cap;
+	uint32_t *dflag;  /* device: the kernels' bad-page flag */
+};
+
+static __thread struct cuda_lane lanes[CUDA_MAX_DEVICES];
+
+static int cuda_err(cudaError_t e)
+{
+	switch (e) {
+	case cudaSuccess: return 0;
+	case cudaErrorMemoryAllocation: return KVT_ENOMEM;
+	default: return KVT_EIO;
+	}
+}
+
+static int find_device(const uint8_t *uuid, int *dev)
+{
+	int n = 0;
+	if (cudaGetDeviceCount(&n) != cudaSuccess)
+		return KVT_ENODEV;
+	for (int d = 0; d < n; d++) {
+		struct cudaDeviceProp p;
+		if (cudaGetDeviceProperties(&p, d) != cudaSuccess)
+			continue;
+		if (memcmp(p.uuid.bytes, uuid, KVT_GPU_UUID_SIZE) == 0) {
+			*dev = d;
+			return 0;
+		}
+	}
+	return KVT_ENODEV;
+}
+
+static void cuda_close(struct gpu_backend *b, void *priv)
+{
+	struct cuda_region *r = priv;
+	(void)b;
+	if (!r)
+		return;
+	cudaSetDevice(r->dev);
+	for (uint32_t i = 0; i < r->nbuffers; i++)
+		if (r->mapped[i])
+			cudaIpcCloseMemHandle(r->mapped[i]);
+	if (r->dlayer_base)
+		cudaFree(r->dlayer_base);
+	free(r->mapped);
+	free(r);
+}
+
+static int cuda_open(struct gpu_backend *b, const struct gpu_region_spec *spec, void **priv)
+{
+	void *host_base[KVL_MAX_LAYERS];
+	int dev, rc;
+
+	if (!spec->bufs || !spec->uuid)
+		return KVT_EINVAL;
+	rc = find_device(spec->uuid, &dev);
+	if (rc)
+		return rc;
+	struct cuda_region *r = calloc(1, sizeof(*r));
+	if (!r)
+		return KVT_ENOMEM;
+	r->dev = dev;
+	r->mapped = calloc(spec->nbuffers, sizeof(*r->mapped));
+	if (!r->mapped) {
+		free(r);
+		return KVT_ENOMEM;
+	}
+	r->nbuffers = spec->nbuffers;
+	if (cudaSetDevice(dev) != cudaSuccess) {
+		rc = KVT_EIO;
+		goto out_close;
+	}
+	for (uint32_t i = 0; i < spec->nbuffers; i++) {
+		cudaIpcMemHandle_t h;
+		memcpy(&h, spec->bufs[i].handle, sizeof(h));
+		cudaError_t e = cudaIpcOpenMemHandle(&r->mapped[i], h,
+						     cudaIpcMemLazyEnablePeerAccess);
+		if (e != cudaSuccess) {
+			r->mapped[i] = NULL;
+			cudaGetLastError(); /* not sticky: clear it */
+			rc = e == cudaErrorMemoryAllocation ? KVT_ENOMEM : KVT_EACCES;
+			goto out_close;
+		}
+	}
+	for (uint32_t l = 0; l < spec->layout->layers; l++)
+		host_base[l] = (uint8_t *)r->mapped[spec->layer_buffer[l]] + spec->layer_offset[l];
+	size_t bytes = spec->layout->layers * sizeof(void *);
+	if (cudaMalloc((void **)&r->dlayer_base, bytes) != cudaSuccess) {
+		r->dlayer_base = NULL;
+		rc = KVT_ENOMEM;
+		goto out_close;
+	}
+	if (cudaMemcpy(r->dlayer_base, host_base, bytes, cudaMemcpyHostToDevice) != cudaSuccess) {
+		rc = KVT_EIO;
+		goto out_close;
+	}
+	(void)b;
+	*priv = r;
+	return 0;
+
+out_close:
+	cuda_close(b, r);
+	return rc;
+}
+
+/* The calling worker's lane on dev, with at least need bytes of staging. */
+static int lane_get(int dev, size_t need, struct cuda_lane **out)
+{
+	if (dev < 0 || dev >= CUDA_MAX_DEVICES)
+		return KVT_ENODEV;
+	struct cuda_lane *ln = &lanes[dev];
+	if (cudaSetDevice(dev) != cudaSuccess)
+		return KVT_EIO;
+	if (!ln->ready) {
+		if (cudaStreamCreateWithFlags(&ln->stream, cudaStreamNonBlocking) != cudaSuccess)
+			return KVT_EIO;
+		if (cudaMalloc((void **)&ln->dflag, sizeof(uint32_t)) != cudaSuccess) {
+			cudaStreamDestroy(ln->stream);
+			return KVT_ENOMEM;
+		}
+		ln->ready = true;
+	}
+	if (ln->cap < need) {
+		size_t cap = ln->cap ? ln->cap : (4u << 20);
+		while (cap < need)
+			cap *= 2;
+		if (ln->stage)
+			cudaFree(ln->stage);
+		ln->stage = NULL;
+		ln->cap = 0;
+		if (cudaMalloc((void **)&ln->stage, cap) != cudaSuccess) {
+			ln->stage = NULL;
+			return KVT_ENOMEM;
+		}
+		ln->cap = cap;
+	}
+	*out = ln;
+	return 0;
+}
+
+static size_t align_up(size_t v, size_t a)
+{
+	return (v + a - 1) & ~(a - 1);
+}
+
+/* Staging: [block bytes][kvl_item][page ids]. */
+static int cuda_copy(void *priv, const struct gpu_copy *cp, bool gather)
+{
+	struct cuda_region *r = priv;
+	struct cuda_lane *ln;
+	size_t item_off = align_up((size_t)cp->blen, 256);
+	size_t pages_off = align_up(item_off + sizeof(struct kvl_item), 16);
+	size_t need = pages_off + (size_t)cp->npages * sizeof(uint32_t);
+	int rc = lane_get(r->dev, need, &ln);
+	if (rc)
+		return rc;
+	uint8_t *blk = ln->stage;
+	struct kvl_item it = { .block = blk, .pages = (const uint32_t *)(ln->stage + pages_off),
+			       .first_token = cp->first_slot, .ntokens = cp->ntokens };
+	cudaError_t e = cudaMemsetAsync(ln->dflag, 0, sizeof(uint32_t), ln->stream);
+	if (e == cudaSuccess)
+		e = cudaMemcpyAsync(ln->stage + item_off, &it, sizeof(it), cudaMemcpyHostToDevice,
+				    ln->stream);
+	if (e == cudaSuccess)
+		e = cudaMemcpyAsync(ln->stage + pages_off, cp->pages,
+				    (size_t)cp->npages * sizeof(uint32_t), cudaMemcpyHostToDevice,
+				    ln->stream);
+	uint64_t off = 0;
+	if (!gather) {
+		for (size_t i = 0; e == cudaSuccess && i < cp->next && off < cp->blen; i++) {
+			uint64_t n = cp->ext[i].len < cp->blen - off ? cp->ext[i].len : cp->blen - off;
+			e = cudaMemcpyAsync(blk + off, cp->ext[i].ptr, n, cudaMemcpyHostToDevice,
+					    ln->stream);
+			off += n;
+		}
+	}
+	if (e == cudaSuccess) {
+		const struct kvl_item *ditem = (const struct kvl_item *)(ln->stage + item_off);
+		int k = gather ? kvl_gather_cuda(cp->layout, r->dlayer_base, ditem, 1, cp->ntokens,
+						 ln->dflag, ln->stream)
+			       : kvl_scatter_cuda(cp->layout, r->dlayer_base, ditem, 1, cp->ntokens,
+						  ln->dflag, ln->stream);
+		e = (cudaError_t)k;
+	}
+	if (gather) {
+		for (size_t i = 0; e == cudaSuccess && i < cp->next && off < cp->blen; i++) {
+			uint64_t n = cp->ext[i].len < cp->blen - off ? cp->ext[i].len : cp->blen - off;
+			e = cudaMemcpyAsync(cp->ext[i].ptr, blk + off, n, cudaMemcpyDeviceToHost,
+					    ln->stream);
+			off += n;
+		}
+	}
+	uint32_t bad = 0;
+	if (e == cudaSuccess)
+		e = cudaMemcpyAsync(&bad, ln->dflag, sizeof(bad), cudaMemcpyDeviceToHost, ln->stream);
+	/* Always wait, even after an error: nothing queued may outlive this call. */
+	cudaError_t se = cudaStreamSynchronize(ln->stream);
+	if (e == cudaSuccess)
+		e = se;
+	if (e != cudaSuccess)
+		return cuda_err(e);
+	return bad ? KVT_ERANGE : 0;
+}
+
+static int cuda_put(struct gpu_backend *b, void *priv, const struct gpu_copy *cp)
+{
+	(void)b;
+	return cuda_copy(priv, cp, true);
+}
+
+static int cuda_get(struct gpu_backend *b, void *priv, const struct gpu_copy *cp)
+{
+	(void)b;
+	return cuda_copy(priv, cp, false);
+}
+
+struct cuda_backend {
+	void *arena;
+	bool registered;
+};
+
+static void cuda_destroy(struct gpu_backend *b)
+{
+	struct cuda_backend *cb = b->priv;
+	if (cb && cb->registered)
+		cudaHostUnregister(cb->arena);
+	free(cb);
+	free(b);
+}
+
+static const struct gpu_ops cuda_ops = {
+	.open_region = cuda_open,
+	.close_region = cuda_close,
+	.put = cuda_put,
+	.get = cuda_get,
+	.destroy = cuda_destroy,
+};
+
+static void uuid_format(const unsigned char *u, char *out, size_t cap)
+{
+	snprintf(out, cap,
+		 "GPU-%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", u[0],
+		 u[1], u[2], u[3], u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12], u[13],
+		 u[14], u[15]);
+}
+
+void gpu_cuda_pin_host(struct gpu_backend *b, void *base, size_t len)
+{
+	if (b->ops != &cuda_ops)
+		return;
+	struct cuda_backend *cb = b->priv;
+	cudaError_t e = cudaHostRegister(base, len, cudaHostRegisterPortable);
+	if (e == cudaSuccess) {
+		cb->arena = base;
+		cb->registered = true;
+		snprintf(b->pinned, sizeof(b->pinned),
+			 "host tier pinned for DMA (cudaHostRegister, %zu MiB)", len >> 20);
+	} else {
+		cudaGetLastError();
+		snprintf(b->pinned, sizeof(b->pinned),
+			 "host tier not pinned (cudaHostRegister: %s); copies from and to it "
+			 "are staged by the CUDA driver",
+			 cudaGetErrorString(e));
+	}
+}
+
+int gpu_cuda_create(struct gpu_backend **out, char *why, size_t whycap)
+{
+	int n = 0;
+	cudaError_t e = cudaGetDeviceCount(&n);
+	if (e != cudaSuccess || n == 0) {
+		snprintf(why, whycap, "no device: %s",
+			 e != cudaSuccess ? cudaGetErrorString(e) : "cudaGetDeviceCount found none");
+		return -ENODEV;
+	}
+	struct gpu_backend *b = calloc(1, sizeof(*b));
+	struct cuda_backend *cb = calloc(1, sizeof(*cb));
+	if (!b || !cb) {
+		free(b);
+		free(cb);
+		return -ENOMEM;
+	}
+	b->ops = &cuda_ops;
+	b->kind = KVT_GPU_KIND_CUDA_IPC;
+	b->priv = cb;
+	int rtv = 0;
+	cudaRuntimeGetVersion(&rtv);
+	snprintf(b->name, sizeof(b->name), "cuda (runtime %d.%d, CUDA IPC)", rtv / 1000,
+		 (rtv % 1000) / 10);
+	size_t pos = 0;
+	for (int d = 0; d < n && pos < sizeof(b->device); d++) {
+		struct cudaDeviceProp p;
+		char u[48];
+		if (cudaGetDeviceProperties(&p, d) != cudaSuccess)
+			continue;
+		uuid_format((const unsigned char *)p.uuid.bytes, u, sizeof(u));
+		int w = snprintf(b->device + pos, sizeof(b->device) - pos, "%s%d: %s %s",
+				 pos ? "; " : "", d, p.name, u);
+		if (w < 0)
+			break;
+		pos += (size_t)w;
+	}
+	snprintf(b->pinned, sizeof(b->pinned), "host tier not pinned");
+	*out = b;
+	return 0;
+}
+
+#else /* no CUDA in this build */
+
+void gpu_cuda_pin_host(struct gpu_backend *b, void *base, size_t len)
+{
+	(void)b;
+	(void)base;
+	(void)len;
+}
+
+int gpu_cuda_create(struct gpu_backend **out, char *why, size_t whycap)
+{
+	(void)out;
+	snprintf(why, whycap, "no CUDA in this build");
+	return -ENOSYS;
+}
+
+#endif
