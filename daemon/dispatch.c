@@ -862,7 +862,11 @@ static int key_op(struct conn *c, uint16_t op, const kvt_key *key)
 	struct t1 *t = c->srv->t1;
 	struct t1_key tk = { .tenant = c->tenant, .key = *key };
 	if (op == KVT_OP_DELETE) {
-		/* From every tier; a pinned block stays everywhere. */
+		/* From every tier; a pinned block, or one a saved context references,
+		 * stays everywhere (the context must stay loadable: CTX_DELETE first). */
+		struct t2_info info;
+		if (tier2_lookup(c->srv, &tk, &info) == 0 && info.refs)
+			return KVT_EREFERENCED;
 		int rc = t1_delete(t, &tk);
 		if (rc == -EBUSY)
 			return KVT_EPINNED;

@@ -100,7 +100,8 @@ extern "C" {
 	X(ECLOSED, -1016, "connection closed by the daemon")                        \
 	X(EIDLE, -1017, "connection idle for too long")                             \
 	X(ETICKET, -1018, "unknown or already completed ticket")                     \
-	X(ENOGPU, -1019, "the daemon has no GPU backend (gpu_backend off or no device)")
+	X(ENOGPU, -1019, "the daemon has no GPU backend (gpu_backend off or no device)") \
+	X(EREFERENCED, -1020, "block is part of a saved context")
 
 enum kvt_error {
 #define KVT_ERR_ENUM_(name, value, msg) KVT_##name = (value),

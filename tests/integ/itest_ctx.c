@@ -213,9 +213,9 @@ static size_t lookup_count(kvt_conn *c, uint64_t id, uint8_t *tier)
 }
 
 /*
- * Try to DELETE block id: a block a live context references stays on NVMe (the
- * DELETE cannot report success and LOOKUP still finds it); any other block goes.
- * Returns true if it was held by a reference. Destroys the host tier's copy.
+ * Try to DELETE block id: a block a live context references is refused with
+ * KVT_EREFERENCED and stays where it was (LOOKUP still finds it); any other block
+ * goes. Returns true if it was held by a reference.
  */
 static bool delete_shows_referenced(kvt_conn *c, uint64_t id)
 {
@@ -231,9 +231,11 @@ static bool delete_shows_referenced(kvt_conn *c, uint64_t id)
 	}
 	test_log("DELETE of block id %llu: %s / item %s; LOOKUP finds %zu (tier %u)",
 		 (unsigned long long)id, kvt_errname(rc), kvt_errname(st), found, tier);
-	CHECK_MSG(found == 1 && tier == KVT_TIER_NVME,
-		  "DELETE of block id %llu failed (%s) but the block is not kept on NVMe",
-		  (unsigned long long)id, kvt_errname(st));
+	CHECK_MSG(rc == KVT_EPARTIAL && st == KVT_EREFERENCED,
+		  "DELETE of block id %llu failed with %s / item %s, not EREFERENCED",
+		  (unsigned long long)id, kvt_errname(rc), kvt_errname(st));
+	CHECK_MSG(found == 1, "DELETE of block id %llu was refused but the block is gone",
+		  (unsigned long long)id);
 	return true;
 }
 

@@ -473,6 +473,17 @@ TEST(referenced_blocks_outlive_nvme_pressure_until_deleted)
 	put_range(c, r, 1, CTX, BIG, 8);
 	put_range(c, r, 5000, COMPANIONS, BIG, 8);
 	CHECK_RC(save_range(c, "pinned", 1, CTX, 0), 0);
+	/* A block of a saved context cannot be deleted from under it: the item says
+	 * why, and the block stays in every tier. */
+	{
+		kvt_key k = blk_key(1 + CTX / 2);
+		int st = 0;
+		int rc = kvt_block_delete(c, &k, 1, &st);
+		CHECK_MSG(st == KVT_EREFERENCED, "DELETE of a referenced block: %s (request %s)",
+			  kvt_errname(st), kvt_errname(rc));
+		size_t nv = 0;
+		CHECK_EQ(count_found(c, 1 + CTX / 2, 1, &nv), 1);
+	}
 	for (size_t i = 0; i < COMPANIONS; i++) {
 		kvt_key k = blk_key(5000 + i);
 		int st = 0;

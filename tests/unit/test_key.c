@@ -447,10 +447,11 @@ TEST(error_names_and_messages)
 	CHECK(strcmp(kvt_errname(-1001), "EBADMAGIC") == 0);
 	CHECK(strcmp(kvt_errname(-1018), "ETICKET") == 0);
 	CHECK(strcmp(kvt_errname(-1019), "ENOGPU") == 0);
+	CHECK(strcmp(kvt_errname(-1020), "EREFERENCED") == 0);
 	CHECK(strcmp(kvt_errname(-19), "ENODEV") == 0);
 	CHECK(strcmp(kvt_strerror(-1014), "reserved field is not zero") == 0);
 
-	static const int unknown[] = { 1, 2, 22, -3, -6, -999, -1000, -1020, -2000,
+	static const int unknown[] = { 1, 2, 22, -3, -6, -999, -1000, -1021, -2000,
 				       INT_MIN, INT_MAX };
 	for (size_t i = 0; i < sizeof(unknown) / sizeof(unknown[0]); i++) {
 		CHECK_MSG(strcmp(kvt_errname(unknown[i]), "UNKNOWN") == 0, "%d", unknown[i]);
