@@ -455,11 +455,15 @@ static size_t count_found(kvt_conn *c, uint64_t first, size_t n, size_t *on_nvme
 
 TEST(referenced_blocks_outlive_nvme_pressure_until_deleted)
 {
-	/* 4 segments of 64 MiB; every block written through, uncompressed. */
+	/* 4 segments of 64 MiB; every block written through, uncompressed. Plain LRU
+	 * in RAM, so the pressure pushes the context's blocks out of RAM and what is
+	 * left of them shows NVMe cleaning's choice (2Q would keep the blocks
+	 * CTX_LOAD read in RAM, wherever they sit in the chain). */
 	enum { CTX = 32, COMPANIONS = 24, PRESSURE = 1024 };
 	struct kvtd d;
 	kvtd_start(&d, "nvme_capacity = 256MiB\nnvme_segment_size = 64MiB\n"
-		       "nvme_write = through\nnvme_admission = always\nnvme_codec = raw\n");
+		       "nvme_write = through\nnvme_admission = always\nnvme_codec = raw\n"
+		       "host_policy = lru\n");
 	kvt_conn *c = kvtd_connect(&d, 60000);
 	/* A daemon that stops answering fails the case with ETIMEDOUT on the call that
 	 * found it, well inside the case's time limit. */
