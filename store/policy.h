@@ -77,6 +77,13 @@ struct policy_config {
 
 #define POLICY_DEFAULT_SCAN 64
 
+/* One list's victim search, for the list-based policies (policy_lru.c): from the
+ * cold end (head->next) over up to scan nodes classify does not KEEP, the first
+ * FREE one, else the first TAIL, else the coldest (and *nontail set); NULL if every
+ * node is KEPT. */
+struct policy_node *policy_list_search(struct policy_node *head, uint32_t scan,
+				       policy_classify_fn classify, void *arg, bool *nontail);
+
 /* LRU with chain-tail preference (policy_lru.c). Returns 0 or -ENOMEM. */
 int policy_lru_create(const struct policy_config *cfg, struct policy **out);
 /* Two LRU lists, blocks seen for the first time before blocks seen again, with a

@@ -234,37 +234,6 @@ static void q2_remove(struct policy *p, struct policy_node *n)
 	p->count--;
 }
 
-/* policy_lru.c's search over one list: the first FREE in the window, else its
- * first TAIL, else its coldest; NULL if every node is KEPT. */
-static struct policy_node *search(struct q2 *q, unsigned which, policy_classify_fn classify,
-				  void *arg, bool *nontail)
-{
-	struct policy_node *head = &q->list[which];
-	struct policy_node *coldest = NULL, *tail = NULL;
-	uint32_t seen = 0;
-	for (struct policy_node *n = head->next; n != head; n = n->next) {
-		enum policy_class c = classify(n, arg);
-		if (c == POLICY_KEEP)
-			continue;
-		if (c == POLICY_FREE) {
-			*nontail = false;
-			return n;
-		}
-		if (c == POLICY_TAIL && !tail)
-			tail = n;
-		if (!coldest)
-			coldest = n;
-		if (++seen >= q->scan)
-			break;
-	}
-	if (tail) {
-		*nontail = false;
-		return tail;
-	}
-	*nontail = coldest != NULL;
-	return coldest;
-}
-
 /* Which list goes first: the once list, unless it is down to its reserve. */
 static unsigned first_list(const struct q2 *q)
 {
@@ -279,9 +248,9 @@ static struct policy_node *q2_victim(struct policy *p, policy_classify_fn classi
 {
 	struct q2 *q = to_q2(p);
 	unsigned first = first_list(q);
-	struct policy_node *n = search(q, first, classify, arg, nontail);
+	struct policy_node *n = policy_list_search(&q->list[first], q->scan, classify, arg, nontail);
 	if (!n)
-		n = search(q, !first, classify, arg, nontail);
+		n = policy_list_search(&q->list[!first], q->scan, classify, arg, nontail);
 	return n;
 }
 

@@ -63,13 +63,12 @@ static void lru_remove(struct policy *p, struct policy_node *n)
 
 /* Walk from the cold end. Nodes the owner KEEPs do not use up the window: pinned
  * or referenced blocks at the cold end must not hide the tails behind them. */
-static struct policy_node *lru_victim(struct policy *p, policy_classify_fn classify, void *arg,
-				      bool *nontail)
+struct policy_node *policy_list_search(struct policy_node *head, uint32_t scan,
+				       policy_classify_fn classify, void *arg, bool *nontail)
 {
-	struct lru *l = to_lru(p);
 	struct policy_node *coldest = NULL, *tail = NULL;
 	uint32_t seen = 0;
-	for (struct policy_node *n = l->head.next; n != &l->head; n = n->next) {
+	for (struct policy_node *n = head->next; n != head; n = n->next) {
 		enum policy_class c = classify(n, arg);
 		if (c == POLICY_KEEP)
 			continue;
@@ -81,7 +80,7 @@ static struct policy_node *lru_victim(struct policy *p, policy_classify_fn class
 			tail = n;
 		if (!coldest)
 			coldest = n;
-		if (++seen >= l->scan)
+		if (++seen >= scan)
 			break;
 	}
 	if (tail) {
@@ -90,6 +89,13 @@ static struct policy_node *lru_victim(struct policy *p, policy_classify_fn class
 	}
 	*nontail = coldest != NULL;
 	return coldest;
+}
+
+static struct policy_node *lru_victim(struct policy *p, policy_classify_fn classify, void *arg,
+				      bool *nontail)
+{
+	struct lru *l = to_lru(p);
+	return policy_list_search(&l->head, l->scan, classify, arg, nontail);
 }
 
 static struct policy_node *lru_next_cold(struct policy *p, struct policy_node *after)
