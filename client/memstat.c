@@ -394,6 +394,13 @@ static void print_gpu(const kvt_stats *s)
 	       size_of(s, "gpu.h2d_bytes", b2, sizeof(b2)),
 	       size_of(s, "gpu.d2h_bytes", b3, sizeof(b3)),
 	       count_of(s, "gpu.copies_inflight", b4, sizeof(b4)));
+	uint64_t v;
+	if (num(s, "t0.active", &v) && v)
+		printf("                T0 hits %s  device->device %s  promotions %s  evictions %s\n",
+		       count_of(s, "t0.hits", b1, sizeof(b1)),
+		       size_of(s, "gpu.d2d_bytes", b2, sizeof(b2)),
+		       count_of(s, "t0.promotions", b3, sizeof(b3)),
+		       count_of(s, "t0.evictions", b4, sizeof(b4)));
 }
 
 static void print_text(const char *sock, kvt_conn *c, const kvt_stats *s, const struct rates *r)
@@ -421,13 +428,23 @@ static void print_text(const char *sock, kvt_conn *c, const kvt_stats *s, const 
 
 	/* Tiers */
 	printf("\nTiers\n");
-	if (num(s, "t0.active", &v) && v)
-		printf("  T0 GPU HBM    active\n");
-	else if (num(s, "t0.active", &v))
-		printf("  T0 GPU HBM    inactive: %s\n",
+	/* T0 is named for what backs it (t0.memory): HBM, or emulated host memory. */
+	if (num(s, "t0.active", &v) && v) {
+		uint64_t zcap = 0, zused = 0;
+		bool zc = num(s, "t0.capacity_bytes", &zcap), zu = num(s, "t0.used_bytes", &zused);
+		printf("  T0 GPU pool   %s  capacity %s",
+		       (t = text(s, "t0.memory")) ? t : "memory not reported",
+		       zc ? fmt_size(zcap, b1, sizeof(b1)) : "-");
+		if (zu)
+			printf("  used %s (%s)", fmt_size(zused, b2, sizeof(b2)),
+			       pct(zused, zcap, b3, sizeof(b3)));
+		printf("  blocks %s\n", count_of(s, "t0.blocks", b4, sizeof(b4)));
+	} else if (num(s, "t0.active", &v)) {
+		printf("  T0 GPU pool   inactive: %s\n",
 		       (t = text(s, "t0.reason")) ? t : "no reason given");
-	else
-		printf("  T0 GPU HBM    not reported\n");
+	} else {
+		printf("  T0 GPU pool   not reported\n");
+	}
 
 	have_cap = num(s, "t1.capacity_bytes", &cap);
 	have_used = num(s, "t1.used_bytes", &used);

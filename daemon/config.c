@@ -156,7 +156,10 @@ struct key_def {
 	X(gpu_max_regions, KK_COUNT, gpu_max_regions, 1, 65536, 0, "", "16",                      \
 	  "Most GPU regions registered per connection; more: EMFILE.")                            \
 	X(gpu_max_pages, KK_COUNT, gpu_max_pages, 1, 16777216, 0, "", "262144",                   \
-	  "Most page ids in one GPU_PUT or GPU_GET request; more: E2BIG.")
+	  "Most page ids in one GPU_PUT or GPU_GET request; more: E2BIG.")                        \
+	X(gpu_pool_size, KK_SIZE, gpu_pool_size, 0, UINT64_MAX, 0, "", "0",                       \
+	  "GPU tier (T0): GPU memory the daemon keeps for the hottest blocks; 0 = no T0. "       \
+	  "Needs a GPU backend (gpu_backend).")
 
 #define EMBED_LINE_(name, kind, field, lo, hi, fl, prefix, def, help) \
 	"\n# " help "\n" prefix #name " = " def "\n"
@@ -247,6 +250,7 @@ void config_defaults(struct kvtd_config *c)
 	c->gpu_backend = 0; /* auto */
 	c->gpu_max_regions = 16;
 	c->gpu_max_pages = 262144;
+	c->gpu_pool_size = 0; /* no T0 */
 }
 
 void config_free(struct kvtd_config *c)

@@ -70,6 +70,7 @@ struct kvtd_config {
 	uint32_t gpu_backend;           /* enum gpu_backend_kind (gpu.h) */
 	uint32_t gpu_max_regions;       /* GPU regions per connection */
 	uint32_t gpu_max_pages;         /* page ids in one GPU_PUT/GPU_GET */
+	uint64_t gpu_pool_size;         /* T0 pool bytes; 0 = no T0 */
 	enum log_level log_level;
 };
 

@@ -836,7 +836,9 @@ static void do_lookup(struct conn *c, const struct kvt_hdr *h, const uint8_t *bo
 	while (found < bt.count) {
 		struct t1_key tk = { .tenant = c->tenant };
 		kvt_key_decode(bt.items + (size_t)found * KVT_KEY_SIZE, &tk.key);
-		if (t1_find(c->srv->t1, &tk))
+		if (gpu_t0_holds(c->srv, &tk))
+			tiers[found] = KVT_TIER_GPU;
+		else if (t1_find(c->srv->t1, &tk))
 			tiers[found] = KVT_TIER_HOST;
 		else if (tier2_lookup(c->srv, &tk, NULL) == 0)
 			tiers[found] = KVT_TIER_NVME;
@@ -870,6 +872,7 @@ static int key_op(struct conn *c, uint16_t op, const kvt_key *key)
 		int rc = t1_delete(t, &tk);
 		if (rc == -EBUSY)
 			return KVT_EPINNED;
+		gpu_t0_forget(c->srv, &tk);
 		int rc2 = tier2_delete(c->srv, &tk);
 		if (rc == -ENOENT && rc2 == -ENOENT)
 			return KVT_ENOENT;

@@ -11,6 +11,17 @@
  * ids from 1, never reused; closing the connection destroys them; a region in use
  * by a copy is closed (IPC handles, host-region references) at the last
  * reference.
+ *
+ * The GPU tier (T0, gpu_pool_size): a pool of the backend's memory (store/t0.c)
+ * with copies of the hottest blocks. A block GPU_GET reads while it is in the
+ * host tier is marked (T1F_GPU_READ); the next GPU_GET of it, once answered,
+ * copies it into T0 (a worker job: H2D into the pool with CUDA, memcpy when
+ * emulated), evicting by the policy when the pool is full. A GPU_GET of a T0
+ * block scatters from the pool (device to device). T0 holds only blocks the
+ * host tier holds: the host tier's copy stays (a T0 hit touches it, so the host
+ * policy sees the block as hot), and when the host tier evicts or DELETE removes
+ * a block its T0 copy goes too; evicting from T0 therefore never loses data.
+ * GPU_PUT and plain GET never fill T0.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -45,8 +56,11 @@ struct gpu_state {
 	struct gpu_backend *b;  /* NULL: GPU transfers are off */
 	char why[256];          /* why they are off */
 	uint64_t regions;       /* open (registered, or destroyed but still in use) */
-	uint64_t h2d_bytes, d2h_bytes;
+	uint64_t h2d_bytes, d2h_bytes, d2d_bytes;
 	uint64_t copies_inflight;
+	struct t0 *t0;          /* the GPU tier; NULL when not active */
+	char t0_why[384];       /* t0.reason */
+	uint64_t t0_hits, t0_promotions, t0_promote_failures;
 };
 
 /* ---- backend choice --------------------------------------------------------------- */
@@ -80,6 +94,60 @@ void gpu_backend_destroy(struct gpu_backend *b)
 		b->ops->destroy(b);
 }
 
+static void size_text(uint64_t v, char *out, size_t cap)
+{
+	if (v >= (1ull << 30) && v % (1ull << 30) == 0)
+		snprintf(out, cap, "%llu GiB", (unsigned long long)(v >> 30));
+	else if (v >= (1ull << 20) && v % (1ull << 20) == 0)
+		snprintf(out, cap, "%llu MiB", (unsigned long long)(v >> 20));
+	else
+		snprintf(out, cap, "%llu bytes", (unsigned long long)v);
+}
+
+/* The GPU tier, once the backend runs: a pool of gpu_pool_size bytes, cut into
+ * host_chunk chunks, evicted by host_policy. A pool that cannot be had leaves
+ * T0 off (the reason says why), not the daemon. */
+static void t0_start(struct server *s)
+{
+	struct gpu_state *g = s->gpu;
+	const struct kvtd_config *cfg = s->cfg;
+	char sz[32];
+	if (cfg->gpu_pool_size == 0) {
+		snprintf(g->t0_why, sizeof(g->t0_why), "not active (gpu_pool_size = 0)");
+		return;
+	}
+	size_text(cfg->gpu_pool_size, sz, sizeof(sz));
+	if (!g->b->pool) {
+		snprintf(g->t0_why, sizeof(g->t0_why),
+			 "not active: backend %s has no pool for gpu_pool_size = %s", g->b->name, sz);
+		return;
+	}
+	if (cfg->gpu_pool_size < cfg->host_chunk) {
+		snprintf(g->t0_why, sizeof(g->t0_why),
+			 "not active: gpu_pool_size = %s is below one host_chunk", sz);
+		return;
+	}
+	struct t0_config tc = {
+		.capacity = cfg->gpu_pool_size,
+		.chunk_size = cfg->host_chunk,
+		.policy = (enum t1_policy)cfg->host_policy,
+		.evict_scan = 64,
+		.ops = g->b->pool,
+		.arg = g->b,
+	};
+	int rc = t0_open(&tc, &g->t0);
+	if (rc) {
+		g->t0 = NULL;
+		snprintf(g->t0_why, sizeof(g->t0_why),
+			 "not active: a pool of %s in %s could not be allocated: %s", sz,
+			 g->b->pool_memory, strerror(-rc));
+		log_warn("GPU tier (T0): %s", g->t0_why);
+		return;
+	}
+	snprintf(g->t0_why, sizeof(g->t0_why), "active: %s pool in %s, policy %s", sz,
+		 g->b->pool_memory, t0_policy_name(g->t0));
+}
+
 int gpu_open(struct server *s)
 {
 	struct gpu_state *g = calloc(1, sizeof(*g));
@@ -93,7 +161,17 @@ int gpu_open(struct server *s)
 		return rc;
 	}
 	if (!g->b) {
-		log_info("GPU transfers: off: %s; GPU tier (T0): not active", g->why);
+		if (s->cfg->gpu_pool_size)
+			snprintf(g->t0_why, sizeof(g->t0_why),
+				 "not active: gpu_pool_size = %llu needs a GPU backend, and GPU "
+				 "transfers are off: %s",
+				 (unsigned long long)s->cfg->gpu_pool_size, g->why);
+		else
+			snprintf(g->t0_why, sizeof(g->t0_why), "not active (gpu_pool_size = 0)");
+		if (s->cfg->gpu_pool_size)
+			log_warn("GPU transfers: off: %s; GPU tier (T0): %s", g->why, g->t0_why);
+		else
+			log_info("GPU transfers: off: %s; GPU tier (T0): not active", g->why);
 		return 0;
 	}
 	if (g->b->kind == KVT_GPU_KIND_CUDA_IPC) {
@@ -102,9 +180,9 @@ int gpu_open(struct server *s)
 		t1_arena(s->t1, &base, &len);
 		gpu_cuda_pin_host(g->b, base, len);
 	}
-	log_info("GPU transfers: active: backend %s; device %s; %s; GPU tier (T0, a daemon "
-		 "HBM pool): not active (not implemented)",
-		 g->b->name, g->b->device, g->b->pinned);
+	t0_start(s);
+	log_info("GPU transfers: active: backend %s; device %s; %s; GPU tier (T0): %s",
+		 g->b->name, g->b->device, g->b->pinned, g->t0_why);
 	return 0;
 }
 
@@ -112,6 +190,7 @@ void gpu_close(struct server *s)
 {
 	if (!s->gpu)
 		return;
+	t0_close(s->gpu->t0); /* every copy is done: nothing references it */
 	gpu_backend_destroy(s->gpu->b);
 	free(s->gpu);
 	s->gpu = NULL;
@@ -120,16 +199,26 @@ void gpu_close(struct server *s)
 void gpu_stats(struct server *s, struct kvt_stats_writer *w)
 {
 	struct gpu_state *g = s->gpu;
-	char reason[512];
+	char reason[768];
 
 	if (!g)
 		return;
-	(void)kvt_stats_writer_u64(w, "t0.active", 0);
-	snprintf(reason, sizeof(reason),
-		 "the daemon-owned HBM pool is not implemented; GPU transfers into engine "
-		 "memory: %s",
+	struct t0_stats zs = { 0 };
+	if (g->t0)
+		t0_get_stats(g->t0, &zs);
+	(void)kvt_stats_writer_u64(w, "t0.active", g->t0 != NULL);
+	snprintf(reason, sizeof(reason), "%s; GPU transfers into engine memory: %s", g->t0_why,
 		 g->b ? "active" : g->why);
 	(void)kvt_stats_writer_text(w, "t0.reason", reason);
+	(void)kvt_stats_writer_text(w, "t0.memory",
+				    g->t0 ? g->b->pool_memory : "none (T0 not active)");
+	(void)kvt_stats_writer_u64(w, "t0.capacity_bytes", zs.capacity);
+	(void)kvt_stats_writer_u64(w, "t0.used_bytes", zs.used);
+	(void)kvt_stats_writer_u64(w, "t0.blocks", zs.blocks);
+	(void)kvt_stats_writer_u64(w, "t0.hits", g->t0_hits);
+	(void)kvt_stats_writer_u64(w, "t0.promotions", g->t0_promotions);
+	(void)kvt_stats_writer_u64(w, "t0.evictions", zs.evictions);
+	(void)kvt_stats_writer_u64(w, "gpu.d2d_bytes", g->d2d_bytes);
 	(void)kvt_stats_writer_text(w, "gpu.backend", g->b ? g->b->name : "off");
 	(void)kvt_stats_writer_text(w, "gpu.device", g->b ? g->b->device : g->why);
 	(void)kvt_stats_writer_u64(w, "gpu.regions", g->regions);
@@ -407,7 +496,9 @@ struct gpu_task {
 	struct gpu_xreq *x;
 	uint32_t item;
 	struct gpu_region *r;
-	struct t1_block *b;
+	struct t1_block *b;  /* the host-tier block copied (NULL for a T0 hit) */
+	struct t0_block *z;  /* GPU_GET of a T0 block: scattered from the pool */
+	bool promote;        /* GPU_GET: copy b into T0 once answered */
 	struct gpu_copy cp;
 	int rc;
 };
@@ -448,6 +539,87 @@ static void gpu_run(struct job *j, size_t i, struct codec_ctx *ctx)
 					: b->ops->get(b, t->r->priv, &t->cp);
 }
 
+/* ---- T0: promotion and the other tiers ----------------------------------------------- */
+
+struct t0_promo {
+	struct job job;
+	struct server *s;
+	struct t1_block *b; /* referenced for the copy */
+	struct t0_block *z; /* pending */
+	int rc;
+};
+
+static void t0_promo_run(struct job *j, size_t i, struct codec_ctx *ctx)
+{
+	struct t0_promo *p = j->arg;
+	size_t n;
+	const struct t1_extent *ext = t1_block_extents(p->b, &n);
+	(void)i;
+	(void)ctx;
+	p->rc = t0_fill(p->s->gpu->t0, p->z, ext, n);
+}
+
+static void t0_promo_done(struct job *j)
+{
+	struct t0_promo *p = j->arg;
+	struct server *s = p->s;
+	struct gpu_state *g = s->gpu;
+	/* Deleted or evicted from the host tier meanwhile: the T0 copy was
+	 * removed with it (gpu_t0_forget, gpu_t0_host_evict), so commit says so. */
+	if (p->rc == 0 && t1_block_is_committed(p->b)) {
+		if (t0_commit(g->t0, p->z) == 0)
+			g->t0_promotions++;
+	} else {
+		if (p->rc)
+			g->t0_promote_failures++;
+		t0_abort(g->t0, p->z);
+	}
+	t1_block_unref(s->t1, p->b);
+	free(p);
+}
+
+/* Copy host block b into T0 in the background (loop thread; b is referenced by
+ * the caller). Best effort: no room (everything in T0 is being read), already
+ * there, or no memory just leaves it in the host tier. */
+static void t0_promote(struct server *s, struct t1_block *b)
+{
+	struct gpu_state *g = s->gpu;
+	if (!g->t0 || s->stopping || !t1_block_is_committed(b))
+		return;
+	struct t0_promo *p = calloc(1, sizeof(*p));
+	if (!p)
+		return;
+	if (t0_reserve(g->t0, t1_block_key(b), t1_block_len(b), &p->z)) {
+		free(p);
+		return;
+	}
+	p->s = s;
+	p->b = b;
+	t1_block_ref(s->t1, b);
+	p->job.segs = NULL;
+	p->job.nsegs = 1;
+	p->job.run = t0_promo_run;
+	p->job.done = t0_promo_done;
+	p->job.arg = p;
+	workers_submit(s->workers, &p->job);
+}
+
+bool gpu_t0_holds(struct server *s, const struct t1_key *key)
+{
+	return s->gpu && s->gpu->t0 && t0_find(s->gpu->t0, key);
+}
+
+void gpu_t0_forget(struct server *s, const struct t1_key *key)
+{
+	if (s->gpu && s->gpu->t0)
+		(void)t0_delete(s->gpu->t0, key);
+}
+
+void gpu_t0_host_evict(struct server *s, const struct t1_block *b)
+{
+	gpu_t0_forget(s, t1_block_key(b));
+}
+
 static void gpu_xreq_done(struct job *j)
 {
 	struct gpu_xreq *x = j->arg;
@@ -459,7 +631,7 @@ static void gpu_xreq_done(struct job *j)
 	g->copies_inflight -= x->nrun;
 	for (uint32_t k = 0; k < x->nrun; k++) {
 		struct gpu_task *t = &x->tasks[x->run[k]];
-		uint64_t len = t1_block_len(t->b);
+		uint64_t len = t->z ? t0_block_len(t->z) : t1_block_len(t->b);
 		if (x->op == KVT_OP_GPU_PUT) {
 			/* A writer that died before its answer gets no block, as with PUT. */
 			if (t->rc == 0 && !c->dead) {
@@ -475,12 +647,23 @@ static void gpu_xreq_done(struct job *j)
 			x->status[t->item] = t->rc;
 		} else {
 			if (t->rc == 0) {
-				g->h2d_bytes += len;
+				if (t->z) {
+					g->d2d_bytes += len;
+					g->t0_hits++;
+				} else {
+					g->h2d_bytes += len;
+				}
 				s->bytes_out += len;
 				if (tc)
 					tc->bytes_out += len;
 			}
-			t1_block_unref(s->t1, t->b);
+			if (t->z) {
+				t0_block_unref(g->t0, t->z);
+			} else {
+				if (t->rc == 0 && t->promote)
+					t0_promote(s, t->b);
+				t1_block_unref(s->t1, t->b);
+			}
 			x->res[t->item].status = t->rc;
 			if (t->rc)
 				memset(&x->res[t->item].desc, 0, sizeof(x->res[t->item].desc));
@@ -511,7 +694,7 @@ static void gpu_xreq_done(struct job *j)
 static void gpu_xreq_submit(struct gpu_xreq *x)
 {
 	for (uint32_t i = 0; i < x->count; i++)
-		if (x->tasks[i].b)
+		if (x->tasks[i].b || x->tasks[i].z)
 			x->run[x->nrun++] = i;
 	x->c->srv->gpu->copies_inflight += x->nrun;
 	x->job.segs = NULL;
@@ -561,6 +744,35 @@ static void task_set(struct gpu_task *t, struct gpu_xreq *x, uint32_t i, struct 
 			.ntokens = it->ntokens, .ext = ext, .next = n, .blen = t1_block_len(b) },
 	};
 	r->refs++;
+}
+
+/* A GPU_GET served from T0: the pool's copy is the scatter's source. */
+static void task_set_t0(struct gpu_task *t, struct gpu_xreq *x, uint32_t i, struct gpu_region *r,
+			struct t0_block *z, const struct kvt_gpu_item_wire *it)
+{
+	size_t n;
+	const struct t1_extent *ext = t0_block_extents(z, &n);
+	*t = (struct gpu_task){
+		.x = x, .item = i, .r = r, .z = z,
+		.cp = { .layout = &r->layout, .pages = x->pages + it->pages_offset,
+			.npages = it->npages, .first_slot = it->first_token % r->layout.page_tokens,
+			.ntokens = it->ntokens, .ext = ext, .next = n, .blen = t0_block_len(z),
+			.src_pool = true },
+	};
+	r->refs++;
+}
+
+/* A GPU_GET of host-tier block b: the first one marks it, the next one (while it
+ * is still in the host tier) promotes it into T0 once answered. */
+static bool t0_wants(struct server *s, struct t1_block *b)
+{
+	if (!s->gpu->t0)
+		return false;
+	uint32_t fl = t1_block_flags(b);
+	if (fl & T1F_GPU_READ)
+		return true;
+	t1_block_set_flags(b, fl | T1F_GPU_READ);
+	return false;
 }
 
 static int map_reserve_error(int rc)
@@ -650,11 +862,39 @@ static void gpu_fetch_done(void *arg, int status, struct t1_block *b)
 		} else {
 			x->res[fr->i].desc = *t1_block_desc(b);
 			task_set(&x->tasks[fr->i], x, fr->i, fr->r, b, &fr->it);
+			x->tasks[fr->i].promote = t0_wants(s, b);
 		}
 	}
 	gpu_region_put(fr->r); /* the fetch's own reference */
 	free(fr);
 	gpu_xreq_pending_put(x);
+}
+
+/*
+ * Bring the item's block up from NVMe. With no room in the host tier that costs
+ * nothing (every block there is dirty), wait for write-backs to make some, as a
+ * PUT does, rather than failing a block that exists: the scatter reads from the
+ * host tier. 0 (fetching or parked) or -errno.
+ */
+static void gpu_room_cb(void *arg);
+
+static int gpu_fetch_start(struct gpu_fetch_ref *fr)
+{
+	struct server *s = fr->x->c->srv;
+	struct t1_key tk = { .tenant = fr->x->c->tenant, .key = fr->it.key };
+	int rc = tier2_fetch(s, &tk, NULL, gpu_fetch_done, fr);
+	if ((rc == -ENOSPC || rc == -EDQUOT) && !s->stopping &&
+	    tier2_wait_room(s, gpu_room_cb, fr))
+		return 0;
+	return rc;
+}
+
+static void gpu_room_cb(void *arg)
+{
+	struct gpu_fetch_ref *fr = arg;
+	int rc = fr->x->c->dead ? -ENOENT : gpu_fetch_start(fr);
+	if (rc)
+		gpu_fetch_done(fr, rc == -ENOMEM ? -ENOMEM : -ENOENT, NULL);
 }
 
 static int gpu_get_item(struct gpu_xreq *x, uint32_t i, const struct kvt_gpu_item_wire *it)
@@ -668,6 +908,23 @@ static int gpu_get_item(struct gpu_xreq *x, uint32_t i, const struct kvt_gpu_ite
 	struct tenant_counters *tc = tenant_counters(s, c->tenant);
 	struct t1_key tk = { .tenant = c->tenant, .key = it->key };
 	struct t1_block *b = t1_find(s->t1, &tk);
+	struct t0_block *z = b && s->gpu->t0 ? t0_find(s->gpu->t0, &tk) : NULL;
+	if (z) {
+		/* In T0 (and, as always, in the host tier): from the pool. The host
+		 * block is touched too, so the host policy keeps seeing it as hot. */
+		s->hits++;
+		if (tc)
+			tc->hits++;
+		rc = get_block_check(x, i, r, t0_block_len(z), it->ntokens);
+		if (rc)
+			return rc;
+		x->res[i].desc = *t1_block_desc(b);
+		t0_block_ref(s->gpu->t0, z);
+		t0_touch(s->gpu->t0, z);
+		t1_touch(s->t1, b);
+		task_set_t0(&x->tasks[i], x, i, r, z, it);
+		return 0;
+	}
 	if (b) {
 		s->hits++;
 		if (tc)
@@ -679,6 +936,7 @@ static int gpu_get_item(struct gpu_xreq *x, uint32_t i, const struct kvt_gpu_ite
 		t1_block_ref(s->t1, b);
 		t1_touch(s->t1, b);
 		task_set(&x->tasks[i], x, i, r, b, it);
+		x->tasks[i].promote = t0_wants(s, b);
 		return 0;
 	}
 	s->misses++;
@@ -699,7 +957,7 @@ static int gpu_get_item(struct gpu_xreq *x, uint32_t i, const struct kvt_gpu_ite
 	*fr = (struct gpu_fetch_ref){ .x = x, .i = i, .it = *it, .r = r };
 	r->refs++;
 	x->pending++;
-	rc = tier2_fetch(s, &tk, NULL, gpu_fetch_done, fr);
+	rc = gpu_fetch_start(fr);
 	if (rc) {
 		x->pending--;
 		gpu_region_put(r);

@@ -14,6 +14,10 @@
  * put and get run on a copy worker and return only when the copy has finished
  * (the CUDA backend synchronises its stream there), so the loop never waits for
  * a device.
+ *
+ * The GPU tier (T0, store/t0.h) is a pool the backend allocates (pool ops: device
+ * memory with CUDA, host memory when emulated) holding copies of blocks the host
+ * tier also holds; GPU_GET serves a T0 block straight from the pool.
  */
 #ifndef KVTD_GPU_H
 #define KVTD_GPU_H
@@ -24,6 +28,7 @@
 
 #include "kvlayout.h"
 #include "proto.h"
+#include "t0.h"
 #include "t1.h"
 
 struct server;
@@ -56,6 +61,7 @@ struct gpu_copy {
 	const struct t1_extent *ext;
 	size_t next;
 	uint64_t blen;
+	bool src_pool;          /* get: ext is T0 pool memory (device memory with CUDA) */
 };
 
 struct gpu_backend;
@@ -78,8 +84,17 @@ struct gpu_backend {
 	char name[64];         /* gpu.backend */
 	char device[256];      /* gpu.device */
 	char pinned[256];      /* how the host arena is pinned for DMA */
+	/* The T0 pool's memory (arg: the backend), and what it is, for t0.memory:
+	 * never "HBM" unless it is device memory. */
+	const struct t0_pool_ops *pool;
+	char pool_memory[160];
 	void *priv;
 };
+
+/* A host-tier block flag of the daemon's (tier2.h owns 0x80000000 and 2): the
+ * block was read by GPU_GET since it came into the host tier; the next GPU_GET
+ * promotes it into T0. */
+#define T1F_GPU_READ 4u
 
 /*
  * Pick and start the backend gpu_backend asks for. *out is NULL (and why says
@@ -111,5 +126,11 @@ void gpu_dispatch(struct conn *c, const struct kvt_hdr *h, const uint8_t *body);
 void gpu_conn_release(struct conn *c);
 /* Admin STATS entries gpu.* and t0.*. */
 void gpu_stats(struct server *s, struct kvt_stats_writer *w);
+/* T0 and the other tiers (loop thread): whether T0 holds the block (LOOKUP);
+ * DELETE removes it from T0 too; the host tier evicting a block drops its T0
+ * copy (T0 holds only blocks the host tier holds). No-ops without T0. */
+bool gpu_t0_holds(struct server *s, const struct t1_key *key);
+void gpu_t0_forget(struct server *s, const struct t1_key *key);
+void gpu_t0_host_evict(struct server *s, const struct t1_block *b);
 
 #endif /* KVTD_GPU_H */

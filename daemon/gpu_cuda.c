@@ -11,6 +11,11 @@
  * its stream (cudaStreamSynchronize) before the job is reported done, so the loop
  * thread never blocks on the device. The host arena is registered with
  * cudaHostRegister at start-up so those copies are DMA from pinned memory.
+ *
+ * The T0 pool (gpu_pool_size) is one cudaMalloc on device 0. Promotion copies a
+ * host block into it (H2D on the worker's stream); a GPU_GET of a T0 block
+ * scatters with the pool as the kernel's source when the block is one extent on
+ * the region's device, else after device-to-device copies into staging.
  */
 #include "gpu.h"
 
@@ -184,18 +189,28 @@ static size_t align_up(size_t v, size_t a)
 	return (v + a - 1) & ~(a - 1);
 }
 
-/* Staging: [block bytes][kvl_item][page ids]. */
-static int cuda_copy(void *priv, const struct gpu_copy *cp, bool gather)
+struct cuda_backend {
+	void *arena;
+	bool registered;
+	int pool_dev; /* the T0 pool's device */
+};
+
+/* Staging: [block bytes][kvl_item][page ids]; a scatter straight from the T0 pool
+ * (one extent, same device) stages only the item and the page ids. */
+static int cuda_copy(struct gpu_backend *b, void *priv, const struct gpu_copy *cp, bool gather)
 {
 	struct cuda_region *r = priv;
+	struct cuda_backend *cb = b->priv;
 	struct cuda_lane *ln;
-	size_t item_off = align_up((size_t)cp->blen, 256);
+	bool direct = !gather && cp->src_pool && cp->next == 1 && cp->ext[0].len >= cp->blen &&
+		      r->dev == cb->pool_dev;
+	size_t item_off = direct ? 0 : align_up((size_t)cp->blen, 256);
 	size_t pages_off = align_up(item_off + sizeof(struct kvl_item), 16);
 	size_t need = pages_off + (size_t)cp->npages * sizeof(uint32_t);
 	int rc = lane_get(r->dev, need, &ln);
 	if (rc)
 		return rc;
-	uint8_t *blk = ln->stage;
+	uint8_t *blk = direct ? cp->ext[0].ptr : ln->stage;
 	struct kvl_item it = { .block = blk, .pages = (const uint32_t *)(ln->stage + pages_off),
 			       .first_token = cp->first_slot, .ntokens = cp->ntokens };
 	cudaError_t e = cudaMemsetAsync(ln->dflag, 0, sizeof(uint32_t), ln->stream);
@@ -207,11 +222,13 @@ static int cuda_copy(void *priv, const struct gpu_copy *cp, bool gather)
 				    (size_t)cp->npages * sizeof(uint32_t), cudaMemcpyHostToDevice,
 				    ln->stream);
 	uint64_t off = 0;
-	if (!gather) {
+	if (!gather && !direct) {
+		/* From the pool: device to device (cudaMemcpyDefault: peer copy when the
+		 * pool is on another device). */
+		enum cudaMemcpyKind kind = cp->src_pool ? cudaMemcpyDefault : cudaMemcpyHostToDevice;
 		for (size_t i = 0; e == cudaSuccess && i < cp->next && off < cp->blen; i++) {
 			uint64_t n = cp->ext[i].len < cp->blen - off ? cp->ext[i].len : cp->blen - off;
-			e = cudaMemcpyAsync(blk + off, cp->ext[i].ptr, n, cudaMemcpyHostToDevice,
-					    ln->stream);
+			e = cudaMemcpyAsync(blk + off, cp->ext[i].ptr, n, kind, ln->stream);
 			off += n;
 		}
 	}
@@ -245,19 +262,64 @@ static int cuda_copy(void *priv, const struct gpu_copy *cp, bool gather)
 
 static int cuda_put(struct gpu_backend *b, void *priv, const struct gpu_copy *cp)
 {
-	(void)b;
-	return cuda_copy(priv, cp, true);
+	return cuda_copy(b, priv, cp, true);
 }
 
 static int cuda_get(struct gpu_backend *b, void *priv, const struct gpu_copy *cp)
 {
-	(void)b;
-	return cuda_copy(priv, cp, false);
+	return cuda_copy(b, priv, cp, false);
 }
 
-struct cuda_backend {
-	void *arena;
-	bool registered;
+/* ---- the T0 pool: device memory on pool_dev ------------------------------------- */
+
+static int cuda_pool_alloc(void *arg, uint64_t bytes, void **base)
+{
+	struct gpu_backend *b = arg;
+	struct cuda_backend *cb = b->priv;
+	if (cudaSetDevice(cb->pool_dev) != cudaSuccess)
+		return -EIO;
+	cudaError_t e = cudaMalloc(base, bytes);
+	if (e != cudaSuccess) {
+		cudaGetLastError();
+		*base = NULL;
+		return e == cudaErrorMemoryAllocation ? -ENOMEM : -EIO;
+	}
+	return 0;
+}
+
+static void cuda_pool_free(void *arg, void *base, uint64_t bytes)
+{
+	struct gpu_backend *b = arg;
+	struct cuda_backend *cb = b->priv;
+	(void)bytes;
+	cudaSetDevice(cb->pool_dev);
+	cudaFree(base);
+}
+
+/* Host block -> pool, on the calling worker's stream for the pool's device. */
+static int cuda_pool_copy(void *arg, void *dst, const void *src, uint64_t len)
+{
+	struct gpu_backend *b = arg;
+	struct cuda_backend *cb = b->priv;
+	struct cuda_lane *ln;
+	int rc = lane_get(cb->pool_dev, 0, &ln);
+	if (rc)
+		return rc == KVT_ENOMEM ? -ENOMEM : -EIO;
+	cudaError_t e = cudaMemcpyAsync(dst, src, len, cudaMemcpyHostToDevice, ln->stream);
+	cudaError_t se = cudaStreamSynchronize(ln->stream);
+	if (e == cudaSuccess)
+		e = se;
+	if (e != cudaSuccess) {
+		cudaGetLastError();
+		return e == cudaErrorMemoryAllocation ? -ENOMEM : -EIO;
+	}
+	return 0;
+}
+
+static const struct t0_pool_ops cuda_pool_ops = {
+	.alloc = cuda_pool_alloc,
+	.free = cuda_pool_free,
+	.copy = cuda_pool_copy,
 };
 
 static void cuda_destroy(struct gpu_backend *b)
@@ -342,6 +404,16 @@ int gpu_cuda_create(struct gpu_backend **out, char *why, size_t whycap)
 		pos += (size_t)w;
 	}
 	snprintf(b->pinned, sizeof(b->pinned), "host tier not pinned");
+	cb->pool_dev = 0;
+	b->pool = &cuda_pool_ops;
+	{
+		struct cudaDeviceProp p;
+		if (cudaGetDeviceProperties(&p, 0) == cudaSuccess)
+			snprintf(b->pool_memory, sizeof(b->pool_memory), "HBM (device 0: %.100s)",
+				 p.name);
+		else
+			snprintf(b->pool_memory, sizeof(b->pool_memory), "HBM (device 0)");
+	}
 	*out = b;
 	return 0;
 }

@@ -4,10 +4,13 @@
  * gather/scatter (kernels/kvcopy_ref.c). It exists so that the GPU_* protocol
  * path, its checks and its lifetimes run end to end on machines without a GPU;
  * it is never chosen unless gpu_backend = emulated, and says it is not HBM.
+ * Its T0 pool (gpu_pool_size) is host memory too, filled with memcpy and read
+ * by the same reference scatter; it is reported as emulated, never as HBM.
  */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "gpu.h"
 #include "kvcopy.h"
@@ -98,6 +101,37 @@ static void emu_destroy(struct gpu_backend *b)
 	free(b);
 }
 
+/* ---- the T0 pool: anonymous host memory ---------------------------------------- */
+
+static int emu_pool_alloc(void *arg, uint64_t bytes, void **base)
+{
+	(void)arg;
+	void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (p == MAP_FAILED)
+		return -errno;
+	*base = p;
+	return 0;
+}
+
+static void emu_pool_free(void *arg, void *base, uint64_t bytes)
+{
+	(void)arg;
+	munmap(base, bytes);
+}
+
+static int emu_pool_copy(void *arg, void *dst, const void *src, uint64_t len)
+{
+	(void)arg;
+	memcpy(dst, src, len);
+	return 0;
+}
+
+static const struct t0_pool_ops emu_pool_ops = {
+	.alloc = emu_pool_alloc,
+	.free = emu_pool_free,
+	.copy = emu_pool_copy,
+};
+
 static const struct gpu_ops emu_ops = {
 	.open_region = emu_open,
 	.close_region = emu_close,
@@ -116,6 +150,8 @@ int gpu_emu_create(struct gpu_backend **out)
 	strcpy(b->name, "emulated (host memory), not HBM");
 	strcpy(b->device, "none (emulated: registrations name host regions)");
 	strcpy(b->pinned, "not needed (emulated)");
+	b->pool = &emu_pool_ops;
+	strcpy(b->pool_memory, "emulated (host memory), not HBM");
 	*out = b;
 	return 0;
 }

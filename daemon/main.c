@@ -146,6 +146,14 @@ static int epoll_add(int epfd, int fd, void *tag)
 	return epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &e) < 0 ? -errno : 0;
 }
 
+/* The host tier evicts a block: the NVMe tier counts what it never got, and the
+ * GPU tier drops its copy (T0 holds only blocks the host tier holds). */
+static void host_on_evict(const struct t1_block *b, void *arg)
+{
+	tier2_on_evict(b, arg);
+	gpu_t0_host_evict(arg, b);
+}
+
 static int open_host_tier(struct server *s)
 {
 	const struct kvtd_config *cfg = s->cfg;
@@ -157,7 +165,7 @@ static int open_host_tier(struct server *s)
 		.default_quota = cfg->tenant_quota,
 		.evict_scan = 64,
 		.policy = (enum t1_policy)cfg->host_policy,
-		.on_evict = tier2_on_evict, /* counts blocks dropped before reaching NVMe */
+		.on_evict = host_on_evict,
 		.evict_arg = s,
 		.droppable = tier2_droppable,
 	};

@@ -201,7 +201,9 @@ typedef struct kvt_block_desc {
 
 /* Tiers, as reported by LOOKUP and STATS. */
 enum kvt_tier {
-	KVT_TIER_HBM = 0,  /* daemon's GPU pool */
+	KVT_TIER_HBM = 0,  /* daemon's GPU pool (T0) */
+	KVT_TIER_GPU = 0,  /* the same tier, named for what it is whatever memory backs
+			    * it: HBM with CUDA, host memory when emulated (STATS t0.memory) */
 	KVT_TIER_HOST = 1, /* host RAM arena */
 	KVT_TIER_NVME = 2, /* NVMe segment store */
 	KVT_TIER_NONE = 255, /* not stored anywhere (PREFETCH) */

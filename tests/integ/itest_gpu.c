@@ -299,7 +299,7 @@ TEST(emulated_vllm_put_get_roundtrip)
 	stat_text(conn, "gpu.backend", txt, sizeof(txt));
 	CHECK_MSG(strstr(txt, "emulated"), "gpu.backend = %s", txt);
 	stat_text(conn, "t0.reason", txt, sizeof(txt));
-	CHECK_MSG(strstr(txt, "not implemented"), "t0.reason = %s", txt);
+	CHECK_MSG(strstr(txt, "gpu_pool_size = 0"), "t0.reason = %s", txt);
 
 	/* A second put of the same key succeeds without copying (immutable). */
 	kvt_gpu_item it = gitem(key_n(1, 1), a.id, 6, 10, sp, 3);

@@ -28,7 +28,7 @@ static const char *const all_keys[] = {
 	"max_connections", "max_frame", "max_inflight", "max_batch", "max_regions",
 	"max_region_size", "max_block_size", "idle_timeout", "handshake_timeout",
 	"frame_timeout", "workers", "log_level", "gpu_backend", "gpu_max_regions",
-	"gpu_max_pages",
+	"gpu_max_pages", "gpu_pool_size",
 };
 #define NKEYS (sizeof(all_keys) / sizeof(all_keys[0]))
 
@@ -76,6 +76,7 @@ static const char *config_diff(const struct kvtd_config *a, const struct kvtd_co
 	SAME_(gpu_backend);
 	SAME_(gpu_max_regions);
 	SAME_(gpu_max_pages);
+	SAME_(gpu_pool_size);
 	SAME_(nquotas);
 	SAME_(nuid_maps);
 	for (size_t i = 0; i < a->nquotas; i++)
