@@ -581,6 +581,16 @@ static int put_wire_item(struct xfer *x, uint32_t i, const struct kvt_put_wire *
 	int rc;
 	if (orphan) {
 		rc = t1_reserve_free(s->t1, &tk, &it->parent, it->length, &it->desc, &b);
+		/* Its parent may be an item of an earlier PUT still waiting for room (an
+		 * engine with two PUTs of one chain in flight): wait behind it, in order,
+		 * and decide again when room comes. */
+		if ((rc == -ENOSPC || rc == -EDQUOT) && !s->stopping && tier2_room_waiting(s)) {
+			x->irefs[i] = (struct item_ref){ x, i, NULL };
+			if (tier2_wait_room(s, put_room_cb, &x->irefs[i])) {
+				x->pending++;
+				return PUT_PARKED;
+			}
+		}
 	} else if (tier2_active(s)) {
 		/* With an NVMe tier, a store first takes room that costs nothing (blocks
 		 * NVMe has too). If there is not enough, cold blocks are written back

@@ -250,6 +250,11 @@ static void fetch_finish(struct fetch *f, int status)
 	if (f->blk) {
 		if (status == 0) {
 			t1_commit(s->t1, f->blk);
+			/* Brought back because someone asked for it (GET, PREFETCH, or
+			 * read-ahead along a chain being read): a re-reference for the
+			 * policy, so 2Q does not evict blocks prefetched for a page-in
+			 * ahead of the ones already consumed. */
+			t1_touch(s->t1, f->blk);
 			t1_block_set_flags(f->blk, T1F_IN_T2);
 			t->promotions++;
 		} else {
@@ -690,6 +695,11 @@ bool tier2_wait_room(struct server *s, tier2_room_cb cb, void *arg)
 		t->room = w;
 	t->room_tail = w;
 	return true;
+}
+
+bool tier2_room_waiting(const struct server *s)
+{
+	return s->tier2 && s->tier2->room;
 }
 
 void tier2_begin_stop(struct server *s)

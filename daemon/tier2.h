@@ -64,6 +64,8 @@ bool tier2_droppable(const struct t1_block *b, void *arg);
  */
 typedef void (*tier2_room_cb)(void *arg);
 bool tier2_wait_room(struct server *s, tier2_room_cb cb, void *arg);
+/* Is anything waiting in tier2_wait_room now? */
+bool tier2_room_waiting(const struct server *s);
 
 /* Is key on NVMe? Fills *info. -ENOENT when absent or the tier is off. */
 int tier2_lookup(struct server *s, const struct t1_key *key, struct t2_info *info);

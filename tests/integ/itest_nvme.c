@@ -523,6 +523,64 @@ static void chain_put_waits_in_order(const char *backend)
 	stop_clean(&d);
 }
 
+/*
+ * The same chain split over two PUTs in flight at once (an engine pipelining its
+ * stores): the second PUT's first block names the first PUT's last block as
+ * parent, which may still be waiting for room. It must wait behind it, not be
+ * refused as an orphan.
+ */
+TEST(chain_split_over_two_pipelined_puts_loses_no_child)
+{
+	enum { FILL = 64, HALF = 16 };
+	const uint32_t ns = 17, nc = 18;
+	const size_t len = 1 * MiB;
+	char conf[512];
+	conf_for(conf, sizeof(conf), "uring", "nvme_admission = always\nnvme_write = back\n");
+	struct kvtd d;
+	kvtd_start(&d, conf);
+	kvt_conn *c = kvtd_connect(&d, 30000);
+	kvt_region *src = make_region(c, 2 * HALF * len);
+	kvt_region *fill = make_region(c, len);
+	uint8_t *want = malloc(len);
+	CHECK(want);
+	for (uint64_t i = 0; i < FILL; i++)
+		CHECK_RC(put_blk(c, fill, 0, ns, i, len, NULL), 0);
+
+	kvt_put_item a[HALF], b[HALF];
+	kvt_key keys[2 * HALF];
+	for (uint64_t i = 0; i < 2 * HALF; i++) {
+		keys[i] = blk_key(nc, i);
+		blk_fill((uint8_t *)kvt_region_base(src) + i * len, nc, i, len);
+		kvt_put_item *it = i < HALF ? &a[i] : &b[i - HALF];
+		*it = (kvt_put_item){ .key = keys[i], .region = src, .offset = i * len,
+				      .length = len, .desc = blk_desc(nc, i), .status = 12345 };
+		if (i)
+			it->parent = keys[i - 1];
+	}
+	kvt_ticket ta, tb;
+	CHECK_RC(kvt_block_put_start(c, a, HALF, &ta), 0);
+	CHECK_RC(kvt_block_put_start(c, b, HALF, &tb), 0);
+	int ra = kvt_wait(c, ta), rb = kvt_wait(c, tb);
+	log_tier_stats(c, "after the two PUTs");
+	for (uint64_t i = 0; i < 2 * HALF; i++) {
+		int st = i < HALF ? a[i].status : b[i - HALF].status;
+		CHECK_MSG(st == 0, "chain item %llu: %s", (unsigned long long)i, test_errname(st));
+	}
+	CHECK_RC(ra, 0);
+	CHECK_RC(rb, 0);
+	size_t found = 0;
+	uint8_t tiers[2 * HALF];
+	CHECK_RC(kvt_block_lookup(c, keys, 2 * HALF, &found, tiers), 0);
+	CHECK_EQ(found, 2 * HALF);
+	for (uint64_t i = 0; i < 2 * HALF; i++)
+		CHECK_RC(get_blk(c, fill, nc, i, len, want), 0);
+	free(want);
+	CHECK_RC(kvt_region_destroy(fill), 0);
+	CHECK_RC(kvt_region_destroy(src), 0);
+	kvt_conn_close(c);
+	stop_clean(&d);
+}
+
 TEST(uring_chain_put_waits_in_order_and_loses_no_child) { chain_put_waits_in_order("uring"); }
 TEST(threads_chain_put_waits_in_order_and_loses_no_child) { chain_put_waits_in_order("threads"); }
 
@@ -777,4 +835,5 @@ TEST_MAIN(uring_roundtrip_raw, uring_roundtrip_zstd, uring_roundtrip_bf16, threa
 	  threads_admission_reused_writes_only_read_blocks, uring_write_through_writes_every_put,
 	  threads_write_through_writes_every_put, auto_backend_falls_back_to_threads_and_says_why,
 	  memstat_shows_the_nvme_tier, uring_chain_put_waits_in_order_and_loses_no_child,
-	  threads_chain_put_waits_in_order_and_loses_no_child, child_of_a_block_on_nvme_is_stored)
+	  threads_chain_put_waits_in_order_and_loses_no_child, child_of_a_block_on_nvme_is_stored,
+	  chain_split_over_two_pipelined_puts_loses_no_child)

@@ -148,6 +148,58 @@ TEST(prefetch_brings_nvme_blocks_into_the_host_tier)
 	CHECK(system(cmd) == 0);
 }
 
+/*
+ * Paging a chain in with PREFETCH a few blocks ahead of the GETs, through a host
+ * tier smaller than the chain: blocks prefetched but not yet read must outlast
+ * blocks already consumed, so every block is read from NVMe exactly once. (A
+ * block brought up from NVMe counts as re-referenced for the eviction policy;
+ * otherwise 2Q would evict the prefetched blocks, seen once, before the consumed
+ * ones, seen twice.)
+ */
+TEST(paging_in_with_prefetch_reads_each_block_once)
+{
+	enum { AHEAD = 6 };
+	struct kvtd d;
+	kvt_key keys[NBLK];
+	make_keys(keys, NBLK);
+	char dd[400];
+	snprintf(dd, sizeof(dd), "/var/tmp/kvt-itest-prefetch2-%d", (int)getpid());
+	CHECK(mkdir(dd, 0755) == 0);
+	start(&d, dd);
+	kvt_conn *c = kvtd_connect(&d, 30000);
+	store_chain(c, keys);
+	kvt_conn_close(c);
+	CHECK_EQ(kvtd_stop(&d), 0);
+
+	start(&d, dd);
+	c = kvtd_connect(&d, 30000);
+	uint64_t reads0 = kvtd_stat(c, "t2.reads");
+	kvt_region *r = NULL;
+	CHECK_RC(kvt_region_create(c, BLK, &r), 0);
+	uint8_t *want = malloc(BLK);
+	CHECK(want != NULL);
+	uint8_t tiers[AHEAD];
+	for (size_t i = 0; i < NBLK; i++) {
+		size_t from = i + 1, n = from + AHEAD <= NBLK ? AHEAD : NBLK - from;
+		if (n)
+			CHECK_RC(kvt_block_prefetch(c, &keys[from], n, KVT_TIER_HOST, 20000, tiers), 0);
+		kvt_get_item g = { .key = keys[i], .region = r, .capacity = BLK };
+		CHECK_RC(kvt_block_get(c, &g, 1), 0);
+		fill(want, BLK, i);
+		CHECK_MSG(memcmp(kvt_region_base(r), want, BLK) == 0, "block %zu differs", i);
+	}
+	uint64_t reads = kvtd_stat(c, "t2.reads") - reads0;
+	CHECK_MSG(reads == NBLK, "%llu NVMe reads for %d blocks: prefetched blocks were evicted "
+		  "before they were read", (unsigned long long)reads, NBLK);
+	free(want);
+	kvt_region_destroy(r);
+	kvt_conn_close(c);
+	CHECK_EQ(kvtd_stop(&d), 0);
+	char cmd[512];
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dd);
+	CHECK(system(cmd) == 0);
+}
+
 TEST(prefetch_with_bad_parameters_is_refused)
 {
 	struct kvtd d;
@@ -181,4 +233,5 @@ TEST(prefetch_with_bad_parameters_is_refused)
 	CHECK_EQ(kvtd_stop(&d), 0);
 }
 
-TEST_MAIN(prefetch_brings_nvme_blocks_into_the_host_tier, prefetch_with_bad_parameters_is_refused)
+TEST_MAIN(prefetch_brings_nvme_blocks_into_the_host_tier, prefetch_with_bad_parameters_is_refused,
+	  paging_in_with_prefetch_reads_each_block_once)
