@@ -331,19 +331,24 @@ TEST(second_read_promotes_then_served_from_t0)
 	CHECK_EQ(tiers[1], KVT_TIER_HOST);
 	CHECK_EQ(tiers[2], KVT_TIER_GPU);
 
-	/* memstat names the pool for what it is */
-	char cmd[1024];
-	snprintf(cmd, sizeof(cmd), "%s -s %s 2>&1", kvtd_bin("memstat"), d.sock);
-	FILE *p = popen(cmd, "r");
-	CHECK(p);
-	static char out[16384];
-	size_t n = fread(out, 1, sizeof(out) - 1, p);
-	out[n] = 0;
-	pclose(p);
-	CHECK_MSG(strstr(out, "T0 GPU pool   emulated (host memory), not HBM"),
-		  "memstat:\n%s", out);
-	CHECK_MSG(strstr(out, "T0 hits 4"), "memstat:\n%s", out);
-	CHECK_MSG(!claims_hbm(out), "memstat calls something HBM:\n%s", out);
+	/* memstat names the pool for what it is (the sanitizer build makes only the
+	 * daemon: there the rest of the case still runs) */
+	if (access(kvtd_bin("memstat"), X_OK) == 0) {
+		char cmd[1024];
+		snprintf(cmd, sizeof(cmd), "%s -s %s 2>&1", kvtd_bin("memstat"), d.sock);
+		FILE *p = popen(cmd, "r");
+		CHECK(p);
+		static char out[16384];
+		size_t n = fread(out, 1, sizeof(out) - 1, p);
+		out[n] = 0;
+		pclose(p);
+		CHECK_MSG(strstr(out, "T0 GPU pool   emulated (host memory), not HBM"),
+			  "memstat:\n%s", out);
+		CHECK_MSG(strstr(out, "T0 hits 4"), "memstat:\n%s", out);
+		CHECK_MSG(!claims_hbm(out), "memstat calls something HBM:\n%s", out);
+	} else {
+		test_log("no %s in this build: memstat's T0 lines not checked", kvtd_bin("memstat"));
+	}
 
 	kvt_region_destroy(r);
 	for (int i = 0; i < 3; i++)
