@@ -113,7 +113,7 @@ static void t0_start(struct server *s)
 	const struct kvtd_config *cfg = s->cfg;
 	char sz[32];
 	if (cfg->gpu_pool_size == 0) {
-		snprintf(g->t0_why, sizeof(g->t0_why), "not active (gpu_pool_size = 0)");
+		snprintf(g->t0_why, sizeof(g->t0_why), "no pool (gpu_pool_size = 0)");
 		return;
 	}
 	size_text(cfg->gpu_pool_size, sz, sizeof(sz));
@@ -167,7 +167,7 @@ int gpu_open(struct server *s)
 				 "transfers are off: %s",
 				 (unsigned long long)s->cfg->gpu_pool_size, g->why);
 		else
-			snprintf(g->t0_why, sizeof(g->t0_why), "not active (gpu_pool_size = 0)");
+			snprintf(g->t0_why, sizeof(g->t0_why), "no pool (gpu_pool_size = 0)");
 		if (s->cfg->gpu_pool_size)
 			log_warn("GPU transfers: off: %s; GPU tier (T0): %s", g->why, g->t0_why);
 		else
