@@ -61,6 +61,7 @@ struct gpu_state {
 	struct t0 *t0;          /* the GPU tier; NULL when not active */
 	char t0_why[384];       /* t0.reason */
 	uint64_t t0_hits, t0_promotions, t0_promote_failures;
+	uint64_t t0_promoting; /* promotion copies running */
 };
 
 /* ---- backend choice --------------------------------------------------------------- */
@@ -217,6 +218,7 @@ void gpu_stats(struct server *s, struct kvt_stats_writer *w)
 	(void)kvt_stats_writer_u64(w, "t0.blocks", zs.blocks);
 	(void)kvt_stats_writer_u64(w, "t0.hits", g->t0_hits);
 	(void)kvt_stats_writer_u64(w, "t0.promotions", g->t0_promotions);
+	(void)kvt_stats_writer_u64(w, "t0.promotions_inflight", g->t0_promoting);
 	(void)kvt_stats_writer_u64(w, "t0.evictions", zs.evictions);
 	(void)kvt_stats_writer_u64(w, "gpu.d2d_bytes", g->d2d_bytes);
 	(void)kvt_stats_writer_text(w, "gpu.backend", g->b ? g->b->name : "off");
@@ -575,6 +577,7 @@ static void t0_promo_done(struct job *j)
 		t0_abort(g->t0, p->z);
 	}
 	t1_block_unref(s->t1, p->b);
+	g->t0_promoting--;
 	free(p);
 }
 
@@ -601,6 +604,7 @@ static void t0_promote(struct server *s, struct t1_block *b)
 	p->job.run = t0_promo_run;
 	p->job.done = t0_promo_done;
 	p->job.arg = p;
+	g->t0_promoting++;
 	workers_submit(s->workers, &p->job);
 }
 

@@ -93,6 +93,14 @@ static uint64_t wait_stat(kvt_conn *c, const char *name, uint64_t want)
 	return v;
 }
 
+/* Wait until no promotion copy is running, so counts and tiers hold still. */
+static void settle(kvt_conn *c)
+{
+	for (int i = 0; i < 500 && kvtd_stat(c, "t0.promotions_inflight") > 0; i++)
+		sleep_ms(10);
+	CHECK_EQ(kvtd_stat(c, "t0.promotions_inflight"), 0);
+}
+
 static int lookup_tier(kvt_conn *c, kvt_key k)
 {
 	size_t found = 0;
@@ -417,6 +425,9 @@ TEST(small_pool_evicts_by_policy)
 	CHECK_EQ(lookup_tier(c, key_n(3)), KVT_TIER_HOST);
 	for (uint32_t i = 0; i < 4; i++)
 		gpu_get_check(c, &b, i, 64, want[i]);
+	/* Those reads may have started promotions (each evicts one block, then
+	 * inserts one): let them finish. */
+	settle(c);
 	CHECK_EQ(kvtd_stat(c, "t0.blocks"), 2);
 	/* a block larger than the whole pool is never promoted, and still served */
 	kvt_region *big = NULL;
@@ -475,6 +486,7 @@ TEST(three_tiers_under_host_pressure)
 	CHECK(kvtd_stat(c, "t1.evictions") > 0);
 	CHECK_EQ(kvtd_stat(c, "t1.dropped_unwritten"), 0);
 	CHECK(kvtd_stat(c, "t0.promotions") > 0);
+	settle(c);
 	/* where everything is: tiers agree with T0's count */
 	int count[3] = { 0, 0, 0 };
 	for (uint32_t i = 0; i < N; i++) {
@@ -501,6 +513,7 @@ TEST(three_tiers_under_host_pressure)
 	 * the host tier) */
 	for (uint32_t i = 0; i < N; i++)
 		gpu_get_check(c, &b, i, NT, want[i]);
+	settle(c);
 	/* after all that, a block of the host tier is still promoted by its second
 	 * read and then served from T0 */
 	uint32_t back = N;
@@ -517,6 +530,7 @@ TEST(three_tiers_under_host_pressure)
 	CHECK_EQ(kvtd_stat(c, "t2.checksum_failures"), 0);
 	/* T0 never outlives the host tier's copy: its blocks are all host-resident
 	 * (a LOOKUP tier 0 count never exceeds what the host tier holds) */
+	settle(c);
 	int t0n = 0;
 	for (uint32_t i = 0; i < N; i++)
 		t0n += lookup_tier(c, key_n(i)) == KVT_TIER_GPU;
