@@ -553,6 +553,17 @@ static int batch_check_items(const struct kvt_batch *bt, uint16_t op)
 
 static void put_room_cb(void *arg);
 
+/* Item i waits for the NVMe tier to make room (put_room_cb retries it); false if
+ * nothing is being written, so waiting would not help. */
+static bool park_for_room(struct xfer *x, uint32_t i)
+{
+	x->irefs[i] = (struct item_ref){ x, i, NULL };
+	if (!tier2_wait_room(x->c->srv, put_room_cb, &x->irefs[i]))
+		return false;
+	x->pending++;
+	return true;
+}
+
 static int put_wire_item(struct xfer *x, uint32_t i, const struct kvt_put_wire *it)
 {
 	struct conn *c = x->c;
@@ -584,13 +595,9 @@ static int put_wire_item(struct xfer *x, uint32_t i, const struct kvt_put_wire *
 		/* Its parent may be an item of an earlier PUT still waiting for room (an
 		 * engine with two PUTs of one chain in flight): wait behind it, in order,
 		 * and decide again when room comes. */
-		if ((rc == -ENOSPC || rc == -EDQUOT) && !s->stopping && tier2_room_waiting(s)) {
-			x->irefs[i] = (struct item_ref){ x, i, NULL };
-			if (tier2_wait_room(s, put_room_cb, &x->irefs[i])) {
-				x->pending++;
-				return PUT_PARKED;
-			}
-		}
+		if ((rc == -ENOSPC || rc == -EDQUOT) && !s->stopping && tier2_room_waiting(s) &&
+		    park_for_room(x, i))
+			return PUT_PARKED;
 	} else if (tier2_active(s)) {
 		/* With an NVMe tier, a store first takes room that costs nothing (blocks
 		 * NVMe has too). If there is not enough, cold blocks are written back
@@ -598,11 +605,8 @@ static int put_wire_item(struct xfer *x, uint32_t i, const struct kvt_put_wire *
 		 * write-back can help does eviction drop what was never admitted. */
 		rc = t1_reserve_clean(s->t1, &tk, &it->parent, it->length, &it->desc, &b);
 		if ((rc == -ENOSPC || rc == -EDQUOT) && !s->stopping) {
-			x->irefs[i] = (struct item_ref){ x, i, NULL };
-			if (tier2_wait_room(s, put_room_cb, &x->irefs[i])) {
-				x->pending++;
+			if (park_for_room(x, i))
 				return PUT_PARKED;
-			}
 			rc = t1_reserve(s->t1, &tk, &it->parent, it->length, &it->desc, &b);
 		}
 	} else {
