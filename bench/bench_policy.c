@@ -511,14 +511,6 @@ static uint32_t h_pop(struct sim *s)
 
 /* ---- frequencies: exact, and the count-min sketch ---- */
 
-static uint64_t splitmix64(uint64_t x)
-{
-	x += 0x9e3779b97f4a7c15ull;
-	x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-	x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-	return x ^ (x >> 31);
-}
-
 static void freq_inc(struct sim *s, uint32_t id)
 {
 	if (s->freq[id] < FREQ_MAX)
@@ -532,7 +524,7 @@ static void freq_inc(struct sim *s, uint32_t id)
 
 static uint8_t *cm_counter(struct sim *s, unsigned row, uint32_t id)
 {
-	uint64_t h = splitmix64(s->w->hash[id] ^ (0x6b767469657200ull + row));
+	uint64_t h = bench_splitmix64(s->w->hash[id] ^ (0x6b767469657200ull + row));
 
 	return &s->cm[(size_t)row * (s->cm_mask + 1) + (h & s->cm_mask)];
 }
@@ -1202,26 +1194,11 @@ static int parse_fracs(const char *text, struct frac *f, unsigned *nf)
 	snprintf(buf, sizeof(buf), "%s", text);
 	*nf = 0;
 	for (char *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
-		char *end, *slash = strchr(tok, '/');
 		double v;
 
 		if (*nf == MAX_FRACS || strlen(tok) >= sizeof(f[0].label))
 			return -EINVAL;
-		if (slash) {
-			double a = strtod(tok, &end), b;
-
-			if (end != slash || end == tok)
-				return -EINVAL;
-			b = strtod(slash + 1, &end);
-			if (*end || !(b > 0))
-				return -EINVAL;
-			v = a / b;
-		} else {
-			v = strtod(tok, &end);
-			if (*end || end == tok)
-				return -EINVAL;
-		}
-		if (!(v > 0 && v <= 1))
+		if (bench_parse_frac(tok, &v))
 			return -EINVAL;
 		memset(&f[*nf], 0, sizeof(f[*nf]));
 		f[*nf].v = v;

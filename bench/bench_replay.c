@@ -238,14 +238,6 @@ static int lru_run_inclusive(const struct trace *t, size_t nreq, uint64_t host, 
  * pseudo-random, so no NVMe codec can make a tier hold more blocks than its
  * size in blocks, which is what the LRU baseline gets.
  */
-static uint64_t splitmix64(uint64_t x)
-{
-	x += 0x9e3779b97f4a7c15ull;
-	x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-	x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-	return x ^ (x >> 31);
-}
-
 static uint64_t *base_words; /* block size / 8 words, made once */
 
 static int base_init(uint64_t words)
@@ -267,18 +259,18 @@ static uint64_t base_word(uint64_t w)
 
 static uint64_t stamp_value(uint64_t h, unsigned j)
 {
-	return splitmix64(h * NSTAMP + j + 0x6b76746965720000ull);
+	return bench_splitmix64(h * NSTAMP + j + 0x6b76746965720000ull);
 }
 
 /* Distinct word offsets: the first and the last word, the rest spread by h. */
 static void stamp_offsets(uint64_t h, uint64_t words, uint64_t off[NSTAMP])
 {
-	uint64_t s = splitmix64(h ^ 0x5eedull);
+	uint64_t s = bench_splitmix64(h ^ 0x5eedull);
 
 	off[0] = 0;
 	off[1] = words - 1;
 	for (unsigned j = 2; j < NSTAMP; j++) {
-		uint64_t o = splitmix64(s + j) % words;
+		uint64_t o = bench_splitmix64(s + j) % words;
 		bool dup;
 
 		do {
@@ -1296,26 +1288,11 @@ static int parse_fracs(struct opts *o, const char *text)
 	snprintf(buf, sizeof(buf), "%s", text);
 	o->nfracs = 0;
 	for (char *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
-		char *end, *slash = strchr(tok, '/');
 		double v;
 
 		if (o->nfracs == MAX_POINTS / 2 || strlen(tok) >= sizeof(o->frac_label[0]))
 			return -EINVAL;
-		if (slash) {
-			double a = strtod(tok, &end), b;
-
-			if (end != slash)
-				return -EINVAL;
-			b = strtod(slash + 1, &end);
-			if (*end || !(b > 0))
-				return -EINVAL;
-			v = a / b;
-		} else {
-			v = strtod(tok, &end);
-			if (*end)
-				return -EINVAL;
-		}
-		if (!(v > 0 && v <= 1))
+		if (bench_parse_frac(tok, &v))
 			return -EINVAL;
 		o->frac[o->nfracs] = v;
 		snprintf(o->frac_label[o->nfracs], sizeof(o->frac_label[0]), "%s", tok);

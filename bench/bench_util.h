@@ -251,6 +251,39 @@ static inline void bench_print_cpu_use(struct bench_out *o, const struct bench_c
 		     100.0 * (double)(now.steal - start->steal) / (double)dt);
 }
 
+/* splitmix64's mixer: a well-spread 64-bit hash of x (seeds, sketch rows, and
+ * values derived from a block's hash id). */
+static inline uint64_t bench_splitmix64(uint64_t x)
+{
+	x += 0x9e3779b97f4a7c15ull;
+	x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+	x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+	return x ^ (x >> 31);
+}
+
+/* One fraction of an option such as -f "0.05,1/16": a decimal or "a/b", in (0, 1].
+ * Returns 0 (the value in *v) or -EINVAL. */
+static inline int bench_parse_frac(const char *tok, double *v)
+{
+	char *end, *slash = strchr(tok, '/');
+
+	if (slash) {
+		double a = strtod(tok, &end), b;
+
+		if (end != slash || end == tok)
+			return -EINVAL;
+		b = strtod(slash + 1, &end);
+		if (*end || !(b > 0))
+			return -EINVAL;
+		*v = a / b;
+	} else {
+		*v = strtod(tok, &end);
+		if (*end || end == tok)
+			return -EINVAL;
+	}
+	return *v > 0 && *v <= 1 ? 0 : -EINVAL;
+}
+
 /* xorshift64* - a fast, deterministic pattern generator for block contents. */
 static inline uint64_t bench_rand64(uint64_t *s)
 {

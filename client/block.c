@@ -82,15 +82,48 @@ static int keys_encode(struct kvt_conn *c, struct kvt_op *op, size_t first, size
 
 /* ---- replies ------------------------------------------------------------------- */
 
+/* Scratch space for n decoded results: an empty GPU batch (one request, no items)
+ * still gets room for one, so it never reads as out of memory. */
+static void *results_scratch(struct kvt_conn *c, size_t n, size_t size)
+{
+	return kvt_scratch(c, (n ? n : 1) * size);
+}
+
+int kvt_status_results(struct kvt_conn *c, const uint8_t *body, size_t len, size_t n,
+		       int32_t **st)
+{
+	*st = results_scratch(c, n, sizeof(**st));
+	if (!*st)
+		return KVT_ENOMEM;
+	return kvt_status_rep_decode(body, len, (uint32_t)n, *st);
+}
+
+int kvt_get_results(struct kvt_conn *c, const uint8_t *body, size_t len, size_t n,
+		    struct kvt_get_result **res)
+{
+	*res = results_scratch(c, n, sizeof(**res));
+	if (!*res)
+		return KVT_ENOMEM;
+	return kvt_get_rep_decode(body, len, (uint32_t)n, *res);
+}
+
+void kvt_get_result_store(struct kvt_op *op, const struct kvt_get_result *r, int *status,
+			  uint64_t *length, kvt_block_desc *desc)
+{
+	*status = r->status;
+	*length = r->length;
+	if (r->status == 0)
+		*desc = r->desc;
+	else
+		op->partial = true;
+}
+
 static int put_reply(struct kvt_conn *c, struct kvt_op *op, const struct kvt_req *rq,
 		     const uint8_t *body, size_t len)
 {
-	int32_t *st = kvt_scratch(c, rq->count * sizeof(*st));
-	int rc;
+	int32_t *st;
+	int rc = kvt_status_results(c, body, len, rq->count, &st);
 
-	if (!st)
-		return KVT_ENOMEM;
-	rc = kvt_status_rep_decode(body, len, (uint32_t)rq->count, st);
 	if (rc)
 		return rc;
 	for (size_t i = 0; i < rq->count; i++) {
@@ -110,23 +143,15 @@ static void put_fail(struct kvt_op *op, const struct kvt_req *rq, int status)
 static int get_reply(struct kvt_conn *c, struct kvt_op *op, const struct kvt_req *rq,
 		     const uint8_t *body, size_t len)
 {
-	struct kvt_get_result *res = kvt_scratch(c, rq->count * sizeof(*res));
-	int rc;
+	struct kvt_get_result *res;
+	int rc = kvt_get_results(c, body, len, rq->count, &res);
 
-	if (!res)
-		return KVT_ENOMEM;
-	rc = kvt_get_rep_decode(body, len, (uint32_t)rq->count, res);
 	if (rc)
 		return rc;
 	for (size_t i = 0; i < rq->count; i++) {
 		kvt_get_item *it = &op->get[rq->first + i];
 
-		it->status = res[i].status;
-		it->length = res[i].length;
-		if (res[i].status == 0)
-			it->desc = res[i].desc;
-		else
-			op->partial = true;
+		kvt_get_result_store(op, &res[i], &it->status, &it->length, &it->desc);
 	}
 	return 0;
 }
@@ -158,12 +183,9 @@ static int lookup_reply(struct kvt_conn *c, struct kvt_op *op, const struct kvt_
 static int keys_reply(struct kvt_conn *c, struct kvt_op *op, const struct kvt_req *rq,
 		      const uint8_t *body, size_t len)
 {
-	int32_t *st = kvt_scratch(c, rq->count * sizeof(*st));
-	int rc;
+	int32_t *st;
+	int rc = kvt_status_results(c, body, len, rq->count, &st);
 
-	if (!st)
-		return KVT_ENOMEM;
-	rc = kvt_status_rep_decode(body, len, (uint32_t)rq->count, st);
 	if (rc)
 		return rc;
 	for (size_t i = 0; i < rq->count; i++) {
@@ -183,15 +205,22 @@ static void keys_fail(struct kvt_op *op, const struct kvt_req *rq, int status)
 
 /* ---- calls --------------------------------------------------------------------- */
 
-/* Argument checks shared by every batch call; KVT_ECLOSED last so that misuse is
- * reported as such even on a broken connection. */
-static int batch_check(const struct kvt_conn *c, const void *items, size_t n)
+int kvt_batch_args_check(const struct kvt_conn *c, const void *items, size_t n)
 {
 	if (!c || (n && !items))
 		return KVT_EINVAL;
 	if (n > c->info.max_batch)
 		return KVT_E2BIG;
-	return kvt_conn_usable(c);
+	return 0;
+}
+
+/* Argument checks shared by every batch call; KVT_ECLOSED last so that misuse is
+ * reported as such even on a broken connection. */
+static int batch_check(const struct kvt_conn *c, const void *items, size_t n)
+{
+	int rc = kvt_batch_args_check(c, items, n);
+
+	return rc ? rc : kvt_conn_usable(c);
 }
 
 static void put_prepare(struct kvt_conn *c, struct kvt_op *op, kvt_put_item *items, size_t n)

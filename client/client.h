@@ -251,7 +251,33 @@ int kvt_empty_reply(struct kvt_conn *c, struct kvt_op *op, const struct kvt_req 
  * <0, 0, >0 like memcmp. */
 int kvt_name_cmp(const char *a, size_t alen, const char *b, size_t blen);
 
+/* ---- block.c: reply decoding and checks shared with gpu.c ------------------------ */
+
+/* Argument checks of every batch call (KVT_EINVAL, KVT_E2BIG or 0); callers check
+ * kvt_conn_usable after their own argument checks. */
+int kvt_batch_args_check(const struct kvt_conn *c, const void *items, size_t n);
+
+/* Decode a per-item status reply for n items into c's scratch space (*st). */
+int kvt_status_results(struct kvt_conn *c, const uint8_t *body, size_t len, size_t n,
+		       int32_t **st);
+
+/* Decode a GET-style reply for n items into c's scratch space (*res). */
+int kvt_get_results(struct kvt_conn *c, const uint8_t *body, size_t len, size_t n,
+		    struct kvt_get_result **res);
+
+/* Copy one GET-style result into an item's out fields (desc only on success); a
+ * failed item makes op partial. */
+void kvt_get_result_store(struct kvt_op *op, const struct kvt_get_result *r, int *status,
+			  uint64_t *length, kvt_block_desc *desc);
+
 /* ---- region.c ------------------------------------------------------------------ */
+
+/* The region id a REGISTER or GPU_REGISTER reply carries (0 is refused with
+ * KVT_EPROTO: it is the id that means "no region"). */
+int kvt_register_rep_id(const uint8_t *body, size_t len, uint32_t *id);
+
+/* The body of an UNREGISTER or GPU_REGION_DESTROY request for region id. */
+int kvt_unregister_body(uint32_t id, uint8_t *out, size_t cap);
 
 /* The region id to put on the wire for r on c: 0 (never valid, so the daemon
  * answers KVT_EREGION for the item) if r is NULL, dead or from another connection. */

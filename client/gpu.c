@@ -34,18 +34,10 @@ static int gpu_register_reply(struct kvt_conn *c, struct kvt_op *op, const struc
 			      const uint8_t *body, size_t len)
 {
 	struct gpu_reg *g = op->ctx;
-	struct kvt_register_rep m;
-	int rc;
 
 	(void)c;
 	(void)rq;
-	rc = kvt_register_rep_decode(body, len, &m);
-	if (rc)
-		return rc;
-	if (m.region_id == 0)
-		return KVT_EPROTO;
-	g->id = m.region_id;
-	return 0;
+	return kvt_register_rep_id(body, len, &g->id);
 }
 
 /* Common to both registrations: the layout, then the request. bufs is filled by
@@ -169,12 +161,11 @@ static int gpu_destroy_encode(struct kvt_conn *c, struct kvt_op *op, size_t firs
 			      uint8_t *out, size_t cap)
 {
 	const uint32_t *id = op->ctx;
-	struct kvt_unregister_req m = { .region_id = *id };
 
 	(void)c;
 	(void)first;
 	(void)count;
-	return kvt_unregister_req_encode(&m, out, cap);
+	return kvt_unregister_body(*id, out, cap);
 }
 
 KVT_EXPORT int kvt_gpu_region_destroy(kvt_conn *c, uint32_t region_id)
@@ -242,13 +233,10 @@ static int gpu_put_reply(struct kvt_conn *c, struct kvt_op *op, const struct kvt
 			 const uint8_t *body, size_t len)
 {
 	struct gpu_xfer_ctx *x = op->ctx;
-	int32_t *st = kvt_scratch(c, (x->n ? x->n : 1) * sizeof(*st));
-	int rc;
+	int32_t *st;
+	int rc = kvt_status_results(c, body, len, x->n, &st);
 
 	(void)rq;
-	if (!st)
-		return KVT_ENOMEM;
-	rc = kvt_status_rep_decode(body, len, (uint32_t)x->n, st);
 	if (rc)
 		return rc;
 	for (size_t i = 0; i < x->n; i++) {
@@ -263,24 +251,16 @@ static int gpu_get_reply(struct kvt_conn *c, struct kvt_op *op, const struct kvt
 			 const uint8_t *body, size_t len)
 {
 	struct gpu_xfer_ctx *x = op->ctx;
-	struct kvt_get_result *res = kvt_scratch(c, (x->n ? x->n : 1) * sizeof(*res));
-	int rc;
+	struct kvt_get_result *res;
+	int rc = kvt_get_results(c, body, len, x->n, &res);
 
 	(void)rq;
-	if (!res)
-		return KVT_ENOMEM;
-	rc = kvt_get_rep_decode(body, len, (uint32_t)x->n, res);
 	if (rc)
 		return rc;
 	for (size_t i = 0; i < x->n; i++) {
 		kvt_gpu_item *it = &x->items[i];
 
-		it->status = res[i].status;
-		it->length = res[i].length;
-		if (res[i].status == 0)
-			it->desc = res[i].desc;
-		else
-			op->partial = true;
+		kvt_get_result_store(op, &res[i], &it->status, &it->length, &it->desc);
 	}
 	return 0;
 }
@@ -293,10 +273,9 @@ static int gpu_xfer(kvt_conn *c, kvt_gpu_item *items, size_t n, uint16_t opcode)
 	size_t len;
 	int rc;
 
-	if (!c || (n && !items))
-		return KVT_EINVAL;
-	if (n > c->info.max_batch)
-		return KVT_E2BIG;
+	rc = kvt_batch_args_check(c, items, n);
+	if (rc)
+		return rc;
 	for (size_t i = 0; i < n; i++) {
 		if (items[i].npages && !items[i].pages)
 			return KVT_EINVAL;

@@ -29,30 +29,41 @@ static int register_reply(struct kvt_conn *c, struct kvt_op *op, const struct kv
 			  const uint8_t *body, size_t len)
 {
 	struct kvt_region *r = op->ctx;
-	struct kvt_register_rep m;
-	int rc;
 
 	(void)c;
 	(void)rq;
-	rc = kvt_register_rep_decode(body, len, &m);
+	return kvt_register_rep_id(body, len, &r->id);
+}
+
+int kvt_register_rep_id(const uint8_t *body, size_t len, uint32_t *id)
+{
+	struct kvt_register_rep m;
+	int rc = kvt_register_rep_decode(body, len, &m);
+
 	if (rc)
 		return rc;
 	if (m.region_id == 0)
 		return KVT_EPROTO; /* 0 is the id we use for "no region" */
-	r->id = m.region_id;
+	*id = m.region_id;
 	return 0;
+}
+
+int kvt_unregister_body(uint32_t id, uint8_t *out, size_t cap)
+{
+	struct kvt_unregister_req m = { .region_id = id };
+
+	return kvt_unregister_req_encode(&m, out, cap);
 }
 
 static int unregister_encode(struct kvt_conn *c, struct kvt_op *op, size_t first, size_t count,
 			     uint8_t *out, size_t cap)
 {
 	const struct kvt_region *r = op->ctx;
-	struct kvt_unregister_req m = { .region_id = r->id };
 
 	(void)c;
 	(void)first;
 	(void)count;
-	return kvt_unregister_req_encode(&m, out, cap);
+	return kvt_unregister_body(r->id, out, cap);
 }
 
 static void regions_link(struct kvt_conn *c, struct kvt_region *r)

@@ -334,6 +334,68 @@ void conn_reply(struct conn *c, uint16_t opcode, uint64_t id, int32_t status, co
 	conn_flush(c);
 }
 
+/* ---- replies shared by the request handlers (dispatch.c, gpu.c, ctxmem.c) ---- */
+
+void reply_status(struct conn *c, const struct kvt_hdr *h, int status)
+{
+	conn_reply(c, h->opcode, h->request_id, status, NULL, 0);
+}
+
+/* Answer a batch with its n per-item results: statuses (st) or GET results (res).
+ * The body is built in a heap buffer, as a batch's can be large; without memory the
+ * whole request is answered KVT_ENOMEM instead. */
+static void reply_batch(struct conn *c, uint16_t op, uint64_t id, bool statuses,
+			const int32_t *st, const struct kvt_get_result *res, uint32_t n)
+{
+	size_t len = statuses ? kvt_status_rep_size(n) : kvt_get_rep_size(n);
+	uint8_t *buf = malloc(len);
+	if (!buf) {
+		conn_reply(c, op, id, KVT_ENOMEM, NULL, 0);
+		return;
+	}
+	if (statuses)
+		kvt_status_rep_encode(st, n, buf, len);
+	else
+		kvt_get_rep_encode(res, n, buf, len);
+	conn_reply(c, op, id, 0, buf, len);
+	free(buf);
+}
+
+void reply_item_status(struct conn *c, uint16_t op, uint64_t id, const int32_t *st, uint32_t n)
+{
+	reply_batch(c, op, id, true, st, NULL, n);
+}
+
+void reply_get_results(struct conn *c, uint16_t op, uint64_t id, const struct kvt_get_result *res,
+		       uint32_t n)
+{
+	reply_batch(c, op, id, false, NULL, res, n);
+}
+
+void reply_registered(struct conn *c, const struct kvt_hdr *h, int rc, uint32_t id,
+		      const char *what)
+{
+	if (rc) {
+		reply_status(c, h, rc);
+		return;
+	}
+	uint8_t buf[KVT_REGISTER_REP_SIZE];
+	struct kvt_register_rep rep = { .region_id = id };
+	kvt_register_rep_encode(&rep, buf, sizeof(buf));
+	log_debug("conn %llu: %s %#x registered", (unsigned long long)c->serial, what, id);
+	conn_reply(c, h->opcode, h->request_id, 0, buf, sizeof(buf));
+}
+
+void reply_unregister(struct conn *c, const struct kvt_hdr *h, const uint8_t *body,
+		      int (*unregister)(struct conn *c, uint32_t region_id))
+{
+	struct kvt_unregister_req req;
+	int rc = kvt_unregister_req_decode(body, h->body_len, &req);
+	if (rc == 0)
+		rc = unregister(c, req.region_id);
+	reply_status(c, h, rc);
+}
+
 void conn_fatal(struct conn *c, int status, const char *msg)
 {
 	if (c->dead || c->closing)

@@ -50,11 +50,6 @@ static int map_err(int rc)
 	}
 }
 
-static void reply_status(struct conn *c, const struct kvt_hdr *h, int status)
-{
-	conn_reply(c, h->opcode, h->request_id, status, NULL, 0);
-}
-
 /* A name, namespace or key: 1..255 bytes, no NUL inside. */
 static int get_name(const struct kvt_fields *f, unsigned tag, const char **p, uint16_t *len,
 		    bool required)

@@ -193,27 +193,6 @@ void conn_release_all(struct conn *c)
 	gpu_conn_release(c);
 }
 
-/* ---- replies -------------------------------------------------------------- */
-
-static void reply_status(struct conn *c, const struct kvt_hdr *h, int status)
-{
-	conn_reply(c, h->opcode, h->request_id, status, NULL, 0);
-}
-
-static void reply_item_status(struct conn *c, uint16_t op, uint64_t id, const int32_t *st,
-			      uint32_t n)
-{
-	size_t len = kvt_status_rep_size(n);
-	uint8_t *buf = malloc(len);
-	if (!buf) {
-		conn_reply(c, op, id, KVT_ENOMEM, NULL, 0);
-		return;
-	}
-	kvt_status_rep_encode(st, n, buf, len);
-	conn_reply(c, op, id, 0, buf, len);
-	free(buf);
-}
-
 /* ---- HELLO, PING ---------------------------------------------------------- */
 
 static void do_hello(struct conn *c, const struct kvt_hdr *h, const uint8_t *body)
@@ -325,32 +304,21 @@ static void do_register(struct conn *c, const struct kvt_hdr *h, const uint8_t *
 	int rc = register_region(c, h, body, fd, &id);
 	if (fd >= 0)
 		close(fd);
-	if (rc) {
-		reply_status(c, h, rc);
-		return;
-	}
-	uint8_t buf[KVT_REGISTER_REP_SIZE];
-	struct kvt_register_rep rep = { .region_id = id };
-	kvt_register_rep_encode(&rep, buf, sizeof(buf));
-	log_debug("conn %llu: region %#x registered", (unsigned long long)c->serial, id);
-	conn_reply(c, h->opcode, h->request_id, 0, buf, sizeof(buf));
+	reply_registered(c, h, rc, id, "region");
+}
+
+static int unregister_region(struct conn *c, uint32_t region_id)
+{
+	struct region *r = region_find(c, region_id);
+	if (!r)
+		return KVT_EREGION;
+	region_remove(c, r);
+	return 0;
 }
 
 static void do_unregister(struct conn *c, const struct kvt_hdr *h, const uint8_t *body)
 {
-	struct kvt_unregister_req req;
-	int rc = kvt_unregister_req_decode(body, h->body_len, &req);
-	if (rc) {
-		reply_status(c, h, rc);
-		return;
-	}
-	struct region *r = region_find(c, req.region_id);
-	if (!r) {
-		reply_status(c, h, KVT_EREGION);
-		return;
-	}
-	region_remove(c, r);
-	reply_status(c, h, 0);
+	reply_unregister(c, h, body, unregister_region);
 }
 
 /* ---- PUT and GET: one copy job per request -------------------------------- */
@@ -472,19 +440,10 @@ static void xfer_done(struct job *j)
 	}
 	c->inflight--;
 	if (!c->dead) {
-		if (x->op == KVT_OP_PUT) {
+		if (x->op == KVT_OP_PUT)
 			reply_item_status(c, x->op, x->id, x->status, x->count);
-		} else {
-			size_t len = kvt_get_rep_size(x->count);
-			uint8_t *buf = malloc(len);
-			if (buf) {
-				kvt_get_rep_encode(x->res, x->count, buf, len);
-				conn_reply(c, x->op, x->id, 0, buf, len);
-				free(buf);
-			} else {
-				conn_reply(c, x->op, x->id, KVT_ENOMEM, NULL, 0);
-			}
-		}
+		else
+			reply_get_results(c, x->op, x->id, x->res, x->count);
 		conn_update_events(c);
 	}
 	xfer_free(x);
@@ -516,7 +475,7 @@ static void xfer_pending_put(struct xfer *x)
 		xfer_submit(x);
 }
 
-static int map_reserve_error(int rc)
+int map_reserve_error(int rc)
 {
 	switch (rc) {
 	case -EEXIST: return KVT_EBUSY; /* another request is writing that block now */
@@ -526,6 +485,27 @@ static int map_reserve_error(int rc)
 	case -ENOMEM: return KVT_ENOMEM;
 	default: return KVT_EIO;
 	}
+}
+
+bool put_already_stored(struct conn *c, const kvt_key *key)
+{
+	struct server *s = c->srv;
+	struct t1_key tk = { .tenant = c->tenant, .key = *key };
+	struct t1_block *b = t1_find(s->t1, &tk);
+	if (!b)
+		return false;
+	t1_touch(s->t1, b);
+	return true;
+}
+
+/* A block whose parent is given but in neither tier is useless to a prefix
+ * lookup until the parent comes back: it may use free space, never displace
+ * blocks that are part of a usable prefix. A parent on NVMe counts: LOOKUP
+ * follows the chain through both tiers. */
+bool put_is_orphan(struct conn *c, const kvt_key *parent)
+{
+	struct t1_key pk = { .tenant = c->tenant, .key = *parent };
+	return !kvt_key_is_zero(parent) && !tier2_reachable(c->srv, &pk);
 }
 
 /* A reserved field set in any item makes the whole request malformed: it is
@@ -577,18 +557,11 @@ static int put_wire_item(struct xfer *x, uint32_t i, const struct kvt_put_wire *
 		return KVT_EINVAL;
 	if (it->length > s->cfg->max_block_size)
 		return KVT_EFBIG;
-	struct t1_key tk = { .tenant = c->tenant, .key = it->key };
-	struct t1_block *b = t1_find(s->t1, &tk);
-	if (b) { /* immutable: already there is success */
-		t1_touch(s->t1, b);
+	if (put_already_stored(c, &it->key))
 		return 0;
-	}
-	/* A block whose parent is given but in neither tier is useless to a prefix
-	 * lookup until the parent comes back: it may use free space, never displace
-	 * blocks that are part of a usable prefix. A parent on NVMe counts: LOOKUP
-	 * follows the chain through both tiers. */
-	struct t1_key pk = { .tenant = c->tenant, .key = it->parent };
-	bool orphan = !kvt_key_is_zero(&it->parent) && !tier2_reachable(s, &pk);
+	struct t1_key tk = { .tenant = c->tenant, .key = it->key };
+	struct t1_block *b = NULL;
+	bool orphan = put_is_orphan(c, &it->parent);
 	int rc;
 	if (orphan) {
 		rc = t1_reserve_free(s->t1, &tk, &it->parent, it->length, &it->desc, &b);

@@ -455,41 +455,25 @@ out:
 	return rc;
 }
 
-static void reply_status(struct conn *c, const struct kvt_hdr *h, int status)
-{
-	conn_reply(c, h->opcode, h->request_id, status, NULL, 0);
-}
-
 static void do_gpu_register(struct conn *c, const struct kvt_hdr *h, const uint8_t *body)
 {
 	uint32_t id = 0;
 	int rc = gpu_register(c, h, body, &id);
-	if (rc) {
-		reply_status(c, h, rc);
-		return;
-	}
-	uint8_t buf[KVT_REGISTER_REP_SIZE];
-	struct kvt_register_rep rep = { .region_id = id };
-	kvt_register_rep_encode(&rep, buf, sizeof(buf));
-	log_debug("conn %llu: GPU region %#x registered", (unsigned long long)c->serial, id);
-	conn_reply(c, h->opcode, h->request_id, 0, buf, sizeof(buf));
+	reply_registered(c, h, rc, id, "GPU region");
+}
+
+static int gpu_region_destroy(struct conn *c, uint32_t region_id)
+{
+	struct gpu_region *r = gpu_region_find(c, region_id);
+	if (!r)
+		return KVT_EREGION;
+	gpu_region_remove(c, r);
+	return 0;
 }
 
 static void do_gpu_destroy(struct conn *c, const struct kvt_hdr *h, const uint8_t *body)
 {
-	struct kvt_unregister_req req;
-	int rc = kvt_unregister_req_decode(body, h->body_len, &req);
-	if (rc) {
-		reply_status(c, h, rc);
-		return;
-	}
-	struct gpu_region *r = gpu_region_find(c, req.region_id);
-	if (!r) {
-		reply_status(c, h, KVT_EREGION);
-		return;
-	}
-	gpu_region_remove(c, r);
-	reply_status(c, h, 0);
+	reply_unregister(c, h, body, gpu_region_destroy);
 }
 
 /* ---- GPU_PUT, GPU_GET ---------------------------------------------------------------- */
@@ -676,19 +660,10 @@ static void gpu_xreq_done(struct job *j)
 	}
 	c->inflight--;
 	if (!c->dead) {
-		size_t len = x->op == KVT_OP_GPU_PUT ? kvt_status_rep_size(x->count)
-						     : kvt_get_rep_size(x->count);
-		uint8_t *buf = malloc(len);
-		if (buf) {
-			if (x->op == KVT_OP_GPU_PUT)
-				kvt_status_rep_encode(x->status, x->count, buf, len);
-			else
-				kvt_get_rep_encode(x->res, x->count, buf, len);
-			conn_reply(c, x->op, x->id, 0, buf, len);
-			free(buf);
-		} else {
-			conn_reply(c, x->op, x->id, KVT_ENOMEM, NULL, 0);
-		}
+		if (x->op == KVT_OP_GPU_PUT)
+			reply_item_status(c, x->op, x->id, x->status, x->count);
+		else
+			reply_get_results(c, x->op, x->id, x->res, x->count);
 		conn_update_events(c);
 	}
 	gpu_xreq_free(x);
@@ -779,18 +754,6 @@ static bool t0_wants(struct server *s, struct t1_block *b)
 	return false;
 }
 
-static int map_reserve_error(int rc)
-{
-	switch (rc) {
-	case -EEXIST: return KVT_EBUSY;
-	case -EFBIG: return KVT_EFBIG;
-	case -EDQUOT: return KVT_EDQUOT;
-	case -ENOSPC: return KVT_ENOSPC;
-	case -ENOMEM: return KVT_ENOMEM;
-	default: return KVT_EIO;
-	}
-}
-
 static int gpu_put_item(struct gpu_xreq *x, uint32_t i, const struct kvt_gpu_item_wire *it)
 {
 	struct conn *c = x->c;
@@ -804,19 +767,15 @@ static int gpu_put_item(struct gpu_xreq *x, uint32_t i, const struct kvt_gpu_ite
 	size_t blen = kvl_block_bytes(&r->layout, it->ntokens);
 	if (blen == 0 || blen > s->cfg->max_block_size)
 		return KVT_EFBIG;
-	struct t1_key tk = { .tenant = c->tenant, .key = it->key };
-	struct t1_block *b = t1_find(s->t1, &tk);
-	if (b) { /* immutable: already there is success */
-		t1_touch(s->t1, b);
+	if (put_already_stored(c, &it->key))
 		return 0;
-	}
+	struct t1_key tk = { .tenant = c->tenant, .key = it->key };
+	struct t1_block *b = NULL;
 	kvt_block_desc desc = { .dtype = r->dtype, .layout = r->layout_id,
 				.layers = (uint16_t)r->layout.layers, .tokens = it->ntokens };
 	/* The same room rules as PUT, except that a GPU_PUT never waits for write-back:
 	 * an orphan takes free room only; with NVMe, clean room first. */
-	struct t1_key pk = { .tenant = c->tenant, .key = it->parent };
-	bool orphan = !kvt_key_is_zero(&it->parent) && !tier2_reachable(s, &pk);
-	if (orphan) {
+	if (put_is_orphan(c, &it->parent)) {
 		rc = t1_reserve_free(s->t1, &tk, &it->parent, blen, &desc, &b);
 	} else {
 		rc = tier2_active(s) ? t1_reserve_clean(s->t1, &tk, &it->parent, blen, &desc, &b)

@@ -143,6 +143,21 @@ int conn_take_fd(struct conn *c, uint64_t start);
 void conn_put(struct conn *c); /* drop a job's reference */
 void conn_update_events(struct conn *c);
 void server_begin_shutdown(struct server *s);
+/* Answer request h with status alone (no body). */
+void reply_status(struct conn *c, const struct kvt_hdr *h, int status);
+/* Answer a batch with one status per item (PUT, GPU_PUT, DELETE, ...). */
+void reply_item_status(struct conn *c, uint16_t op, uint64_t id, const int32_t *st, uint32_t n);
+/* Answer a GET or GPU_GET with its n per-item results. */
+void reply_get_results(struct conn *c, uint16_t op, uint64_t id, const struct kvt_get_result *res,
+		       uint32_t n);
+/* Answer a REGISTER or GPU_REGISTER: rc when it failed, else the new region id
+ * (what names the kind of region in the debug log). */
+void reply_registered(struct conn *c, const struct kvt_hdr *h, int rc, uint32_t id,
+		      const char *what);
+/* Handle an UNREGISTER or GPU_DESTROY: decode the region id, call unregister
+ * (0, or KVT_EREGION when c has no such region) and answer with its status. */
+void reply_unregister(struct conn *c, const struct kvt_hdr *h, const uint8_t *body,
+		      int (*unregister)(struct conn *c, uint32_t region_id));
 
 /* dispatch.c */
 void dispatch_frame(struct conn *c, const struct kvt_hdr *h, const uint8_t *body,
@@ -166,6 +181,13 @@ void prefetch_answer_all(struct server *s);
 void region_put(struct region *r);
 /* c's registered host region id, or NULL (GPU regions emulated on host memory). */
 struct region *region_lookup(struct conn *c, uint32_t id);
+/* The KVT_ status for a failed t1_reserve* (a negative errno). */
+int map_reserve_error(int rc);
+/* A PUT or GPU_PUT item whose key c's tenant already has: blocks are immutable,
+ * so that is success; the block is touched as if written again. */
+bool put_already_stored(struct conn *c, const kvt_key *key);
+/* An item whose parent is given but in neither tier (it may take free room only). */
+bool put_is_orphan(struct conn *c, const kvt_key *parent);
 
 /* stats.c */
 struct tenant_counters *tenant_counters(struct server *s, uint32_t tenant);

@@ -25,23 +25,6 @@
 
 #define EMU "gpu_backend = emulated\n"
 
-static void sleep_ms(int ms)
-{
-	struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000L };
-	nanosleep(&ts, NULL);
-}
-
-static void pattern(uint8_t *p, size_t n, uint64_t seed)
-{
-	uint64_t x = seed * 0x9e3779b97f4a7c15ull + 7;
-	for (size_t i = 0; i < n; i++) {
-		x ^= x << 13;
-		x ^= x >> 7;
-		x ^= x << 17;
-		p[i] = (uint8_t)(x >> 24);
-	}
-}
-
 static kvt_key key_n(uint32_t ns, uint32_t n)
 {
 	kvt_key k;
@@ -50,29 +33,6 @@ static kvt_key key_n(uint32_t ns, uint32_t n)
 	memcpy(k.b + 4, &ns, 4);
 	memcpy(k.b + 8, &n, 4);
 	return k;
-}
-
-static void stop_clean(struct kvtd *d)
-{
-	int st = kvtd_stop(d);
-	CHECK_MSG(WIFEXITED(st) && WEXITSTATUS(st) == 0, "kvtierd ended with wait status %#x",
-		  st);
-}
-
-/* A text STATS entry, copied into out (empty when absent). */
-static void stat_text(kvt_conn *c, const char *name, char *out, size_t cap)
-{
-	kvt_stats *s = NULL;
-	CHECK_RC(kvt_stats_get(c, &s), 0);
-	out[0] = 0;
-	for (size_t i = 0; i < kvt_stats_count(s); i++) {
-		const char *n, *t;
-		uint64_t v;
-		CHECK_RC(kvt_stats_entry(s, i, &n, &v, &t), 0);
-		if (strcmp(n, name) == 0 && t)
-			snprintf(out, cap, "%s", t);
-	}
-	kvt_stats_free(s);
 }
 
 /* ---- an engine cache in host regions, and the packing computed independently --- */
@@ -160,7 +120,7 @@ static void cache_make(kvt_conn *conn, struct cache *c, const kvt_kv_layout *L, 
 	for (size_t i = 0; i < c->nreg; i++) {
 		size_t sz = one_region ? lb * L->layers + 4096 : lb;
 		CHECK_RC(kvt_region_create(conn, sz, &c->reg[i]), 0);
-		pattern(kvt_region_base(c->reg[i]), sz, seed + i);
+		fill_pattern(kvt_region_base(c->reg[i]), sz, seed + i);
 	}
 	for (uint32_t l = 0; l < L->layers; l++) {
 		c->layer[l].buffer = one_region ? 0 : l;
@@ -177,20 +137,6 @@ static void cache_free(struct cache *c)
 {
 	for (size_t i = 0; i < c->nreg; i++)
 		kvt_region_destroy(c->reg[i]);
-}
-
-static kvt_gpu_item gitem(kvt_key key, uint32_t region, uint32_t first, uint32_t ntok,
-			  const uint32_t *pages, uint32_t npages)
-{
-	kvt_gpu_item it;
-	memset(&it, 0, sizeof(it));
-	it.key = key;
-	it.region_id = region;
-	it.first_token = first;
-	it.ntokens = ntok;
-	it.pages = pages;
-	it.npages = npages;
-	return it;
 }
 
 /* GET a stored block through the normal host path and compare it with want. */
@@ -224,7 +170,7 @@ static void roundtrip(kvt_conn *conn, struct cache *src, struct cache *dst, kvt_
 	CHECK(want);
 	pack(src, sp, first, ntok, want, false);
 
-	kvt_gpu_item it = gitem(key, src->id, first, ntok, sp, npages);
+	kvt_gpu_item it = gpu_item(key, src->id, first, ntok, sp, npages);
 	CHECK_RC(kvt_gpu_put(conn, &it, 1), 0);
 	CHECK_RC(it.status, 0);
 	kvt_block_desc desc = { .dtype = src->L.dtype, .layout = src->L.layout_id,
@@ -249,7 +195,7 @@ static void roundtrip(kvt_conn *conn, struct cache *src, struct cache *dst, kvt_
 		memcpy(kvt_region_base(dst->reg[i]), before + o, kvt_region_size(dst->reg[i]));
 		o += kvt_region_size(dst->reg[i]); /* ... and the memory put back */
 	}
-	it = gitem(key, dst->id, first, ntok, dp, npages);
+	it = gpu_item(key, dst->id, first, ntok, dp, npages);
 	CHECK_RC(kvt_gpu_get(conn, &it, 1), 0);
 	CHECK_RC(it.status, 0);
 	CHECK_EQ(it.length, blen);
@@ -296,22 +242,22 @@ TEST(emulated_vllm_put_get_roundtrip)
 	CHECK_EQ(kvtd_stat(conn, "gpu.copies_inflight"), 0);
 	CHECK_EQ(kvtd_stat(conn, "t0.active"), 0);
 	char txt[256];
-	stat_text(conn, "gpu.backend", txt, sizeof(txt));
+	kvtd_stat_text(conn, "gpu.backend", txt, sizeof(txt));
 	CHECK_MSG(strstr(txt, "emulated"), "gpu.backend = %s", txt);
-	stat_text(conn, "t0.reason", txt, sizeof(txt));
+	kvtd_stat_text(conn, "t0.reason", txt, sizeof(txt));
 	CHECK_MSG(strstr(txt, "gpu_pool_size = 0"), "t0.reason = %s", txt);
 
 	/* A second put of the same key succeeds without copying (immutable). */
-	kvt_gpu_item it = gitem(key_n(1, 1), a.id, 6, 10, sp, 3);
+	kvt_gpu_item it = gpu_item(key_n(1, 1), a.id, 6, 10, sp, 3);
 	CHECK_RC(kvt_gpu_put(conn, &it, 1), 0);
 	CHECK_EQ(kvtd_stat(conn, "gpu.d2h_bytes"), moved);
 	/* Several items in one request, sharing the page array. */
-	kvt_gpu_item two[2] = { gitem(key_n(1, 10), a.id, 0, 4, sp, 1),
-				gitem(key_n(1, 11), a.id, 4, 8, sp + 1, 2) };
+	kvt_gpu_item two[2] = { gpu_item(key_n(1, 10), a.id, 0, 4, sp, 1),
+				gpu_item(key_n(1, 11), a.id, 4, 8, sp + 1, 2) };
 	two[1].parent = key_n(1, 10);
 	CHECK_RC(kvt_gpu_put(conn, two, 2), 0);
-	kvt_gpu_item back[2] = { gitem(key_n(1, 10), b.id, 0, 4, dp, 1),
-				 gitem(key_n(1, 11), b.id, 4, 8, dp + 1, 2) };
+	kvt_gpu_item back[2] = { gpu_item(key_n(1, 10), b.id, 0, 4, dp, 1),
+				 gpu_item(key_n(1, 11), b.id, 4, 8, dp + 1, 2) };
 	CHECK_RC(kvt_gpu_get(conn, back, 2), 0);
 
 	CHECK_RC(kvt_gpu_region_destroy(conn, a.id), 0);
@@ -320,7 +266,7 @@ TEST(emulated_vllm_put_get_roundtrip)
 	cache_free(&a);
 	cache_free(&b);
 	kvt_conn_close(conn);
-	stop_clean(&d);
+	kvtd_stop_clean(&d);
 }
 
 /* llama.cpp: per layer K [n_ctx][heads*head_dim] and V transposed
@@ -336,8 +282,8 @@ TEST(emulated_llamacpp_transposed_v)
 	kvt_region *mem[2];
 	CHECK_RC(kvt_region_create(conn, 2 * layers * kbytes, &mem[0]), 0);
 	CHECK_RC(kvt_region_create(conn, 2 * layers * kbytes, &mem[1]), 0);
-	pattern(kvt_region_base(mem[0]), 2 * layers * kbytes, 77);
-	pattern(kvt_region_base(mem[1]), 2 * layers * kbytes, 78);
+	fill_pattern(kvt_region_base(mem[0]), 2 * layers * kbytes, 77);
+	fill_pattern(kvt_region_base(mem[1]), 2 * layers * kbytes, 78);
 
 	struct cache k[2], v[2];
 	for (int m = 0; m < 2; m++) {
@@ -384,10 +330,10 @@ TEST(emulated_llamacpp_transposed_v)
 	conn = kvtd_connect(&d, 10000);
 	uint64_t left = 1;
 	for (int i = 0; i < 100 && (left = kvtd_stat(conn, "gpu.regions")) != 0; i++)
-		sleep_ms(20);
+		test_sleep_ms(20);
 	CHECK_EQ(left, 0);
 	kvt_conn_close(conn);
-	stop_clean(&d);
+	kvtd_stop_clean(&d);
 }
 
 TEST(layouts_refused)
@@ -457,7 +403,7 @@ TEST(layouts_refused)
 	kvt_region_destroy(reg[0]);
 	kvt_region_destroy(reg[1]);
 	kvt_conn_close(conn);
-	stop_clean(&d);
+	kvtd_stop_clean(&d);
 }
 
 TEST(bad_items_write_nothing)
@@ -477,12 +423,12 @@ TEST(bad_items_write_nothing)
 	uint32_t ok[2] = { 1, 2 }, badp[2] = { 1, 16 }; /* 16 = num_pages */
 	uint32_t pg3[3] = { 1, 2, 3 };
 	kvt_gpu_item it[6] = {
-		gitem(key_n(3, 1), a.id, 2, 4, badp, 2),  /* page id out of range */
-		gitem(key_n(3, 2), a.id, 2, 4, pg3, 3),   /* npages 3, the tokens need 2 */
-		gitem(key_n(3, 3), a.id, 0, 0, ok, 0),    /* no tokens */
-		gitem(key_n(3, 4), 99, 0, 4, ok, 1),      /* unknown region */
-		gitem(key_n(3, 5), a.id, 2, 7, pg3, 2),   /* too few pages (needs 3) */
-		gitem(key_n(3, 6), a.id, 0, 8, ok, 2),    /* 2 KiB: fine */
+		gpu_item(key_n(3, 1), a.id, 2, 4, badp, 2),  /* page id out of range */
+		gpu_item(key_n(3, 2), a.id, 2, 4, pg3, 3),   /* npages 3, the tokens need 2 */
+		gpu_item(key_n(3, 3), a.id, 0, 0, ok, 0),    /* no tokens */
+		gpu_item(key_n(3, 4), 99, 0, 4, ok, 1),      /* unknown region */
+		gpu_item(key_n(3, 5), a.id, 2, 7, pg3, 2),   /* too few pages (needs 3) */
+		gpu_item(key_n(3, 6), a.id, 0, 8, ok, 2),    /* 2 KiB: fine */
 	};
 	CHECK_RC(kvt_gpu_put(conn, it, 6), KVT_EPARTIAL);
 	CHECK_RC(it[0].status, KVT_ERANGE);
@@ -499,8 +445,8 @@ TEST(bad_items_write_nothing)
 	}
 	/* zero key; a block over max_block_size (33 tokens of 128 bytes > 4 KiB) */
 	uint32_t pg9[9] = { 1, 2, 3, 4, 5, 6, 7, 8, 9 };
-	kvt_gpu_item z[2] = { gitem(key_n(3, 7), a.id, 0, 4, ok, 1),
-			      gitem(key_n(3, 8), a.id, 0, 33, pg9, 9) };
+	kvt_gpu_item z[2] = { gpu_item(key_n(3, 7), a.id, 0, 4, ok, 1),
+			      gpu_item(key_n(3, 8), a.id, 0, 33, pg9, 9) };
 	memset(&z[0].key, 0, sizeof(z[0].key));
 	CHECK_RC(kvt_gpu_put(conn, z, 2), KVT_EPARTIAL);
 	CHECK_RC(z[0].status, KVT_EINVAL);
@@ -508,10 +454,10 @@ TEST(bad_items_write_nothing)
 
 	/* GPU_GET: a bad page id writes nothing, not even the good pages */
 	kvt_gpu_item g[4] = {
-		gitem(key_n(3, 6), a.id, 0, 8, badp, 2),
-		gitem(key_n(3, 6), a.id, 0, 4, ok, 1),    /* block is 8 tokens, not 4 */
-		gitem(key_n(3, 99), a.id, 0, 4, ok, 1),   /* miss */
-		gitem(key_n(3, 6), 42, 0, 8, ok, 2),      /* unknown region */
+		gpu_item(key_n(3, 6), a.id, 0, 8, badp, 2),
+		gpu_item(key_n(3, 6), a.id, 0, 4, ok, 1),    /* block is 8 tokens, not 4 */
+		gpu_item(key_n(3, 99), a.id, 0, 4, ok, 1),   /* miss */
+		gpu_item(key_n(3, 6), 42, 0, 8, ok, 2),      /* unknown region */
 	};
 	CHECK_RC(kvt_gpu_get(conn, g, 4), KVT_EPARTIAL);
 	CHECK_RC(g[0].status, KVT_ERANGE);
@@ -527,7 +473,7 @@ TEST(bad_items_write_nothing)
 	free(snap1);
 	cache_free(&a);
 	kvt_conn_close(conn);
-	stop_clean(&d);
+	kvtd_stop_clean(&d);
 }
 
 TEST(unknown_and_destroyed_regions)
@@ -540,16 +486,16 @@ TEST(unknown_and_destroyed_regions)
 	struct cache a;
 	cache_make(conn, &a, &L, 9, false);
 	uint32_t pg = 1;
-	kvt_gpu_item it = gitem(key_n(4, 1), a.id, 0, 4, &pg, 1);
+	kvt_gpu_item it = gpu_item(key_n(4, 1), a.id, 0, 4, &pg, 1);
 	CHECK_RC(kvt_gpu_put(conn, &it, 1), 0);
 	CHECK_RC(kvt_gpu_region_destroy(conn, a.id + 1), KVT_EREGION);
 	CHECK_RC(kvt_gpu_region_destroy(conn, 0), KVT_EREGION);
 	CHECK_RC(kvt_gpu_region_destroy(conn, a.id), 0);
 	CHECK_RC(kvt_gpu_region_destroy(conn, a.id), KVT_EREGION);
-	it = gitem(key_n(4, 1), a.id, 0, 4, &pg, 1);
+	it = gpu_item(key_n(4, 1), a.id, 0, 4, &pg, 1);
 	CHECK_RC(kvt_gpu_get(conn, &it, 1), KVT_EPARTIAL);
 	CHECK_RC(it.status, KVT_EREGION);
-	it = gitem(key_n(4, 2), a.id, 0, 4, &pg, 1);
+	it = gpu_item(key_n(4, 2), a.id, 0, 4, &pg, 1);
 	CHECK_RC(kvt_gpu_put(conn, &it, 1), KVT_EPARTIAL);
 	CHECK_RC(it.status, KVT_EREGION);
 	/* ids are never reused on a connection */
@@ -558,14 +504,14 @@ TEST(unknown_and_destroyed_regions)
 	CHECK(id2 > a.id);
 	/* another connection cannot name it */
 	kvt_conn *other = kvtd_connect(&d, 10000);
-	it = gitem(key_n(4, 1), id2, 0, 4, &pg, 1);
+	it = gpu_item(key_n(4, 1), id2, 0, 4, &pg, 1);
 	CHECK_RC(kvt_gpu_get(other, &it, 1), KVT_EPARTIAL);
 	CHECK_RC(it.status, KVT_EREGION);
 	CHECK_RC(kvt_gpu_region_destroy(other, id2), KVT_EREGION);
 	kvt_conn_close(other);
 	cache_free(&a);
 	kvt_conn_close(conn);
-	stop_clean(&d);
+	kvtd_stop_clean(&d);
 }
 
 TEST(limits)
@@ -584,20 +530,20 @@ TEST(limits)
 	CHECK_RC(kvt_gpu_region_register_emulated(conn, a.reg, 1, &a.L, &id), 0);
 	/* page ids: 8 fine, 9 refused as a whole */
 	uint32_t pg[9] = { 0, 1, 2, 3, 4, 5, 6, 7, 8 };
-	kvt_gpu_item it = gitem(key_n(5, 1), a.id, 0, 8, pg, 8);
+	kvt_gpu_item it = gpu_item(key_n(5, 1), a.id, 0, 8, pg, 8);
 	CHECK_RC(kvt_gpu_put(conn, &it, 1), 0);
-	it = gitem(key_n(5, 2), a.id, 0, 9, pg, 9);
+	it = gpu_item(key_n(5, 2), a.id, 0, 9, pg, 9);
 	CHECK_RC(kvt_gpu_put(conn, &it, 1), KVT_E2BIG);
 	CHECK_RC(it.status, KVT_E2BIG);
 	/* items: max_batch */
 	kvt_gpu_item five[5];
 	for (int i = 0; i < 5; i++)
-		five[i] = gitem(key_n(5, 10 + (uint32_t)i), a.id, 0, 1, pg, 1);
+		five[i] = gpu_item(key_n(5, 10 + (uint32_t)i), a.id, 0, 1, pg, 1);
 	CHECK_RC(kvt_gpu_put(conn, five, 5), KVT_E2BIG);
 	CHECK_RC(kvt_gpu_put(conn, five, 4), 0);
 	cache_free(&a);
 	kvt_conn_close(conn);
-	stop_clean(&d);
+	kvtd_stop_clean(&d);
 }
 
 /* A client SIGKILLed with GPU regions registered and transfers running: its
@@ -622,13 +568,13 @@ TEST(killed_client_releases_gpu_regions)
 		for (uint32_t n = 0;; n++) {
 			kvt_gpu_item it[4];
 			for (int i = 0; i < 4; i++)
-				it[i] = gitem(key_n(6, n * 4 + (uint32_t)i), i % 2 ? id2 : a.id, 0,
+				it[i] = gpu_item(key_n(6, n * 4 + (uint32_t)i), i % 2 ? id2 : a.id, 0,
 					      64, pages, 4);
 			kvt_gpu_put(c, it, 4);
 			kvt_gpu_get(c, it, 4);
 		}
 	}
-	sleep_ms(300);
+	test_sleep_ms(300);
 	kill(pid, SIGKILL);
 	int st;
 	CHECK(waitpid(pid, &st, 0) == pid);
@@ -639,7 +585,7 @@ TEST(killed_client_releases_gpu_regions)
 		regions = kvtd_stat(conn, "gpu.regions");
 		inflight = kvtd_stat(conn, "gpu.copies_inflight");
 		if (regions || inflight)
-			sleep_ms(20);
+			test_sleep_ms(20);
 	}
 	CHECK_EQ(regions, 0);
 	CHECK_EQ(inflight, 0);
@@ -655,7 +601,7 @@ TEST(killed_client_releases_gpu_regions)
 	cache_free(&a);
 	cache_free(&b);
 	kvt_conn_close(conn);
-	stop_clean(&d);
+	kvtd_stop_clean(&d);
 }
 
 TEST(backend_off_is_a_clear_error)
@@ -677,7 +623,7 @@ TEST(backend_off_is_a_clear_error)
 	uint8_t uuid[16] = { 0 };
 	CHECK_RC(kvt_gpu_region_register(conn, &gb, 1, &L, uuid, &id), KVT_ENOGPU);
 	uint32_t pg = 0;
-	kvt_gpu_item it = gitem(key_n(7, 1), 1, 0, 4, &pg, 1);
+	kvt_gpu_item it = gpu_item(key_n(7, 1), 1, 0, 4, &pg, 1);
 	CHECK_RC(kvt_gpu_put(conn, &it, 1), KVT_ENOGPU);
 	CHECK_RC(it.status, KVT_ENOGPU);
 	CHECK_RC(kvt_gpu_get(conn, &it, 1), KVT_ENOGPU);
@@ -687,12 +633,12 @@ TEST(backend_off_is_a_clear_error)
 	CHECK_EQ(kvtd_stat(conn, "gpu.regions"), 0);
 	CHECK_EQ(kvtd_stat(conn, "t0.active"), 0);
 	char txt[256];
-	stat_text(conn, "gpu.backend", txt, sizeof(txt));
+	kvtd_stat_text(conn, "gpu.backend", txt, sizeof(txt));
 	CHECK_MSG(strcmp(txt, "off") == 0, "gpu.backend = %s", txt);
 	CHECK_RC(kvt_ping(conn), 0);
 	kvt_region_destroy(r);
 	kvt_conn_close(conn);
-	stop_clean(&d);
+	kvtd_stop_clean(&d);
 
 	/* The default (auto) on a machine without a usable device says why. */
 	kvtd_start(&d, NULL);
@@ -702,7 +648,7 @@ TEST(backend_off_is_a_clear_error)
 			  strstr(log, "GPU transfers: active: backend cuda"),
 		  "no GPU start-up line in:\n%s", log);
 	CHECK(!strstr(log, "emulated")); /* never the default */
-	stop_clean(&d);
+	kvtd_stop_clean(&d);
 }
 
 TEST_MAIN(emulated_vllm_put_get_roundtrip, emulated_llamacpp_transposed_v, layouts_refused,

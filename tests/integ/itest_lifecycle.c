@@ -23,20 +23,6 @@
 
 static const kvt_block_desc test_desc = { .dtype = KVT_DTYPE_BF16, .tokens = 16 };
 
-static kvt_region *make_region(kvt_conn *c, size_t size)
-{
-	kvt_region *r = NULL;
-	CHECK_RC(kvt_region_create(c, size, &r), 0);
-	return r;
-}
-
-static void stop_clean(struct kvtd *d)
-{
-	int st = kvtd_stop(d);
-	CHECK_MSG(WIFEXITED(st) && WEXITSTATUS(st) == 0, "kvtierd ended with wait status %#x",
-		  st);
-}
-
 static kvt_key test_key(uint32_t ns, uint64_t n)
 {
 	kvt_key k;
@@ -47,29 +33,12 @@ static kvt_key test_key(uint32_t ns, uint64_t n)
 	return k;
 }
 
-static void pattern(uint8_t *p, size_t n, uint64_t seed)
-{
-	uint64_t x = seed * 0x9e3779b97f4a7c15ull + 7;
-	for (size_t i = 0; i < n; i++) {
-		x ^= x << 13;
-		x ^= x >> 7;
-		x ^= x << 17;
-		p[i] = (uint8_t)(x >> 24);
-	}
-}
-
-static void sleep_ms(int ms)
-{
-	struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000L };
-	nanosleep(&ts, NULL);
-}
-
 /* If the daemon died (or dies within wait_ms), fail showing the end of its log:
  * called when a request unexpectedly fails, to tell a crash from a refusal. */
 static void fail_if_daemon_died(struct kvtd *d, int wait_ms)
 {
 	for (int i = 0; i < wait_ms / 10 && kvtd_alive(d); i++)
-		sleep_ms(10);
+		test_sleep_ms(10);
 	if (kvtd_alive(d))
 		return;
 	const char *log = kvtd_log_text(d);
@@ -118,7 +87,7 @@ struct baseline {
 static struct baseline measure(struct kvtd *d, kvt_conn *c)
 {
 	for (int i = 0; i < 1000 && kvtd_stat(c, "conn.current") != 1; i++)
-		sleep_ms(10);
+		test_sleep_ms(10);
 	CHECK_EQ(kvtd_stat(c, "conn.current"), 1);
 	struct baseline b = { proc_fd_count(d->pid), memfd_mappings(d->pid) };
 	CHECK(b.fds > 0);
@@ -136,7 +105,7 @@ static void expect_baseline(struct kvtd *d, kvt_conn *c, struct baseline b)
 		maps = memfd_mappings(d->pid);
 		if (cur == 1 && fds == b.fds && maps == b.maps)
 			return;
-		sleep_ms(10);
+		test_sleep_ms(10);
 	}
 	CHECK_EQ(cur, 1);
 	CHECK_EQ(fds, b.fds);
@@ -151,9 +120,9 @@ static void doomed_client(const struct kvtd *d, int ready_fd, uint32_t ns)
 {
 	enum { N = 24, BLK = 1024 * 1024 };
 	kvt_conn *c = kvtd_connect(d, 30000);
-	kvt_region *r = make_region(c, N * BLK);
-	kvt_region *r2 = make_region(c, N * BLK); /* GET destinations */
-	pattern(kvt_region_base(r), N * BLK, ns);
+	kvt_region *r = kvtd_region(c, N * BLK);
+	kvt_region *r2 = kvtd_region(c, N * BLK); /* GET destinations */
+	fill_pattern(kvt_region_base(r), N * BLK, ns);
 	kvt_key pk = test_key(ns, 1000);
 	kvt_put_item pin_it = { .key = pk, .region = r, .offset = 0, .length = 4096,
 				.desc = test_desc };
@@ -223,12 +192,12 @@ TEST(client_killed_mid_transfer_leaves_nothing_behind)
 	}
 	/* Whatever the dead clients managed to store is whole: a block is visible
 	 * only once all of its bytes were copied. */
-	kvt_region *r = make_region(c, 1 * MiB);
+	kvt_region *r = kvtd_region(c, 1 * MiB);
 	uint8_t *want = malloc(24 * MiB);
 	CHECK(want != NULL);
 	int stored = 0;
 	for (uint32_t round = 1; round <= ROUNDS; round++) {
-		pattern(want, 24 * MiB, round);
+		fill_pattern(want, 24 * MiB, round);
 		for (int i = 0; i < 24; i++) {
 			kvt_get_item g = { .key = test_key(round, (uint64_t)i), .region = r,
 					   .capacity = 1 * MiB };
@@ -247,7 +216,7 @@ TEST(client_killed_mid_transfer_leaves_nothing_behind)
 	free(want);
 	CHECK_RC(kvt_region_destroy(r), 0);
 	kvt_conn_close(c);
-	stop_clean(&d);
+	kvtd_stop_clean(&d);
 }
 
 /* Child of many_clients_killed_at_once: keep the daemon's workers busy with
@@ -256,8 +225,8 @@ static void busy_client(const struct kvtd *d, int ready_fd, uint32_t ns)
 {
 	enum { N = 60, BLK = 128 * 1024 };
 	kvt_conn *c = kvtd_connect(d, 30000);
-	kvt_region *r = make_region(c, N * BLK);
-	pattern(kvt_region_base(r), N * BLK, ns);
+	kvt_region *r = kvtd_region(c, N * BLK);
+	fill_pattern(kvt_region_base(r), N * BLK, ns);
 	static kvt_put_item put[N];
 	kvt_ticket tk[N];
 	for (uint64_t round = 0;; round++) {
@@ -314,7 +283,7 @@ TEST(many_clients_killed_at_once)
 		expect_baseline(&d, c, b);
 	}
 	kvt_conn_close(c);
-	stop_clean(&d);
+	kvtd_stop_clean(&d);
 }
 
 TEST(many_short_connections_do_not_leak)
@@ -326,7 +295,7 @@ TEST(many_short_connections_do_not_leak)
 	uint64_t total0 = kvtd_stat(c, "conn.total");
 	for (int i = 0; i < 50; i++) {
 		kvt_conn *x = kvtd_connect(&d, 30000);
-		kvt_region *r = make_region(x, 64 * KiB);
+		kvt_region *r = kvtd_region(x, 64 * KiB);
 		if (i % 2)
 			CHECK_RC(kvt_region_destroy(r), 0);
 		kvt_conn_close(x);
@@ -336,7 +305,7 @@ TEST(many_short_connections_do_not_leak)
 	expect_baseline(&d, c, b);
 	CHECK(kvtd_stat(c, "conn.total") >= total0 + 50);
 	kvt_conn_close(c);
-	stop_clean(&d);
+	kvtd_stop_clean(&d);
 }
 
 TEST(sigterm_removes_the_socket_and_exits_zero)
@@ -347,7 +316,7 @@ TEST(sigterm_removes_the_socket_and_exits_zero)
 	CHECK_MSG(strstr(log, "listening on ") && strstr(log, d.sock),
 		  "the log does not say it is listening on %s", d.sock);
 	kvt_conn *c = kvtd_connect(&d, 30000);
-	kvt_region *r = make_region(c, 1 * MiB);
+	kvt_region *r = kvtd_region(c, 1 * MiB);
 	kvt_put_item it = { .key = test_key(20, 1), .region = r, .length = 1000,
 			    .desc = test_desc };
 	CHECK_RC(kvt_block_put(c, &it, 1), 0);
@@ -358,14 +327,14 @@ TEST(sigterm_removes_the_socket_and_exits_zero)
 	/* The socket goes away before (or as) the daemon exits. */
 	struct stat sb;
 	for (int i = 0; i < 1000 && kvtd_alive(&d); i++)
-		sleep_ms(10);
+		test_sleep_ms(10);
 	CHECK_MSG(!kvtd_alive(&d), "kvtierd still running 10 s after SIGTERM");
 	CHECK_MSG(stat(d.sock, &sb) < 0 && errno == ENOENT, "socket %s left behind", d.sock);
 	kvt_conn *late = NULL;
 	int rc = kvt_conn_open(d.sock, &late);
 	CHECK_MSG(rc == KVT_ENOENT || rc == KVT_ECONNREFUSED, "connect after exit: %s",
 		  test_errname(rc));
-	stop_clean(&d);
+	kvtd_stop_clean(&d);
 }
 
 TEST(sigint_shuts_down_like_sigterm)
@@ -374,11 +343,11 @@ TEST(sigint_shuts_down_like_sigterm)
 	kvtd_start(&d, NULL);
 	CHECK(kill(d.pid, SIGINT) == 0);
 	for (int i = 0; i < 1000 && kvtd_alive(&d); i++)
-		sleep_ms(10);
+		test_sleep_ms(10);
 	CHECK_MSG(!kvtd_alive(&d), "kvtierd still running 10 s after SIGINT");
 	struct stat sb;
 	CHECK_MSG(stat(d.sock, &sb) < 0 && errno == ENOENT, "socket %s left behind", d.sock);
-	stop_clean(&d);
+	kvtd_stop_clean(&d);
 }
 
 TEST(sigterm_with_idle_clients_closes_them)
@@ -387,9 +356,9 @@ TEST(sigterm_with_idle_clients_closes_them)
 	kvtd_start(&d, NULL);
 	kvt_conn *a = kvtd_connect(&d, 30000);
 	kvt_conn *b = kvtd_connect(&d, 30000);
-	kvt_region *r = make_region(b, 1 * MiB);
+	kvt_region *r = kvtd_region(b, 1 * MiB);
 	CHECK_RC(kvt_ping(a), 0);
-	stop_clean(&d); /* bounded: fails if idle clients keep it alive */
+	kvtd_stop_clean(&d); /* bounded: fails if idle clients keep it alive */
 	int rc = kvt_ping(a);
 	CHECK_MSG(rc != 0, "ping after the daemon exited succeeded");
 	test_log("ping after shutdown: %s", test_errname(rc));
@@ -406,8 +375,8 @@ TEST(sigterm_during_transfers_answers_or_refuses_each)
 	struct kvtd d;
 	kvtd_start(&d, NULL);
 	kvt_conn *c = kvtd_connect(&d, 30000);
-	kvt_region *r = make_region(c, N * BLK);
-	pattern(kvt_region_base(r), N * BLK, 9);
+	kvt_region *r = kvtd_region(c, N * BLK);
+	fill_pattern(kvt_region_base(r), N * BLK, 9);
 	static kvt_put_item put[N];
 	kvt_ticket tk[N];
 	for (int i = 0; i < N; i++) {
@@ -447,7 +416,7 @@ TEST(sigterm_during_transfers_answers_or_refuses_each)
 	}
 	test_log("after SIGTERM: %d stored, %d refused, %d lost with the connection (%d sent late)",
 		 ok, refused, lost, nlate);
-	stop_clean(&d);
+	kvtd_stop_clean(&d);
 	kvt_region_destroy(r);
 	kvt_conn_close(c);
 }
@@ -457,7 +426,7 @@ TEST(clients_see_a_crashed_daemon_as_an_error)
 	struct kvtd d;
 	kvtd_start(&d, NULL);
 	kvt_conn *c = kvtd_connect(&d, 30000);
-	kvt_region *r = make_region(c, 1 * MiB);
+	kvt_region *r = kvtd_region(c, 1 * MiB);
 	char sock[sizeof(d.sock)];
 	memcpy(sock, d.sock, sizeof(sock));
 	kvtd_kill(&d);
@@ -497,7 +466,7 @@ TEST(unresponsive_daemon_times_the_call_out)
 	c = kvtd_connect(&d, 30000);
 	ping_ok_or_died(&d, c);
 	kvt_conn_close(c);
-	stop_clean(&d);
+	kvtd_stop_clean(&d);
 }
 
 TEST(bad_configuration_is_refused_with_file_and_line)
@@ -528,7 +497,7 @@ TEST(bad_configuration_is_refused_with_file_and_line)
 	for (int i = 0; i < 1000 && !exited; i++) {
 		exited = waitpid(pid, &st, WNOHANG) == pid;
 		if (!exited)
-			sleep_ms(10);
+			test_sleep_ms(10);
 	}
 	if (!exited) {
 		kill(pid, SIGKILL);

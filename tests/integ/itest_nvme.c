@@ -32,26 +32,6 @@
 
 /* ---- helpers ---------------------------------------------------------------- */
 
-static kvt_region *make_region(kvt_conn *c, size_t size)
-{
-	kvt_region *r = NULL;
-	CHECK_RC(kvt_region_create(c, size, &r), 0);
-	return r;
-}
-
-static void stop_clean(struct kvtd *d)
-{
-	int st = kvtd_stop(d);
-	CHECK_MSG(WIFEXITED(st) && WEXITSTATUS(st) == 0, "kvtierd ended with wait status %#x",
-		  st);
-}
-
-static void sleep_ms(int ms)
-{
-	struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000L };
-	nanosleep(&ts, NULL);
-}
-
 static uint64_t mix64(uint64_t x)
 {
 	x += 0x9e3779b97f4a7c15ull;
@@ -197,19 +177,10 @@ static uint64_t stat_num(kvt_conn *c, const char *name)
 	return v;
 }
 
-/* A text STATS entry, copied into buf ("" if absent). */
+/* A text STATS entry, copied into buf ("" if absent); buf, for use in an expression. */
 static const char *stat_text(kvt_conn *c, const char *name, char *buf, size_t cap)
 {
-	kvt_stats *s = NULL;
-	CHECK_RC(kvt_stats_get(c, &s), 0);
-	buf[0] = 0;
-	for (size_t i = 0; i < kvt_stats_count(s); i++) {
-		const char *en, *t;
-		uint64_t v;
-		if (kvt_stats_entry(s, i, &en, &v, &t) == 0 && t && strcmp(en, name) == 0)
-			snprintf(buf, cap, "%s", t);
-	}
-	kvt_stats_free(s);
+	kvtd_stat_text(c, name, buf, cap);
 	return buf;
 }
 
@@ -250,7 +221,7 @@ static void wait_stat_eq(kvt_conn *c, const char *name, uint64_t want)
 		v = stat_num(c, name);
 		if (v == want)
 			return;
-		sleep_ms(10);
+		test_sleep_ms(10);
 	}
 	test_fail(__FILE__, __LINE__, "%s stayed at %llu for %d ms, waiting for %llu", name,
 		  (unsigned long long)v, POLL_MS, (unsigned long long)want);
@@ -263,7 +234,7 @@ static void wait_stat_ge(kvt_conn *c, const char *name, uint64_t want)
 		v = stat_num(c, name);
 		if (v >= want)
 			return;
-		sleep_ms(10);
+		test_sleep_ms(10);
 	}
 	test_fail(__FILE__, __LINE__, "%s stayed at %llu for %d ms, waiting for >= %llu", name,
 		  (unsigned long long)v, POLL_MS, (unsigned long long)want);
@@ -314,8 +285,8 @@ static void roundtrip(const char *backend, const char *codec, const char *write)
 	kvt_conn *c = kvtd_connect(&d, 30000);
 	CHECK_EQ(stat_num(c, "t2.active"), 1);
 	check_backend(&d, c, backend);
-	kvt_region *src = make_region(c, 4 * MiB);
-	kvt_region *dst = make_region(c, 4 * MiB);
+	kvt_region *src = kvtd_region(c, 4 * MiB);
+	kvt_region *dst = kvtd_region(c, 4 * MiB);
 	uint8_t *want = malloc(4 * MiB);
 	CHECK(want);
 
@@ -388,7 +359,7 @@ static void roundtrip(const char *backend, const char *codec, const char *write)
 	CHECK_RC(kvt_region_destroy(dst), 0);
 	CHECK_RC(kvt_region_destroy(src), 0);
 	kvt_conn_close(c);
-	stop_clean(&d);
+	kvtd_stop_clean(&d);
 }
 
 TEST(uring_roundtrip_raw) { roundtrip("uring", "raw", "through"); }
@@ -425,8 +396,8 @@ static void admission_reused(const char *backend)
 	kvtd_start(&d, conf);
 	kvt_conn *c = kvtd_connect(&d, 30000);
 	check_backend(&d, c, backend);
-	kvt_region *src = make_region(c, len);
-	kvt_region *dst = make_region(c, len);
+	kvt_region *src = kvtd_region(c, len);
+	kvt_region *dst = kvtd_region(c, len);
 	uint8_t *want = malloc(len);
 	CHECK(want);
 
@@ -462,7 +433,7 @@ static void admission_reused(const char *backend)
 	CHECK_RC(kvt_region_destroy(dst), 0);
 	CHECK_RC(kvt_region_destroy(src), 0);
 	kvt_conn_close(c);
-	stop_clean(&d);
+	kvtd_stop_clean(&d);
 }
 
 TEST(uring_admission_reused_writes_only_read_blocks) { admission_reused("uring"); }
@@ -486,8 +457,8 @@ static void chain_put_waits_in_order(const char *backend)
 	struct kvtd d;
 	kvtd_start(&d, conf);
 	kvt_conn *c = kvtd_connect(&d, 30000);
-	kvt_region *src = make_region(c, CHAIN * len);
-	kvt_region *dst = make_region(c, len);
+	kvt_region *src = kvtd_region(c, CHAIN * len);
+	kvt_region *dst = kvtd_region(c, len);
 	uint8_t *want = malloc(len);
 	CHECK(want);
 	for (uint64_t i = 0; i < FILL; i++)
@@ -520,7 +491,7 @@ static void chain_put_waits_in_order(const char *backend)
 	CHECK_RC(kvt_region_destroy(dst), 0);
 	CHECK_RC(kvt_region_destroy(src), 0);
 	kvt_conn_close(c);
-	stop_clean(&d);
+	kvtd_stop_clean(&d);
 }
 
 /*
@@ -539,8 +510,8 @@ TEST(chain_split_over_two_pipelined_puts_loses_no_child)
 	struct kvtd d;
 	kvtd_start(&d, conf);
 	kvt_conn *c = kvtd_connect(&d, 30000);
-	kvt_region *src = make_region(c, 2 * HALF * len);
-	kvt_region *fill = make_region(c, len);
+	kvt_region *src = kvtd_region(c, 2 * HALF * len);
+	kvt_region *fill = kvtd_region(c, len);
 	uint8_t *want = malloc(len);
 	CHECK(want);
 	for (uint64_t i = 0; i < FILL; i++)
@@ -578,7 +549,7 @@ TEST(chain_split_over_two_pipelined_puts_loses_no_child)
 	CHECK_RC(kvt_region_destroy(fill), 0);
 	CHECK_RC(kvt_region_destroy(src), 0);
 	kvt_conn_close(c);
-	stop_clean(&d);
+	kvtd_stop_clean(&d);
 }
 
 TEST(uring_chain_put_waits_in_order_and_loses_no_child) { chain_put_waits_in_order("uring"); }
@@ -600,7 +571,7 @@ TEST(child_of_a_block_on_nvme_is_stored)
 	struct kvtd d;
 	kvtd_start(&d, conf);
 	kvt_conn *c = kvtd_connect(&d, 30000);
-	kvt_region *src = make_region(c, len);
+	kvt_region *src = kvtd_region(c, len);
 	for (uint64_t i = 0; i < N; i++)
 		CHECK_RC(put_blk(c, src, 0, ns, i, len, NULL), 0);
 	wait_stat_eq(c, "t2.blocks", N);
@@ -618,7 +589,7 @@ TEST(child_of_a_block_on_nvme_is_stored)
 	CHECK_EQ(tiers[1], KVT_TIER_HOST);
 	CHECK_RC(kvt_region_destroy(src), 0);
 	kvt_conn_close(c);
-	stop_clean(&d);
+	kvtd_stop_clean(&d);
 }
 
 /* ---- write-through ---------------------------------------------------------------- */
@@ -638,8 +609,8 @@ static void write_through(const char *backend)
 	kvtd_start(&d, conf);
 	kvt_conn *c = kvtd_connect(&d, 30000);
 	check_backend(&d, c, backend);
-	kvt_region *src = make_region(c, 2 * MiB);
-	kvt_region *dst = make_region(c, 2 * MiB);
+	kvt_region *src = kvtd_region(c, 2 * MiB);
+	kvt_region *dst = kvtd_region(c, 2 * MiB);
 	uint8_t *want = malloc(2 * MiB);
 	CHECK(want);
 
@@ -663,7 +634,7 @@ static void write_through(const char *backend)
 	CHECK_RC(kvt_region_destroy(dst), 0);
 	CHECK_RC(kvt_region_destroy(src), 0);
 	kvt_conn_close(c);
-	stop_clean(&d);
+	kvtd_stop_clean(&d);
 }
 
 TEST(uring_write_through_writes_every_put) { write_through("uring"); }
@@ -689,7 +660,7 @@ TEST(auto_backend_falls_back_to_threads_and_says_why)
 	kvt_conn *c = kvtd_connect(&d, 30000);
 	stat_text(c, "t2.backend", b, sizeof(b));
 	kvt_conn_close(c);
-	stop_clean(&d);
+	kvtd_stop_clean(&d);
 	if (strncmp(b, "io_uring", 8) != 0)
 		test_log("io_uring is not available here (%s): only the fallback is checked", b);
 
@@ -710,8 +681,8 @@ TEST(auto_backend_falls_back_to_threads_and_says_why)
 	CHECK_MSG(strncmp(b, "thread pool", 11) == 0 && strstr(b, "io_uring refused"),
 		  "t2.backend is '%s'", b);
 
-	kvt_region *src = make_region(c, 2 * MiB);
-	kvt_region *dst = make_region(c, 2 * MiB);
+	kvt_region *src = kvtd_region(c, 2 * MiB);
+	kvt_region *dst = kvtd_region(c, 2 * MiB);
 	uint8_t *want = malloc(2 * MiB);
 	CHECK(want);
 	enum { N = 8 };
@@ -722,11 +693,11 @@ TEST(auto_backend_falls_back_to_threads_and_says_why)
 	kvt_region_destroy(dst);
 	kvt_conn_close(c);
 	d.keep_dir = true;
-	stop_clean(&d);
+	kvtd_stop_clean(&d);
 	kvtd_restart(&d);
 	CHECK(strstr(kvtd_log_text(&d), "NVMe I/O: thread pool"));
 	c = kvtd_connect(&d, 30000);
-	dst = make_region(c, 2 * MiB);
+	dst = kvtd_region(c, 2 * MiB);
 	for (uint64_t i = 0; i < N; i++) {
 		CHECK_EQ(lookup_tier(c, blk_key(ns, i)), KVT_TIER_NVME);
 		CHECK_RC(get_blk(c, dst, ns, i, blk_len(ns, i, 64 * KiB, 2 * MiB), want), 0);
@@ -735,7 +706,7 @@ TEST(auto_backend_falls_back_to_threads_and_says_why)
 	kvt_region_destroy(dst);
 	kvt_conn_close(c);
 	d.keep_dir = false;
-	stop_clean(&d);
+	kvtd_stop_clean(&d);
 }
 
 /* ---- memstat ---------------------------------------------------------------------- */
@@ -787,11 +758,11 @@ TEST(memstat_shows_the_nvme_tier)
 	snprintf(cmd, sizeof(cmd), "%s -s %s --json", kvtd_bin("memstat"), d.sock);
 	CHECK_EQ(run_capture(cmd, out, sizeof(out)), 0);
 	CHECK_MSG(strstr(out, "\"t2\":{\"active\":0}"), "JSON without \"t2\":{\"active\":0}");
-	stop_clean(&d);
+	kvtd_stop_clean(&d);
 
 	kvtd_start(&d, T2_CONF "io_backend = uring\nnvme_write = through\nnvme_codec = bf16\n");
 	kvt_conn *c = kvtd_connect(&d, 30000);
-	kvt_region *src = make_region(c, 1 * MiB);
+	kvt_region *src = kvtd_region(c, 1 * MiB);
 	for (uint64_t i = 0; i < 5; i++)
 		CHECK_RC(put_blk(c, src, 0, ns, i, 1 * MiB, NULL), 0);
 	wait_stat_eq(c, "t2.blocks", 5);
@@ -825,7 +796,7 @@ TEST(memstat_shows_the_nvme_tier)
 		  "memstat -w --json has no T2 rates");
 	kvt_region_destroy(src);
 	kvt_conn_close(c);
-	stop_clean(&d);
+	kvtd_stop_clean(&d);
 }
 
 TEST_MAIN(uring_roundtrip_raw, uring_roundtrip_zstd, uring_roundtrip_bf16, threads_roundtrip_raw,

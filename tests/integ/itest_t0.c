@@ -27,30 +27,6 @@
 #define MiB (1024ull * 1024)
 #define EMU "gpu_backend = emulated\n"
 
-static void sleep_ms(int ms)
-{
-	struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000L };
-	nanosleep(&ts, NULL);
-}
-
-static void stop_clean(struct kvtd *d)
-{
-	int st = kvtd_stop(d);
-	CHECK_MSG(WIFEXITED(st) && WEXITSTATUS(st) == 0, "kvtierd ended with wait status %#x",
-		  st);
-}
-
-static void pattern(uint8_t *p, size_t n, uint64_t seed)
-{
-	uint64_t x = seed * 0x9e3779b97f4a7c15ull + 7;
-	for (size_t i = 0; i < n; i++) {
-		x ^= x << 13;
-		x ^= x >> 7;
-		x ^= x << 17;
-		p[i] = (uint8_t)(x >> 24);
-	}
-}
-
 static kvt_key key_n(uint32_t n)
 {
 	kvt_key k;
@@ -58,22 +34,6 @@ static kvt_key key_n(uint32_t n)
 	k.b[0] = 0x70;
 	memcpy(k.b + 8, &n, 4);
 	return k;
-}
-
-/* A text STATS entry into out (empty when absent). */
-static void stat_text(kvt_conn *c, const char *name, char *out, size_t cap)
-{
-	kvt_stats *s = NULL;
-	CHECK_RC(kvt_stats_get(c, &s), 0);
-	out[0] = 0;
-	for (size_t i = 0; i < kvt_stats_count(s); i++) {
-		const char *n, *t;
-		uint64_t v;
-		CHECK_RC(kvt_stats_entry(s, i, &n, &v, &t), 0);
-		if (strcmp(n, name) == 0 && t)
-			snprintf(out, cap, "%s", t);
-	}
-	kvt_stats_free(s);
 }
 
 /* true if text calls something HBM other than as "not HBM". */
@@ -89,7 +49,7 @@ static uint64_t wait_stat(kvt_conn *c, const char *name, uint64_t want)
 {
 	uint64_t v = 0;
 	for (int i = 0; i < 500 && (v = kvtd_stat(c, name)) < want; i++)
-		sleep_ms(10);
+		test_sleep_ms(10);
 	return v;
 }
 
@@ -97,7 +57,7 @@ static uint64_t wait_stat(kvt_conn *c, const char *name, uint64_t want)
 static void settle(kvt_conn *c)
 {
 	for (int i = 0; i < 500 && kvtd_stat(c, "t0.promotions_inflight") > 0; i++)
-		sleep_ms(10);
+		test_sleep_ms(10);
 	CHECK_EQ(kvtd_stat(c, "t0.promotions_inflight"), 0);
 }
 
@@ -153,7 +113,7 @@ static void cache_make(kvt_conn *conn, struct cache *c, uint64_t seed)
 	for (uint32_t l = 0; l < LAYERS; l++) {
 		CHECK_RC(kvt_region_create(conn, layer_bytes(), &c->reg[l]), 0);
 		c->base[l] = kvt_region_base(c->reg[l]);
-		pattern(c->base[l], layer_bytes(), seed + l);
+		fill_pattern(c->base[l], layer_bytes(), seed + l);
 		c->layer[l].buffer = l;
 		c->layer[l].offset = 0;
 	}
@@ -185,24 +145,17 @@ static void pack(struct cache *c, const uint32_t *pages, uint32_t ntok, uint8_t 
 			}
 }
 
+/* An item from token 0: as many pages as ntok tokens fill. */
 static kvt_gpu_item gitem(kvt_key key, uint32_t region, uint32_t ntok, const uint32_t *pages)
 {
-	kvt_gpu_item it;
-	memset(&it, 0, sizeof(it));
-	it.key = key;
-	it.region_id = region;
-	it.first_token = 0;
-	it.ntokens = ntok;
-	it.pages = pages;
-	it.npages = (ntok + PAGE_TOK - 1) / PAGE_TOK;
-	return it;
+	return gpu_item(key, region, 0, ntok, pages, (ntok + PAGE_TOK - 1) / PAGE_TOK);
 }
 
 /* Host PUT of a block of ntok tokens with bytes seeded by n (kept in want). */
 static void put_block(kvt_conn *c, kvt_region *r, uint32_t n, uint32_t ntok, uint8_t *want)
 {
 	size_t len = BLOCK_BYTES(ntok);
-	pattern(kvt_region_base(r), len, 1000 + n);
+	fill_pattern(kvt_region_base(r), len, 1000 + n);
 	memcpy(want, kvt_region_base(r), len);
 	kvt_put_item it;
 	memset(&it, 0, sizeof(it));
@@ -266,9 +219,9 @@ TEST(second_read_promotes_then_served_from_t0)
 	CHECK_EQ(kvtd_stat(c, "t0.active"), 1);
 	CHECK_EQ(kvtd_stat(c, "t0.capacity_bytes"), 4 * MiB);
 	char txt[512];
-	stat_text(c, "t0.memory", txt, sizeof(txt));
+	kvtd_stat_text(c, "t0.memory", txt, sizeof(txt));
 	CHECK_MSG(strcmp(txt, "emulated (host memory), not HBM") == 0, "t0.memory = %s", txt);
-	stat_text(c, "t0.reason", txt, sizeof(txt));
+	kvtd_stat_text(c, "t0.reason", txt, sizeof(txt));
 	CHECK_MSG(strstr(txt, "emulated") && !claims_hbm(txt), "t0.reason = %s", txt);
 
 	struct cache a, b;
@@ -287,7 +240,7 @@ TEST(second_read_promotes_then_served_from_t0)
 	CHECK_EQ(kvtd_stat(c, "t0.blocks"), 0);
 
 	gpu_get_check(c, &b, 0, 64, want[0]);
-	sleep_ms(50);
+	test_sleep_ms(50);
 	CHECK_EQ(kvtd_stat(c, "t0.promotions"), 0);
 	CHECK_EQ(lookup_tier(c, key_n(0)), KVT_TIER_HOST);
 	gpu_get_check(c, &b, 0, 64, want[0]); /* the second read promotes */
@@ -318,7 +271,7 @@ TEST(second_read_promotes_then_served_from_t0)
 	CHECK_RC(kvt_block_get(c, &g, 1), 0);
 	kvt_gpu_item again = gitem(key_n(1), a.id, 64, sp[1]);
 	CHECK_RC(kvt_gpu_put(c, &again, 1), 0);
-	sleep_ms(50);
+	test_sleep_ms(50);
 	CHECK_EQ(kvtd_stat(c, "t0.blocks"), 1);
 	CHECK_EQ(lookup_tier(c, key_n(1)), KVT_TIER_HOST);
 	/* two GPU_GETs of block 2 in one request: promoted once */
@@ -364,7 +317,7 @@ TEST(second_read_promotes_then_served_from_t0)
 	cache_free(&a);
 	cache_free(&b);
 	kvt_conn_close(c);
-	stop_clean(&d);
+	kvtd_stop_clean(&d);
 }
 
 /* A pool of two blocks under a hot set of four: the policy (2Q) evicts the block
@@ -420,7 +373,7 @@ TEST(small_pool_evicts_by_policy)
 	CHECK_EQ(lookup_tier(c, key_n(2)), KVT_TIER_HOST);
 	/* 3, read once, is not promoted */
 	gpu_get_check(c, &b, 3, 64, want[3]);
-	sleep_ms(50);
+	test_sleep_ms(50);
 	CHECK_EQ(kvtd_stat(c, "t0.promotions"), 4);
 	CHECK_EQ(lookup_tier(c, key_n(3)), KVT_TIER_HOST);
 	for (uint32_t i = 0; i < 4; i++)
@@ -438,7 +391,7 @@ TEST(small_pool_evicts_by_policy)
 	uint64_t prom = kvtd_stat(c, "t0.promotions");
 	for (int r = 0; r < 3; r++)
 		gpu_get_check(c, &b, 9, 256, wbig);
-	sleep_ms(50);
+	test_sleep_ms(50);
 	CHECK_EQ(kvtd_stat(c, "t0.promotions"), prom);
 	CHECK_EQ(lookup_tier(c, key_n(9)), KVT_TIER_HOST);
 	free(wbig);
@@ -448,7 +401,7 @@ TEST(small_pool_evicts_by_policy)
 	kvt_region_destroy(src);
 	cache_free(&b);
 	kvt_conn_close(c);
-	stop_clean(&d);
+	kvtd_stop_clean(&d);
 }
 
 /* Three tiers: a 4 MiB host tier, NVMe with write-back (every evicted block
@@ -541,7 +494,7 @@ TEST(three_tiers_under_host_pressure)
 	kvt_region_destroy(src);
 	cache_free(&b);
 	kvt_conn_close(c);
-	stop_clean(&d);
+	kvtd_stop_clean(&d);
 }
 
 /* DELETE takes a block out of T0, the host tier and NVMe; a pinned one stays in
@@ -602,7 +555,7 @@ TEST(delete_removes_from_every_tier)
 	kvt_region_destroy(src);
 	cache_free(&b);
 	kvt_conn_close(c);
-	stop_clean(&d);
+	kvtd_stop_clean(&d);
 }
 
 /* gpu_pool_size with no GPU backend: T0 is off and says why; gpu_pool_size = 0
@@ -618,31 +571,31 @@ TEST(pool_without_backend_is_inactive_with_reason)
 	CHECK_EQ(kvtd_stat(c, "t0.active"), 0);
 	CHECK_EQ(kvtd_stat(c, "t0.capacity_bytes"), 0);
 	char txt[512];
-	stat_text(c, "t0.reason", txt, sizeof(txt));
+	kvtd_stat_text(c, "t0.reason", txt, sizeof(txt));
 	CHECK_MSG(strstr(txt, "gpu_pool_size") && strstr(txt, "needs a GPU backend") &&
 			  strstr(txt, "gpu_backend = off"),
 		  "t0.reason = %s", txt);
-	stat_text(c, "t0.memory", txt, sizeof(txt));
+	kvtd_stat_text(c, "t0.memory", txt, sizeof(txt));
 	CHECK_MSG(strstr(txt, "none"), "t0.memory = %s", txt);
 	kvt_conn_close(c);
-	stop_clean(&d);
+	kvtd_stop_clean(&d);
 
 	kvtd_start(&d, EMU);
 	c = kvtd_connect(&d, 10000);
 	CHECK_EQ(kvtd_stat(c, "t0.active"), 0);
-	stat_text(c, "t0.reason", txt, sizeof(txt));
+	kvtd_stat_text(c, "t0.reason", txt, sizeof(txt));
 	CHECK_MSG(strstr(txt, "gpu_pool_size = 0"), "t0.reason = %s", txt);
 	kvt_conn_close(c);
-	stop_clean(&d);
+	kvtd_stop_clean(&d);
 
 	/* a pool below one chunk */
 	kvtd_start(&d, EMU "gpu_pool_size = 4KiB\n");
 	c = kvtd_connect(&d, 10000);
 	CHECK_EQ(kvtd_stat(c, "t0.active"), 0);
-	stat_text(c, "t0.reason", txt, sizeof(txt));
+	kvtd_stat_text(c, "t0.reason", txt, sizeof(txt));
 	CHECK_MSG(strstr(txt, "below one host_chunk"), "t0.reason = %s", txt);
 	kvt_conn_close(c);
-	stop_clean(&d);
+	kvtd_stop_clean(&d);
 }
 
 TEST_MAIN(second_read_promotes_then_served_from_t0, small_pool_evicts_by_policy,

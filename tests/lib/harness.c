@@ -44,7 +44,7 @@ static int64_t mono_ms(void)
 	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-static void sleep_ms(int ms)
+void test_sleep_ms(int ms)
 {
 	struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000L };
 	while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
@@ -263,7 +263,7 @@ static void spawn(struct kvtd *d)
 			test_fail(__FILE__, __LINE__, "kvtierd did not accept on %s within %d ms",
 				  d->sock, START_TIMEOUT_MS);
 		}
-		sleep_ms(10);
+		test_sleep_ms(10);
 	}
 	test_log("kvtierd pid %d up on %s, log in %s", (int)pid, d->sock, d->log);
 }
@@ -306,7 +306,7 @@ static bool reap(struct kvtd *d, int ms, int *status)
 				  strerror(errno));
 		if (mono_ms() > deadline)
 			return false;
-		sleep_ms(5);
+		test_sleep_ms(5);
 	}
 }
 
@@ -573,4 +573,60 @@ uint64_t kvtd_stat(kvt_conn *c, const char *name)
 	kvt_stats_free(s);
 	CHECK_MSG(ok, "STATS has no numeric entry %s", name);
 	return v;
+}
+
+void kvtd_stop_clean(struct kvtd *d)
+{
+	int st = kvtd_stop(d);
+	CHECK_MSG(WIFEXITED(st) && WEXITSTATUS(st) == 0, "kvtierd ended with wait status %#x",
+		  st);
+}
+
+kvt_region *kvtd_region(kvt_conn *c, size_t size)
+{
+	kvt_region *r = NULL;
+	CHECK_RC(kvt_region_create(c, size, &r), 0);
+	return r;
+}
+
+void kvtd_stat_text(kvt_conn *c, const char *name, char *out, size_t cap)
+{
+	kvt_stats *s = NULL;
+	CHECK_RC(kvt_stats_get(c, &s), 0);
+	out[0] = 0;
+	for (size_t i = 0; i < kvt_stats_count(s); i++) {
+		const char *n, *t;
+		uint64_t v;
+		CHECK_RC(kvt_stats_entry(s, i, &n, &v, &t), 0);
+		if (strcmp(n, name) == 0 && t)
+			snprintf(out, cap, "%s", t);
+	}
+	kvt_stats_free(s);
+}
+
+kvt_gpu_item gpu_item(kvt_key key, uint32_t region, uint32_t first, uint32_t ntok,
+		      const uint32_t *pages, uint32_t npages)
+{
+	kvt_gpu_item it;
+	memset(&it, 0, sizeof(it));
+	it.key = key;
+	it.region_id = region;
+	it.first_token = first;
+	it.ntokens = ntok;
+	it.pages = pages;
+	it.npages = npages;
+	return it;
+}
+
+/* xorshift64: cheap, and any block's bytes follow from its seed alone, so a test
+ * can check what it reads back without keeping a copy. */
+void fill_pattern(uint8_t *p, size_t n, uint64_t seed)
+{
+	uint64_t x = seed * 0x9e3779b97f4a7c15ull + 7;
+	for (size_t i = 0; i < n; i++) {
+		x ^= x << 13;
+		x ^= x >> 7;
+		x ^= x << 17;
+		p[i] = (uint8_t)(x >> 24);
+	}
 }

@@ -63,6 +63,26 @@ kvt_conn *kvtd_connect(const struct kvtd *d, int timeout_ms);
 /* A numeric STATS entry; fails the test if the daemon does not report it. */
 uint64_t kvtd_stat(kvt_conn *c, const char *name);
 
+/* kvtd_stop, failing the test unless the daemon exited with status 0. */
+void kvtd_stop_clean(struct kvtd *d);
+
+/* A new region of size bytes on c; fails the test on error. */
+kvt_region *kvtd_region(kvt_conn *c, size_t size);
+
+/* A text STATS entry, copied into out (empty when absent). */
+void kvtd_stat_text(kvt_conn *c, const char *name, char *out, size_t cap);
+
+/* A GPU_PUT/GPU_GET item (parent zero; outputs cleared). */
+kvt_gpu_item gpu_item(kvt_key key, uint32_t region, uint32_t first, uint32_t ntok,
+		      const uint32_t *pages, uint32_t npages);
+
+/* Fill p with n pseudo-random bytes that depend only on seed (the same seed gives
+ * the same bytes, so expected contents can be recomputed). */
+void fill_pattern(uint8_t *p, size_t n, uint64_t seed);
+
+/* Sleep ms milliseconds (all of them, through signals). */
+void test_sleep_ms(int ms);
+
 /* A plain connected Unix stream socket to path; fails the test on error. */
 int raw_connect(const char *path);
 
