@@ -39,10 +39,14 @@ struct cuda_region {
 	void **dlayer_base; /* device array of layers pointers */
 };
 
-/* A worker's stream and staging on one device. */
+/* A worker's streams and staging on one device. Host<->device copies run on xfer,
+ * kernels on stream; a copy and a kernel of different layers overlap (see
+ * cuda_copy). */
 struct cuda_lane {
 	bool ready;
 	cudaStream_t stream;
+	cudaStream_t xfer;
+	cudaEvent_t ev[2];
 	uint8_t *stage;   /* device */
 	size_t cap;
 	uint32_t *dflag;  /* device: the kernels' bad-page flag */
@@ -160,8 +164,15 @@ static int lane_get(int dev, size_t need, struct cuda_lane **out)
 	if (!ln->ready) {
 		if (cudaStreamCreateWithFlags(&ln->stream, cudaStreamNonBlocking) != cudaSuccess)
 			return KVT_EIO;
-		if (cudaMalloc((void **)&ln->dflag, sizeof(uint32_t)) != cudaSuccess) {
+		if (cudaStreamCreateWithFlags(&ln->xfer, cudaStreamNonBlocking) != cudaSuccess) {
 			cudaStreamDestroy(ln->stream);
+			return KVT_EIO;
+		}
+		if (cudaEventCreateWithFlags(&ln->ev[0], cudaEventDisableTiming) != cudaSuccess ||
+		    cudaEventCreateWithFlags(&ln->ev[1], cudaEventDisableTiming) != cudaSuccess ||
+		    cudaMalloc((void **)&ln->dflag, sizeof(uint32_t)) != cudaSuccess) {
+			cudaStreamDestroy(ln->stream);
+			cudaStreamDestroy(ln->xfer);
 			return KVT_ENOMEM;
 		}
 		ln->ready = true;
@@ -195,8 +206,44 @@ struct cuda_backend {
 	int pool_dev; /* the T0 pool's device */
 };
 
-/* Staging: [block bytes][kvl_item][page ids]; a scatter straight from the T0 pool
- * (one extent, same device) stages only the item and the page ids. */
+/* Copy [off, off + n) of the block between its host extents and dev (the staging
+ * block), on stream st. */
+static cudaError_t copy_range(const struct gpu_copy *cp, uint8_t *dev, uint64_t off, uint64_t n,
+			      bool to_device, cudaStream_t st)
+{
+	enum cudaMemcpyKind kind = !to_device    ? cudaMemcpyDeviceToHost
+				   : cp->src_pool ? cudaMemcpyDefault /* pool: device to device */
+						  : cudaMemcpyHostToDevice;
+	uint64_t at = 0;
+	for (size_t i = 0; i < cp->next && n; i++) {
+		uint64_t len = cp->ext[i].len;
+		if (at + len > off) {
+			uint64_t skip = off > at ? off - at : 0;
+			uint64_t take = len - skip < n ? len - skip : n;
+			cudaError_t e = to_device
+						? cudaMemcpyAsync(dev + off, cp->ext[i].ptr + skip, take, kind, st)
+						: cudaMemcpyAsync(cp->ext[i].ptr + skip, dev + off, take, kind, st);
+			if (e != cudaSuccess)
+				return e;
+			off += take;
+			n -= take;
+		}
+		at += len;
+	}
+	return cudaSuccess;
+}
+
+/*
+ * Staging: [block bytes][kvl_item x chunks][page ids]. The block's layers are
+ * contiguous in the block format, so a block moves a layer at a time: for a GET,
+ * layer l's bytes go host -> device on the xfer stream while layer l-1 is being
+ * scattered on the kernel stream (an event per layer hands each over); for a PUT,
+ * layer l is gathered while layer l-1 goes device -> host. Copy engine and SMs
+ * work at once, and a block's first pages land before its last bytes have crossed
+ * PCIe. Two events alternate: a stream's wait takes the event's state when it is
+ * queued, so re-recording one two layers later is safe. A scatter straight from
+ * the T0 pool (one extent, same device) needs no copy: one launch for the block.
+ */
 static int cuda_copy(struct gpu_backend *b, void *priv, const struct gpu_copy *cp, bool gather)
 {
 	struct cuda_region *r = priv;
@@ -204,57 +251,72 @@ static int cuda_copy(struct gpu_backend *b, void *priv, const struct gpu_copy *c
 	struct cuda_lane *ln;
 	bool direct = !gather && cp->src_pool && cp->next == 1 && cp->ext[0].len >= cp->blen &&
 		      r->dev == cb->pool_dev;
+	uint32_t chunks = direct ? 1 : cp->layout->layers;
+	uint64_t chunk_bytes = cp->blen / chunks;
+	if (chunks < 1 || chunks > KVL_MAX_LAYERS || chunk_bytes * chunks != cp->blen)
+		return KVT_EIO; /* the dispatcher checked the length against the layout */
 	size_t item_off = direct ? 0 : align_up((size_t)cp->blen, 256);
-	size_t pages_off = align_up(item_off + sizeof(struct kvl_item), 16);
+	size_t pages_off = align_up(item_off + chunks * sizeof(struct kvl_item), 16);
 	size_t need = pages_off + (size_t)cp->npages * sizeof(uint32_t);
 	int rc = lane_get(r->dev, need, &ln);
 	if (rc)
 		return rc;
 	uint8_t *blk = direct ? cp->ext[0].ptr : ln->stage;
-	struct kvl_item it = { .block = blk, .pages = (const uint32_t *)(ln->stage + pages_off),
-			       .first_token = cp->first_slot, .ntokens = cp->ntokens };
+	const uint32_t *dpages = (const uint32_t *)(ln->stage + pages_off);
+	struct kvl_item items[KVL_MAX_LAYERS];
+	for (uint32_t c = 0; c < chunks; c++)
+		items[c] = (struct kvl_item){ .block = blk + c * chunk_bytes, .pages = dpages,
+					      .first_token = cp->first_slot,
+					      .ntokens = cp->ntokens };
+	/* One layer of the layout, for the per-layer launches. */
+	struct kvl_layout one = *cp->layout;
+	if (!direct)
+		one.layers = 1;
+	const struct kvl_item *ditems = (const struct kvl_item *)(ln->stage + item_off);
+
 	cudaError_t e = cudaMemsetAsync(ln->dflag, 0, sizeof(uint32_t), ln->stream);
 	if (e == cudaSuccess)
-		e = cudaMemcpyAsync(ln->stage + item_off, &it, sizeof(it), cudaMemcpyHostToDevice,
-				    ln->stream);
+		e = cudaMemcpyAsync(ln->stage + item_off, items, chunks * sizeof(struct kvl_item),
+				    cudaMemcpyHostToDevice, ln->stream);
 	if (e == cudaSuccess)
 		e = cudaMemcpyAsync(ln->stage + pages_off, cp->pages,
 				    (size_t)cp->npages * sizeof(uint32_t), cudaMemcpyHostToDevice,
 				    ln->stream);
-	uint64_t off = 0;
-	if (!gather && !direct) {
-		/* From the pool: device to device (cudaMemcpyDefault: peer copy when the
-		 * pool is on another device). */
-		enum cudaMemcpyKind kind = cp->src_pool ? cudaMemcpyDefault : cudaMemcpyHostToDevice;
-		for (size_t i = 0; e == cudaSuccess && i < cp->next && off < cp->blen; i++) {
-			uint64_t n = cp->ext[i].len < cp->blen - off ? cp->ext[i].len : cp->blen - off;
-			e = cudaMemcpyAsync(blk + off, cp->ext[i].ptr, n, kind, ln->stream);
-			off += n;
-		}
-	}
-	if (e == cudaSuccess) {
-		const struct kvl_item *ditem = (const struct kvl_item *)(ln->stage + item_off);
-		int k = gather ? kvl_gather_cuda(cp->layout, r->dlayer_base, ditem, 1, cp->ntokens,
-						 ln->dflag, ln->stream)
-			       : kvl_scatter_cuda(cp->layout, r->dlayer_base, ditem, 1, cp->ntokens,
-						  ln->dflag, ln->stream);
-		e = (cudaError_t)k;
-	}
-	if (gather) {
-		for (size_t i = 0; e == cudaSuccess && i < cp->next && off < cp->blen; i++) {
-			uint64_t n = cp->ext[i].len < cp->blen - off ? cp->ext[i].len : cp->blen - off;
-			e = cudaMemcpyAsync(cp->ext[i].ptr, blk + off, n, cudaMemcpyDeviceToHost,
-					    ln->stream);
-			off += n;
+	for (uint32_t c = 0; e == cudaSuccess && c < chunks; c++) {
+		void *const *bases = r->dlayer_base + (direct ? 0 : c);
+		cudaEvent_t ev = ln->ev[c & 1];
+		if (gather) {
+			int k = kvl_gather_cuda(&one, bases, &ditems[c], 1, cp->ntokens, ln->dflag,
+						ln->stream);
+			e = (cudaError_t)k;
+			if (e == cudaSuccess)
+				e = cudaEventRecord(ev, ln->stream);
+			if (e == cudaSuccess)
+				e = cudaStreamWaitEvent(ln->xfer, ev, 0);
+			if (e == cudaSuccess)
+				e = copy_range(cp, blk, c * chunk_bytes, chunk_bytes, false, ln->xfer);
+		} else {
+			if (!direct) {
+				e = copy_range(cp, blk, c * chunk_bytes, chunk_bytes, true, ln->xfer);
+				if (e == cudaSuccess)
+					e = cudaEventRecord(ev, ln->xfer);
+				if (e == cudaSuccess)
+					e = cudaStreamWaitEvent(ln->stream, ev, 0);
+			}
+			if (e == cudaSuccess)
+				e = (cudaError_t)kvl_scatter_cuda(&one, bases, &ditems[c], 1,
+								  cp->ntokens, ln->dflag, ln->stream);
 		}
 	}
 	uint32_t bad = 0;
 	if (e == cudaSuccess)
 		e = cudaMemcpyAsync(&bad, ln->dflag, sizeof(bad), cudaMemcpyDeviceToHost, ln->stream);
-	/* Always wait, even after an error: nothing queued may outlive this call. */
+	/* Always wait for both streams, even after an error: nothing queued may
+	 * outlive this call (the host extents and the staging are reused). */
 	cudaError_t se = cudaStreamSynchronize(ln->stream);
+	cudaError_t sx = cudaStreamSynchronize(ln->xfer);
 	if (e == cudaSuccess)
-		e = se;
+		e = se != cudaSuccess ? se : sx;
 	if (e != cudaSuccess)
 		return cuda_err(e);
 	return bad ? KVT_ERANGE : 0;
