@@ -140,6 +140,8 @@ struct key_def {
 	  "Percent of the host tier kept free or already on NVMe by writing cold blocks early.")  \
 	X(nvme_staging, KK_SIZE, nvme_staging, SZ_MIB, UINT64_MAX, 0, "", "256MiB",               \
 	  "Buffer memory for NVMe reads and writes in flight; more wait their turn.")             \
+	X(nvme_write_window, KK_SIZE, nvme_write_window, 64 * SZ_MIB, UINT64_MAX, 0, "", "1GiB",  \
+	  "NVMe writes in flight that need no buffer (raw records straight from RAM).")         \
 	X(nvme_commit_interval, KK_DURATION, nvme_commit_interval_ms, 0, DURATION_MAX_MS, 0, "",  \
 	  "0", "Longest a written block waits for its group commit; 0 = as soon as possible.")    \
 	X(readahead, KK_COUNT, readahead, 0, 1024, 0, "", "4",                                    \
@@ -242,6 +244,7 @@ void config_defaults(struct kvtd_config *c)
 	c->nvme_write = 0;     /* back */
 	c->nvme_free_target = 10;
 	c->nvme_staging = 256 * SZ_MIB;
+	c->nvme_write_window = SZ_GIB;
 	c->nvme_commit_interval_ms = 0;
 	c->readahead = 4;
 	c->io_backend = 0;     /* auto */

@@ -62,6 +62,7 @@ struct kvtd_config {
 	uint32_t nvme_write;            /* 0 = write-back, 1 = write-through */
 	uint32_t nvme_free_target;      /* percent of the host tier kept free or clean */
 	uint64_t nvme_staging;          /* bytes of NVMe read/write buffers in flight */
+	uint64_t nvme_write_window;     /* bytes of buffer-less (raw) NVMe writes in flight */
 	uint64_t nvme_commit_interval_ms;
 	uint32_t readahead;             /* blocks fetched ahead along a chain */
 	uint32_t io_backend;            /* enum io_backend */

@@ -109,6 +109,7 @@ struct tier2 {
 	struct fetch *queue, *queue_tail;   /* waiting for staging memory */
 	size_t nactive, nqueued;
 	uint64_t staging_used;
+	uint64_t direct_used;   /* raw records being written from RAM (nvme_write_window) */
 	size_t demoting;
 	struct demote *active_demotes; /* in flight, for persist waiters to find */
 	bool flushing; /* stopping: write every admitted dirty block before exit */
@@ -487,7 +488,10 @@ static void demote_finish(struct demote *d, int status)
 			break;
 		}
 	staging_put(s, d->buf, d->cap);
-	t->staging_used -= d->flow;
+	if (d->direct)
+		t->direct_used -= d->flow;
+	else
+		t->staging_used -= d->flow;
 	t->demoting--;
 	uint32_t fl = t1_block_flags(d->b) & ~T1F_DEMOTING;
 	if (status == 0) {
@@ -596,11 +600,12 @@ static struct demote *demote_start_ex(struct server *s, struct t1_block *b, bool
 {
 	struct tier2 *t = s->tier2;
 	uint64_t len = t1_block_len(b);
-	/* Flow control counts every record's full size, copied or not, so the bytes
-	 * queued for the disk stay within nvme_staging either way. */
+	/* Flow control: a record built in a buffer counts against nvme_staging (the
+	 * buffer is real memory); a raw record written straight from RAM needs none,
+	 * and counts against nvme_write_window, which only bounds the bytes queued
+	 * for the disk (a deeper queue than the buffers allow is what keeps a fast
+	 * device busy). */
 	size_t flow = align_up(t2_record_bound(len));
-	if (!force && t->staging_used && t->staging_used + flow > s->cfg->nvme_staging)
-		return NULL;
 	struct demote *d = calloc(1, sizeof(*d));
 	if (!d)
 		return NULL;
@@ -608,6 +613,13 @@ static struct demote *demote_start_ex(struct server *s, struct t1_block *b, bool
 	d->codec = (uint8_t)codec_for_desc((enum codec_id)s->cfg->nvme_codec, &d->desc);
 	d->spans = block_spans(b, &d->nspans);
 	d->direct = d->spans && d->codec == CODEC_RAW && spans_direct_ok(d->spans, d->nspans);
+	uint64_t used = d->direct ? t->direct_used : t->staging_used;
+	uint64_t limit = d->direct ? s->cfg->nvme_write_window : s->cfg->nvme_staging;
+	if (!force && used && used + flow > limit) {
+		free(d->spans);
+		free(d);
+		return NULL;
+	}
 	size_t cap = d->direct ? align_up(t2_record_raw_head_bound(len)) : flow;
 	d->buf = staging_get(t, cap, &cap);
 	if (d->direct)
@@ -626,7 +638,10 @@ static struct demote *demote_start_ex(struct server *s, struct t1_block *b, bool
 	d->len = len;
 	d->cap = cap;
 	d->flow = flow;
-	t->staging_used += flow;
+	if (d->direct)
+		t->direct_used += flow;
+	else
+		t->staging_used += flow;
 	t->demoting++;
 	t1_block_ref(s->t1, b);
 	t1_block_set_flags(b, t1_block_flags(b) | T1F_DEMOTING);
@@ -950,6 +965,7 @@ void tier2_stats(struct server *s, struct kvt_stats_writer *w)
 	kvt_stats_writer_u64(w, "t2.fetch_failures", t->fetch_failures);
 	kvt_stats_writer_u64(w, "t2.readahead", t->readahead);
 	kvt_stats_writer_u64(w, "t2.staging_bytes", t->staging_used);
+	kvt_stats_writer_u64(w, "t2.direct_write_bytes", t->direct_used);
 	kvt_stats_writer_u64(w, "t1.dropped_unwritten", t->dropped_unwritten);
 }
 
