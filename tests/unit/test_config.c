@@ -27,8 +27,11 @@ static const char *const all_keys[] = {
 	"host_hugepages", "host_mlock", "host_policy", "tenant_quota", "quota", "uid_map",
 	"max_connections", "max_frame", "max_inflight", "max_batch", "max_regions",
 	"max_region_size", "max_block_size", "idle_timeout", "handshake_timeout",
-	"frame_timeout", "workers", "log_level", "gpu_backend", "gpu_max_regions",
-	"gpu_max_pages", "gpu_pool_size",
+	"frame_timeout", "workers", "log_level", "nvme_capacity", "nvme_segment_size",
+	"nvme_codec", "nvme_zstd_level", "nvme_admission", "nvme_write", "nvme_free_target",
+	"nvme_staging", "nvme_write_window", "nvme_commit_interval", "readahead", "io_backend",
+	"io_queue_depth", "mem_value_max", "gpu_backend", "gpu_max_regions", "gpu_max_pages",
+	"gpu_pool_size",
 };
 #define NKEYS (sizeof(all_keys) / sizeof(all_keys[0]))
 
@@ -73,6 +76,20 @@ static const char *config_diff(const struct kvtd_config *a, const struct kvtd_co
 	SAME_(frame_timeout_ms);
 	SAME_(workers);
 	SAME_(log_level);
+	SAME_(nvme_capacity);
+	SAME_(nvme_segment_size);
+	SAME_(nvme_codec);
+	SAME_(nvme_zstd_level);
+	SAME_(nvme_admission);
+	SAME_(nvme_write);
+	SAME_(nvme_free_target);
+	SAME_(nvme_staging);
+	SAME_(nvme_write_window);
+	SAME_(nvme_commit_interval_ms);
+	SAME_(readahead);
+	SAME_(io_backend);
+	SAME_(io_queue_depth);
+	SAME_(mem_value_max);
 	SAME_(gpu_backend);
 	SAME_(gpu_max_regions);
 	SAME_(gpu_max_pages);
@@ -446,6 +463,16 @@ TEST(ranges_accept_bounds_and_reject_beyond)
 		{ "handshake_timeout", { "0", "576h" }, { "577h" } },
 		{ "frame_timeout", { "0", "576h" }, { "577h" } },
 		{ "socket_mode", { "0", "0777", "777" }, { "01000", "1000", "0778", "8" } },
+		{ "nvme_segment_size", { "64MiB", "64GiB" }, { "63MiB", "65GiB", "0" } },
+		{ "nvme_zstd_level", { "1", "19" }, { "0", "20" } },
+		{ "nvme_free_target", { "1", "90" }, { "0", "91" } },
+		{ "nvme_staging", { "1MiB", "1TiB" }, { "1048575", "0" } },
+		{ "nvme_write_window", { "64MiB", "1TiB" }, { "67108863", "1MiB", "0" } },
+		{ "readahead", { "0", "1024" }, { "1025", "-1" } },
+		{ "io_queue_depth", { "1", "4096" }, { "0", "4097" } },
+		{ "mem_value_max", { "1", "64MiB" }, { "0", "65MiB" } },
+		{ "gpu_max_regions", { "1", "65536" }, { "0", "65537" } },
+		{ "gpu_max_pages", { "1", "16777216" }, { "0", "16777217" } },
 	};
 	char text[160], err[512];
 
@@ -488,6 +515,13 @@ TEST(bad_values_name_line_key_and_expectation)
 		{ "host_mlock", "1" },
 		{ "host_policy", "LRU" },
 		{ "host_policy", "arc" },
+		{ "nvme_codec", "lz4" },
+		{ "nvme_admission", "never" },
+		{ "nvme_write", "around" },
+		{ "nvme_write_window", "1GB" },
+		{ "io_backend", "aio" },
+		{ "gpu_backend", "rocm" },
+		{ "gpu_pool_size", "8GB" },
 		{ "tenant_quota", "1MB" },
 		{ "tenant_quota", "none" },
 		{ "quota", "1000" },
