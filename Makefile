@@ -103,7 +103,7 @@ KERNELS_SRC := $(sort $(wildcard kernels/*.c))
 KERNELS_CU  := $(sort $(wildcard kernels/*.cu))
 DAEMON_SRC := $(sort $(wildcard daemon/*.c))
 LIB_SRC    := $(sort $(filter-out client/memstat.c,$(wildcard client/*.c)))
-TESTLIB_SRC := tests/lib/test.c tests/lib/harness.c
+TESTLIB_SRC := tests/lib/test.c tests/lib/harness.c tests/lib/blocks.c
 
 UNIT_TESTS  := $(patsubst tests/unit/%.c,%,$(sort $(wildcard tests/unit/test_*.c)))
 INTEG_TESTS := $(patsubst tests/integ/%.c,%,$(sort $(wildcard tests/integ/itest_*.c)))
@@ -193,7 +193,7 @@ $(BUILD)/tests/itest_%: $(BUILD)/obj/tests/integ/itest_%.o $(TESTLIB_OBJ) $(COMM
 	@mkdir -p $(dir $@)
 	$(CC) $(filter %.o,$^) -o $@ $(ALL_LDFLAGS) $(LIB_A) -lxxhash
 
-$(BUILD)/bench/%: $(BUILD)/obj/bench/%.o $(COMMON_OBJ) $(LIB_A)
+$(BUILD)/bench/%: $(BUILD)/obj/bench/%.o $(BUILD)/obj/bench/benchlib.o $(COMMON_OBJ) $(LIB_A)
 	@mkdir -p $(dir $@)
 	$(CC) $(filter %.o,$^) -o $@ $(ALL_LDFLAGS) $(LIB_A) $(BENCH_LIBS_$*)
 

@@ -56,59 +56,11 @@ static void usage(FILE *f)
 
 /* ---- data ---------------------------------------------------------------------------- */
 
-static float unit(uint64_t *s)
-{
-	return (float)(bench_rand64(s) >> 40) * (1.0f / 16777216.0f);
-}
-
-static float gauss(uint64_t *s)
-{
-	float a = 0;
-
-	for (int i = 0; i < 12; i++)
-		a += unit(s);
-	return a - 6.0f;
-}
-
-static uint16_t to_bf16(float f)
-{
-	uint32_t u;
-
-	memcpy(&u, &f, sizeof(u));
-	u += 0x7fffu + ((u >> 16) & 1);
-	return (uint16_t)(u >> 16);
-}
-
-#define SYN_HEADS 8
-#define SYN_DIM 128
 #define SYN_DESC                                                                              \
 	"synthetic KV-like bf16: [tokens][8 heads][128 dims]; channel c ~ N(mu_c, sigma_c) "  \
 	"(Irwin-Hall), sigma_c = 0.02 * 2^U{0..5} * (1 + U[0,1)), every 16th channel an "       \
 	"outlier x16, mu_c = 0.5 sigma_c N(0,1); rounded to nearest-even bf16; no "            \
 	"token-to-token correlation (pessimistic)"
-
-static void fill_synthetic(uint8_t *p, size_t len)
-{
-	enum { CH = SYN_HEADS * SYN_DIM };
-	static float mu[CH], sigma[CH];
-	uint64_t s = 0x9e3779b97f4a7c15ull;
-
-	for (int c = 0; c < CH; c++) {
-		sigma[c] = 0.02f * (float)(1u << (bench_rand64(&s) % 6)) * (1.0f + unit(&s));
-		if (c % 16 == 5)
-			sigma[c] *= 16.0f;
-		mu[c] = 0.5f * sigma[c] * gauss(&s);
-	}
-	for (size_t i = 0; i + 1 < len; i += 2) {
-		size_t c = (i / 2) % CH;
-		uint16_t v = to_bf16(mu[c] + sigma[c] * gauss(&s));
-
-		p[i] = (uint8_t)v;
-		p[i + 1] = (uint8_t)(v >> 8);
-	}
-	if (len & 1)
-		p[len - 1] = 0;
-}
 
 static int load(const struct opts *o, struct data *d)
 {
@@ -133,7 +85,7 @@ static int load(const struct opts *o, struct data *d)
 		if (!d->p)
 			return -ENOMEM;
 		d->len = o->bytes;
-		fill_synthetic(d->p, d->len);
+		bench_fill_kv_bf16(d->p, d->len);
 	}
 	d->nframes = (d->len + CODEC_FRAME_SIZE - 1) / CODEC_FRAME_SIZE;
 	return 0;

@@ -44,6 +44,7 @@
 #include <unistd.h>
 
 #include "kvtier.h"
+#include "bench_daemon.h"
 #include "bench_util.h"
 
 #ifndef KVT_BIN_DIR
@@ -98,58 +99,9 @@ static void usage(FILE *f)
 		"  -o FILE     also write the report to FILE\n");
 }
 
-static int parse_size(const char *s, uint64_t *out)
-{
-	char *end;
-	unsigned long long v;
-
-	errno = 0;
-	v = strtoull(s, &end, 10);
-	if (errno || end == s || s[0] == '-')
-		return -EINVAL;
-	switch (*end) {
-	case 'k': case 'K': v <<= 10; end++; break;
-	case 'm': case 'M': v <<= 20; end++; break;
-	case 'g': case 'G': v <<= 30; end++; break;
-	default: break;
-	}
-	if (*end == 'i' && end[1] == 'B')
-		end += 2;
-	else if (*end == 'B')
-		end++;
-	if (*end)
-		return -EINVAL;
-	*out = v;
-	return 0;
-}
-
-static void sleep_us(unsigned us)
-{
-	struct timespec ts = { .tv_sec = us / 1000000, .tv_nsec = (long)(us % 1000000) * 1000 };
-
-	while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
-		;
-}
-
 static double secs(uint64_t ns)
 {
 	return (double)ns / 1e9;
-}
-
-static const char *fs_name(const char *dir)
-{
-	struct statfs s;
-
-	if (statfs(dir, &s) != 0)
-		return "unknown filesystem";
-	switch ((unsigned long)s.f_type) {
-	case 0xEF53: return "ext4";
-	case 0x58465342: return "xfs";
-	case 0x9123683E: return "btrfs";
-	case 0x01021994: return "tmpfs";
-	case 0x794c7630: return "overlayfs";
-	default: return "other filesystem";
-	}
 }
 
 /* The bench links no libm: Newton's square root is plenty for norms. */
@@ -170,95 +122,26 @@ static double sqrt_nr(double x)
 	return r;
 }
 
-/* ---- cleanup on a signal ------------------------------------------------------------- */
-
-static volatile pid_t child_pid = -1;
-static char tmp_dir[256];
-
-static void on_signal(int sig)
-{
-	pid_t p = child_pid;
-
-	if (p > 0)
-		kill(p, SIGKILL);
-	if (tmp_dir[0]) {
-		pid_t rm = fork();
-
-		if (rm == 0) {
-			execl("/bin/rm", "rm", "-rf", tmp_dir, (char *)NULL);
-			_exit(127);
-		}
-		if (rm > 0)
-			waitpid(rm, NULL, 0);
-	}
-	signal(sig, SIG_DFL);
-	raise(sig);
-}
-
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-	(void)st;
-	(void)flag;
-	(void)ftw;
-	remove(path);
-	return 0;
-}
-
-static void rm_tree(const char *path)
-{
-	nftw(path, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
-}
-
 /* ---- the daemon ------------------------------------------------------------------------ */
 
-struct daemon {
-	pid_t pid;
-	char dir[300], sock[320], data[320], log[320];
-	char cmd[1024]; /* the settings, for the report */
-};
-
-static void daemon_log_tail(const struct daemon *d)
+/* Make d's directory (under the run's) for a daemon of its own. */
+static int daemon_init(struct bench_daemon *d, const char *name)
 {
-	char buf[4096];
-	int fd = open(d->log, O_RDONLY);
-	off_t size;
-	ssize_t r;
+	char dir[300];
 
-	if (fd < 0)
-		return;
-	size = lseek(fd, 0, SEEK_END);
-	r = pread(fd, buf, sizeof(buf) - 1, size > (off_t)sizeof(buf) - 1 ?
-					   size - (off_t)sizeof(buf) + 1 : 0);
-	close(fd);
-	if (r > 0) {
-		buf[r] = 0;
-		fprintf(stderr, PROG ": the end of %s:\n%s\n", d->log, buf);
-	}
-}
-
-/* Make d's directory (under parent) for a daemon of its own. */
-static int daemon_init(struct daemon *d, const char *name)
-{
-	memset(d, 0, sizeof(*d));
-	d->pid = -1;
-	snprintf(d->dir, sizeof(d->dir), "%s/%s", tmp_dir, name);
-	if (mkdir(d->dir, 0755) != 0 && errno != EEXIST)
-		return -errno;
-	snprintf(d->sock, sizeof(d->sock), "%s/s.sock", d->dir);
-	snprintf(d->data, sizeof(d->data), "%s/data", d->dir);
-	snprintf(d->log, sizeof(d->log), "%s/kvtierd.log", d->dir);
-	return 0;
+	snprintf(dir, sizeof(dir), "%s/%s", bench_tmp_dir, name);
+	return bench_daemon_init(d, dir);
 }
 
 /* Fork/exec kvtierd -o socket=... -o data_dir=... -o KV... and connect. */
-static int daemon_start(const struct opts *o, struct daemon *d, const char *const *kv,
+static int daemon_start(const struct opts *o, struct bench_daemon *d, const char *const *kv,
 			size_t nkv, kvt_conn **out)
 {
 	char sock_kv[400], data_kv[400];
 	const char *argv[64];
+	char why[512];
 	size_t n = 0, len;
-	pid_t parent = getpid(), pid;
-	uint64_t deadline;
+	int rc;
 
 	if (nkv > 24)
 		return -E2BIG;
@@ -280,91 +163,22 @@ static int daemon_start(const struct opts *o, struct daemon *d, const char *cons
 	}
 	argv[n] = NULL;
 
-	fflush(NULL);
-	pid = fork();
-	if (pid < 0)
-		return -errno;
-	if (pid == 0) {
-		sigset_t none;
-		int in, lfd;
-
-		prctl(PR_SET_PDEATHSIG, SIGKILL);
-		if (getppid() != parent)
-			_exit(127);
-		in = open("/dev/null", O_RDONLY);
-		lfd = open(d->log, O_WRONLY | O_CREAT | O_APPEND, 0644);
-		if (in < 0 || lfd < 0)
-			_exit(127);
-		dup2(in, STDIN_FILENO);
-		dup2(lfd, STDOUT_FILENO);
-		dup2(lfd, STDERR_FILENO);
-		signal(SIGINT, SIG_DFL);
-		signal(SIGTERM, SIG_DFL);
-		signal(SIGPIPE, SIG_DFL);
-		sigemptyset(&none);
-		sigprocmask(SIG_SETMASK, &none, NULL);
-		/* execv's prototype predates const; it does not modify the strings. */
-		execv(o->daemon, (char *const *)(uintptr_t)argv);
-		dprintf(STDERR_FILENO, PROG ": exec %s: %s\n", o->daemon, strerror(errno));
-		_exit(127);
+	rc = bench_daemon_spawn(PROG, d, o->daemon, argv, NULL, 0);
+	if (rc != 0)
+		return rc;
+	rc = bench_daemon_connect(d, START_TIMEOUT_MS, CALL_TIMEOUT_MS, NULL, out, why,
+				  sizeof(why));
+	if (rc != 0) {
+		fprintf(stderr, PROG ": %s\n", why);
+		bench_daemon_log_tail(d->log);
 	}
-	d->pid = pid;
-	child_pid = pid;
-	deadline = bench_now_ns() + (uint64_t)START_TIMEOUT_MS * 1000000u;
-	for (;;) {
-		kvt_conn *c = NULL;
-		int st, rc;
-
-		if (waitpid(pid, &st, WNOHANG) == pid) {
-			d->pid = -1;
-			child_pid = -1;
-			fprintf(stderr, PROG ": kvtierd exited during start-up\n");
-			daemon_log_tail(d);
-			return -ECHILD;
-		}
-		rc = kvt_conn_open(d->sock, &c);
-		if (rc == 0) {
-			kvt_conn_set_timeout(c, CALL_TIMEOUT_MS);
-			*out = c;
-			return 0;
-		}
-		if (bench_now_ns() > deadline) {
-			fprintf(stderr, PROG ": kvtierd did not accept on %s: %s\n", d->sock,
-				kvt_strerror(rc));
-			daemon_log_tail(d);
-			return -ETIMEDOUT;
-		}
-		sleep_us(20000);
-	}
+	return rc;
 }
 
 /* SIGTERM and wait. Returns its exit status, or -1 if it had to be killed. */
-static int daemon_stop(struct daemon *d)
+static int daemon_stop(struct bench_daemon *d)
 {
-	uint64_t deadline = bench_now_ns() + (uint64_t)STOP_TIMEOUT_MS * 1000000u;
-	int st = 0, ret;
-	pid_t r;
-
-	if (d->pid <= 0)
-		return 0;
-	kill(d->pid, SIGTERM);
-	while ((r = waitpid(d->pid, &st, WNOHANG)) == 0 && bench_now_ns() < deadline)
-		sleep_us(10000);
-	if (r == 0) {
-		fprintf(stderr, PROG ": kvtierd did not exit after SIGTERM; killing it\n");
-		kill(d->pid, SIGKILL);
-		waitpid(d->pid, &st, 0);
-		ret = -1;
-	} else {
-		ret = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-	}
-	if (ret != 0) {
-		fprintf(stderr, PROG ": kvtierd exit status %d\n", ret);
-		daemon_log_tail(d);
-	}
-	d->pid = -1;
-	child_pid = -1;
-	return ret;
+	return bench_daemon_stop(PROG, d, STOP_TIMEOUT_MS);
 }
 
 static uint64_t stat_u64(kvt_conn *c, const char *name)
@@ -412,7 +226,7 @@ static double fio_run(const char *file, const char *rw, uint64_t size, uint64_t 
 		       "--iodepth=32", "--end_fsync=1", "--minimal", (char *)NULL);
 		_exit(127);
 	}
-	child_pid = pid;
+	bench_child_pid = pid;
 	close(pfd[1]);
 	for (;;) {
 		ssize_t r;
@@ -432,7 +246,7 @@ static double fio_run(const char *file, const char *rw, uint64_t size, uint64_t 
 	}
 	close(pfd[0]);
 	waitpid(pid, NULL, 0);
-	child_pid = -1;
+	bench_child_pid = -1;
 	if (out) {
 		/* --minimal (terse v3): field 7 is read bandwidth KiB/s, field 48 write. */
 		char *save = NULL, *tok;
@@ -535,7 +349,7 @@ static int put_finish(struct chain *ch, kvt_put_item *items, size_t m, int rc)
 		for (size_t j = 0; j < m && !rc; j++) {
 			while (items[j].status == KVT_ENOSPC && bench_now_ns() < deadline) {
 				put_retries++;
-				sleep_us(2000);
+				bench_sleep_us(2000);
 				if (kvt_block_put(ch->c, &items[j], 1) == 0)
 					items[j].status = 0;
 			}
@@ -713,7 +527,7 @@ static uint64_t wait_durable(kvt_conn *c, uint64_t want)
 				(unsigned long long)v, (unsigned long long)want);
 			return 0;
 		}
-		sleep_us(1000);
+		bench_sleep_us(1000);
 	}
 }
 
@@ -724,7 +538,7 @@ struct ctx_result {
 	double raw_write, raw_read, put_ram, save, restore, load_only, fio_write, fio_read;
 	double raw_write_s, raw_read_s, put_ram_s, save_s, restore_s, load_s;
 	uint64_t pre_durable, resident;
-	char cmd_raw[1024], cmd_ctx[1024];
+	char cmd_raw[4096], cmd_ctx[4096];
 };
 
 static int run_ctx(const struct opts *o, struct bench_out *out, uint64_t ctx_bytes,
@@ -732,7 +546,7 @@ static int run_ctx(const struct opts *o, struct bench_out *out, uint64_t ctx_byt
 {
 	size_t n = (size_t)(ctx_bytes / BLOCK_BYTES);
 	struct chain ch;
-	struct daemon d;
+	struct bench_daemon d;
 	kvt_conn *c = NULL;
 	char host[64], nvme[64];
 	uint64_t t0, t1;
@@ -797,14 +611,14 @@ static int run_ctx(const struct opts *o, struct bench_out *out, uint64_t ctx_byt
 		c = NULL;
 		if ((rc = daemon_stop(&d)))
 			goto out;
-		rm_tree(d.dir);
+		bench_rm_tree(d.dir);
 	}
 
 	/* The device: fio in the same directory, same block size, O_DIRECT. */
 	if (!o->no_fio) {
 		char file[400];
 
-		snprintf(file, sizeof(file), "%s/fio.dat", tmp_dir);
+		snprintf(file, sizeof(file), "%s/fio.dat", bench_tmp_dir);
 		fprintf(stderr, PROG ": fio...\n");
 		res->fio_write = fio_run(file, "write", n * BLOCK_BYTES, BLOCK_BYTES);
 		res->fio_read = fio_run(file, "read", n * BLOCK_BYTES, BLOCK_BYTES);
@@ -880,7 +694,7 @@ static int run_ctx(const struct opts *o, struct bench_out *out, uint64_t ctx_byt
 		kvt_conn_close(c);
 		c = NULL;
 		rc = daemon_stop(&d);
-		rm_tree(d.dir);
+		bench_rm_tree(d.dir);
 	}
 	res->ok = rc == 0;
 	bench_printf(out, "verified: %llu blocks read back (sampled words of each, %llu in full)\n",
@@ -973,7 +787,7 @@ static double fsync_rate(const char *dir, double seconds)
 	return (double)n / secs(bench_now_ns() - t0);
 }
 
-static int run_mem_put(const struct opts *o, struct bench_out *out, struct daemon *d)
+static int run_mem_put(const struct opts *o, struct bench_out *out, struct bench_daemon *d)
 {
 	static const unsigned counts[] = { 1, 8, 64 };
 	double base = fsync_rate(d->dir, 2.0);
@@ -1013,7 +827,7 @@ static int run_mem_put(const struct opts *o, struct bench_out *out, struct daemo
 		f0 = stat_u64(c, "meta.fsyncs");
 		pthread_barrier_wait(&bar);
 		t0 = bench_now_ns();
-		sleep_us(o->put_seconds * 1000000u);
+		bench_sleep_us(o->put_seconds * 1000000u);
 		stop = true;
 		for (unsigned i = 0; i < nc; i++)
 			pthread_join(p[i].th, NULL);
@@ -1230,7 +1044,7 @@ static int search_at(const struct opts *o, struct bench_out *out, kvt_conn *c,
 	return rc;
 }
 
-static int run_mem_search(const struct opts *o, struct bench_out *out, struct daemon *d)
+static int run_mem_search(const struct opts *o, struct bench_out *out, struct bench_daemon *d)
 {
 	struct vecs vs;
 	kvt_conn *c = NULL;
@@ -1317,7 +1131,7 @@ int main(int argc, char **argv)
 		case 'd': o.dir = optarg; break;
 		case 'D': o.daemon = optarg; break;
 		case 'c':
-			if (parse_size(optarg, &o.ctx_bytes) || o.ctx_bytes < BLOCK_BYTES) {
+			if (bench_parse_size(optarg, &o.ctx_bytes) || o.ctx_bytes < BLOCK_BYTES) {
 				fprintf(stderr, PROG ": -c wants a size of at least one block (32M)\n");
 				return 2;
 			}
@@ -1373,19 +1187,19 @@ int main(int argc, char **argv)
 		fprintf(stderr, PROG ": %s: %s\n", o.out, strerror(errno));
 		return 1;
 	}
-	snprintf(tmp_dir, sizeof(tmp_dir), "%s/bench_ctxmem.XXXXXX", o.dir);
-	if (!mkdtemp(tmp_dir)) {
+	snprintf(bench_tmp_dir, sizeof(bench_tmp_dir), "%s/bench_ctxmem.XXXXXX", o.dir);
+	if (!mkdtemp(bench_tmp_dir)) {
 		fprintf(stderr, PROG ": mkdtemp in %s: %s\n", o.dir, strerror(errno));
-		tmp_dir[0] = 0;
+		bench_tmp_dir[0] = 0;
 		return 1;
 	}
-	signal(SIGINT, on_signal);
-	signal(SIGTERM, on_signal);
+	signal(SIGINT, bench_on_signal);
+	signal(SIGTERM, bench_on_signal);
 	signal(SIGPIPE, SIG_IGN);
 
 	bench_print_machine(&out, "bench_ctxmem: saved contexts and memory records through kvtierd");
 	bench_printf(&out, "storage: %s (%s), the daemons' data and fio's file\n", o.dir,
-		     fs_name(o.dir));
+		     bench_fs_name(o.dir));
 	bench_printf(&out, "command: " PROG);
 	for (int i = 1; i < argc; i++)
 		bench_printf(&out, " %s", argv[i]);
@@ -1448,7 +1262,7 @@ int main(int argc, char **argv)
 	}
 
 	if (!o.no_mem && !rc) {
-		struct daemon d;
+		struct bench_daemon d;
 		kvt_conn *c = NULL;
 		const char *kv[] = { "host_capacity=256MiB", "nvme_capacity=0" };
 
@@ -1475,8 +1289,8 @@ int main(int argc, char **argv)
 		rc = rc ? rc : -EIO;
 	if (rc)
 		fprintf(stderr, PROG ": failed; the daemons' logs and data are kept in %s\n",
-			tmp_dir); /* no fio file: it is removed after each use */
+			bench_tmp_dir); /* no fio file: it is removed after each use */
 	else
-		rm_tree(tmp_dir);
+		bench_rm_tree(bench_tmp_dir);
 	return rc ? 1 : 0;
 }

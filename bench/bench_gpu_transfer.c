@@ -88,6 +88,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench_daemon.h"
 #include "bench_util.h"
 #include "kvtier.h"
 
@@ -171,32 +172,6 @@ static void usage(FILE *f)
 		"Needs a CUDA device; exits 77 without one.\n");
 }
 
-static int parse_u64(const char *s, uint64_t *out)
-{
-	char *end;
-	unsigned long long v;
-
-	errno = 0;
-	v = strtoull(s, &end, 10);
-	if (errno || end == s || s[0] == '-')
-		return -EINVAL;
-	switch (*end) {
-	case 'k': case 'K': v <<= 10; end++; break;
-	case 'm': case 'M': v <<= 20; end++; break;
-	case 'g': case 'G': v <<= 30; end++; break;
-	case 't': case 'T': v <<= 40; end++; break;
-	default: break;
-	}
-	if (*end == 'i' && end[1] == 'B')
-		end += 2;
-	else if (*end == 'B')
-		end++;
-	if (*end != '\0')
-		return -EINVAL;
-	*out = v;
-	return 0;
-}
-
 static double gib(uint64_t b)
 {
 	return (double)b / (double)GIB;
@@ -204,77 +179,19 @@ static double gib(uint64_t b)
 
 /* ---- cleanup, failure ------------------------------------------------------------------ */
 
-static volatile pid_t child_pid = -1; /* the running daemon */
-static char tmp_dir[256];
 static char cur_log[400];            /* the running daemon's log, for failures */
-
-static void sleep_us(unsigned us)
-{
-	struct timespec ts = { .tv_sec = us / 1000000, .tv_nsec = (long)(us % 1000000) * 1000 };
-
-	while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
-		;
-}
 
 /* Only async-signal-safe calls: kill the daemon, remove the temporary directory
  * (with rm, since nftw is not safe here), then die of the signal. */
 static void on_signal(int sig)
 {
 	static const char msg[] = PROG ": time limit (-l) reached; stopping\n";
-	pid_t p = child_pid;
 
 	if (sig == SIGALRM) {
 		ssize_t w = write(STDERR_FILENO, msg, sizeof(msg) - 1);
 		(void)w;
 	}
-	if (p > 0)
-		kill(p, SIGKILL);
-	if (tmp_dir[0]) {
-		pid_t rm = fork();
-
-		if (rm == 0) {
-			execl("/bin/rm", "rm", "-rf", tmp_dir, (char *)NULL);
-			_exit(127);
-		}
-		if (rm > 0)
-			waitpid(rm, NULL, 0);
-	}
-	signal(sig, SIG_DFL);
-	raise(sig);
-}
-
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-	(void)st;
-	(void)flag;
-	(void)ftw;
-	remove(path);
-	return 0;
-}
-
-static void rm_tree(const char *path)
-{
-	nftw(path, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
-}
-
-static void log_tail(const char *log)
-{
-	char buf[4096];
-	int fd = log[0] ? open(log, O_RDONLY | O_CLOEXEC) : -1;
-	off_t end;
-	ssize_t r;
-
-	if (fd < 0)
-		return;
-	end = lseek(fd, 0, SEEK_END);
-	lseek(fd, end > (off_t)sizeof(buf) - 1 ? end - (off_t)sizeof(buf) + 1 : 0, SEEK_SET);
-	r = read(fd, buf, sizeof(buf) - 1);
-	close(fd);
-	if (r <= 0)
-		return;
-	buf[r] = '\0';
-	fprintf(stderr, "---- kvtierd log (%s, last %zd bytes) ----\n%s---- end ----\n", log, r,
-		buf);
+	bench_on_signal(sig);
 }
 
 /* Say why, show the daemon's log, kill it, remove the directory, exit 1. */
@@ -282,7 +199,7 @@ __attribute__((noreturn, format(printf, 1, 2)))
 static void fail(const char *fmt, ...)
 {
 	va_list ap;
-	pid_t p = child_pid;
+	pid_t p = bench_child_pid;
 
 	fflush(stdout);
 	fprintf(stderr, PROG ": ");
@@ -291,13 +208,13 @@ static void fail(const char *fmt, ...)
 	va_end(ap);
 	fputc('\n', stderr);
 	if (p > 0) {
-		log_tail(cur_log);
+		bench_daemon_log_tail(cur_log);
 		kill(p, SIGKILL);
 		waitpid(p, NULL, 0);
-		child_pid = -1;
+		bench_child_pid = -1;
 	}
-	if (tmp_dir[0])
-		rm_tree(tmp_dir);
+	if (bench_tmp_dir[0])
+		bench_rm_tree(bench_tmp_dir);
 	exit(1);
 }
 
@@ -310,42 +227,30 @@ static void fail(const char *fmt, ...)
 
 /* ---- the daemon ------------------------------------------------------------------------ */
 
-struct daemon {
-	pid_t pid;
-	char dir[300];
-	char sock[340];
-	char data[340];
-	char log[340];
-	char cmd[2048]; /* the settings, for the report */
-};
-
 struct dconf {
 	uint64_t host_capacity;
 	uint64_t nvme_capacity; /* 0: no NVMe tier */
 };
 
-/* d's paths under tmp_dir/name (made here). */
-static void daemon_init(struct daemon *d, const char *name)
+/* d's paths under bench_tmp_dir/name (made here). */
+static void daemon_init(struct bench_daemon *d, const char *name)
 {
-	memset(d, 0, sizeof(*d));
-	d->pid = -1;
-	snprintf(d->dir, sizeof(d->dir), "%s/%s", tmp_dir, name);
-	snprintf(d->sock, sizeof(d->sock), "%s/kvtierd.sock", d->dir);
-	snprintf(d->data, sizeof(d->data), "%s/data", d->dir);
-	snprintf(d->log, sizeof(d->log), "%s/kvtierd.log", d->dir);
-	if (mkdir(d->dir, 0700) != 0 && errno != EEXIST)
+	char dir[300];
+
+	snprintf(dir, sizeof(dir), "%s/%s", bench_tmp_dir, name);
+	if (bench_daemon_init(d, dir) != 0)
 		fail("mkdir %s: %s", d->dir, strerror(errno));
 }
 
 /* Start kvtierd with c on d and connect to it; fails the run if it does not come up. */
-static kvt_conn *daemon_start(const struct opts *o, const struct dconf *c, struct daemon *d)
+static kvt_conn *daemon_start(const struct opts *o, const struct dconf *c, struct bench_daemon *d)
 {
 	char kv[12 + MAX_EXTRA][512];
 	const char *argv[2 + 2 * (12 + MAX_EXTRA) + 1];
 	size_t n = 0, nkv = 0, len;
-	pid_t parent = getpid(), pid;
-	uint64_t deadline;
-	int lfd;
+	kvt_conn *conn = NULL;
+	char why[512];
+	int rc;
 
 	snprintf(kv[nkv++], sizeof(kv[0]), "socket=%s", d->sock);
 	snprintf(kv[nkv++], sizeof(kv[0]), "data_dir=%s", d->data);
@@ -376,89 +281,28 @@ static kvt_conn *daemon_start(const struct opts *o, const struct dconf *c, struc
 		if (len < sizeof(d->cmd))
 			len += (size_t)snprintf(d->cmd + len, sizeof(d->cmd) - len, " -o %s", kv[i]);
 
-	lfd = open(d->log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-	if (lfd < 0)
-		fail("%s: %s", d->log, strerror(errno));
-	fflush(NULL);
-	pid = fork();
-	if (pid < 0)
-		fail("fork: %s", strerror(errno));
-	if (pid == 0) {
-		sigset_t none;
-		int in;
-
-		/* Never outlive the benchmark, even if it is killed. */
-		prctl(PR_SET_PDEATHSIG, SIGKILL);
-		if (getppid() != parent)
-			_exit(127);
-		in = open("/dev/null", O_RDONLY);
-		if (in < 0)
-			_exit(127);
-		dup2(in, STDIN_FILENO);
-		dup2(lfd, STDOUT_FILENO);
-		dup2(lfd, STDERR_FILENO);
-		signal(SIGINT, SIG_DFL);
-		signal(SIGTERM, SIG_DFL);
-		signal(SIGPIPE, SIG_DFL);
-		signal(SIGALRM, SIG_DFL);
-		signal(SIGHUP, SIG_DFL);
-		sigemptyset(&none);
-		sigprocmask(SIG_SETMASK, &none, NULL);
-		/* execv's prototype predates const; it does not modify the strings. */
-		execv(o->daemon, (char *const *)(uintptr_t)argv);
-		_exit(127);
-	}
-	close(lfd);
-	d->pid = pid;
-	child_pid = pid;
+	rc = bench_daemon_spawn(PROG, d, o->daemon, argv, NULL, 0);
+	if (rc != 0)
+		fail("fork: %s", strerror(-rc));
 	snprintf(cur_log, sizeof(cur_log), "%s", d->log);
-
-	deadline = bench_now_ns() + (uint64_t)START_TIMEOUT_MS * 1000000u;
-	for (;;) {
-		kvt_conn *conn = NULL;
-		int st, rc;
-
-		if (waitpid(pid, &st, WNOHANG) == pid) {
-			d->pid = -1;
-			child_pid = -1;
-			log_tail(d->log);
-			fail("kvtierd (%s) exited during start-up (%s %d)", o->daemon,
-			     WIFEXITED(st) ? "status" : "signal",
-			     WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st));
-		}
-		rc = kvt_conn_open(d->sock, &conn);
-		if (rc == 0) {
-			kvt_conn_set_timeout(conn, CALL_TIMEOUT_MS);
-			return conn;
-		}
-		if (bench_now_ns() > deadline)
-			fail("kvtierd did not accept on %s within %d ms: %s", d->sock,
-			     START_TIMEOUT_MS, kvt_strerror(rc));
-		sleep_us(20000);
+	rc = bench_daemon_connect(d, START_TIMEOUT_MS, CALL_TIMEOUT_MS, NULL, &conn, why,
+				  sizeof(why));
+	if (rc == -ECHILD) {
+		bench_daemon_log_tail(d->log);
+		fail("%s (%s)", why, o->daemon);
 	}
+	if (rc != 0)
+		fail("%s", why);
+	return conn;
 }
 
 /* SIGTERM and wait (SIGKILL after STOP_TIMEOUT_MS); fails the run unless it exits 0. */
-static void daemon_stop(struct daemon *d)
+static void daemon_stop(struct bench_daemon *d)
 {
-	uint64_t deadline = bench_now_ns() + (uint64_t)STOP_TIMEOUT_MS * 1000000u;
-	int st = 0;
-	pid_t r;
+	int rc = bench_daemon_stop(PROG, d, STOP_TIMEOUT_MS);
 
-	if (d->pid <= 0)
-		return;
-	kill(d->pid, SIGTERM);
-	while ((r = waitpid(d->pid, &st, WNOHANG)) == 0 && bench_now_ns() < deadline)
-		sleep_us(10000);
-	if (r == 0)
-		fail("kvtierd did not exit within %d ms of SIGTERM", STOP_TIMEOUT_MS);
-	d->pid = -1;
-	child_pid = -1;
-	if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
-		log_tail(d->log);
-		fail("kvtierd exited with %s %d after SIGTERM", WIFEXITED(st) ? "status" : "signal",
-		     WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st));
-	}
+	if (rc != 0)
+		fail("kvtierd exited with status %d after SIGTERM", rc);
 	cur_log[0] = '\0';
 }
 
@@ -518,7 +362,7 @@ static void grep_line(const char *log, const char *needle, char *out, size_t cap
 }
 
 /* The daemon must copy with CUDA: say what it reports, once per part. */
-static void daemon_require_cuda(struct bench_out *out, kvt_conn *c, const struct daemon *d,
+static void daemon_require_cuda(struct bench_out *out, kvt_conn *c, const struct bench_daemon *d,
 				bool print)
 {
 	char backend[256], line[1024];
@@ -983,7 +827,7 @@ static void part1(const struct opts *o, struct bench_out *out, const uint8_t *uu
 	const struct need nd = need_part1(o->blocks);
 	struct dconf dc = { .host_capacity = align_up(nd.host_tier, MIB), .nvme_capacity = 0 };
 	struct series put = { .n = 0 }, get = { .n = 0 }, d2h = { .n = 0 }, h2d = { .n = 0 };
-	struct daemon d;
+	struct bench_daemon d;
 	struct engine e;
 	uint32_t *perm = malloc(npages * sizeof(uint32_t));
 	uint32_t *chk_dst = malloc(2 * n * PPB * sizeof(uint32_t));
@@ -1164,7 +1008,7 @@ static double wait_durable(kvt_conn *c, uint64_t want)
 		if (bench_now_ns() - last > (uint64_t)DURABLE_TIMEOUT_MS * 1000000u)
 			fail("NVMe tier: t2.blocks stuck at %llu of %llu for %d ms",
 			     (unsigned long long)v, (unsigned long long)want, DURABLE_TIMEOUT_MS);
-		sleep_us(20000);
+		bench_sleep_us(20000);
 	}
 	return (double)(bench_now_ns() - t0) / 1e9;
 }
@@ -1179,7 +1023,7 @@ static void part2(const struct opts *o, struct bench_out *out, const uint8_t *uu
 	struct series put = { .n = 0 }, get = { .n = 0 }, d2h = { .n = 0 }, h2d = { .n = 0 };
 	struct series t2get = { .n = 0 };
 	struct drange dr[LAYERS];
-	struct daemon d;
+	struct bench_daemon d;
 	struct engine e;
 	uint32_t *pput = malloc(npages * sizeof(uint32_t)), *pget = malloc(npages * sizeof(uint32_t));
 	kvt_key *keys = malloc(nblk * sizeof(kvt_key));
@@ -1278,7 +1122,7 @@ static void part2(const struct opts *o, struct bench_out *out, const uint8_t *uu
 		size_t n2;
 		uint64_t b2, rb0;
 		struct dconf dc2;
-		struct daemon d2;
+		struct bench_daemon d2;
 		char line[1024];
 		double tw;
 
@@ -1382,27 +1226,27 @@ int main(int argc, char **argv)
 	while ((opt = getopt(argc, argv, "+n:r:c:R:b:T:P:g:d:D:O:l:o:h")) != -1) {
 		switch (opt) {
 		case 'n':
-			if (parse_u64(optarg, &v) || v == 0 || v > 1024)
+			if (bench_parse_size(optarg, &v) || v == 0 || v > 1024)
 				goto bad_arg;
 			o.blocks = (unsigned)v;
 			break;
 		case 'r':
-			if (parse_u64(optarg, &v) || v == 0 || v > MAX_ROUNDS)
+			if (bench_parse_size(optarg, &v) || v == 0 || v > MAX_ROUNDS)
 				goto bad_arg;
 			o.rounds = (unsigned)v;
 			break;
 		case 'c':
-			if (parse_u64(optarg, &v) || v % BLOCK_TOKENS || v > (1ull << 31))
+			if (bench_parse_size(optarg, &v) || v % BLOCK_TOKENS || v > (1ull << 31))
 				goto bad_arg;
 			o.ctx_tokens = v;
 			break;
 		case 'R':
-			if (parse_u64(optarg, &v) || v == 0 || v > MAX_ROUNDS)
+			if (bench_parse_size(optarg, &v) || v == 0 || v > MAX_ROUNDS)
 				goto bad_arg;
 			o.pagein_rounds = (unsigned)v;
 			break;
 		case 'b':
-			if (parse_u64(optarg, &v) || v == 0 || v > 1024)
+			if (bench_parse_size(optarg, &v) || v == 0 || v > 1024)
 				goto bad_arg;
 			o.batch = (unsigned)v;
 			break;
@@ -1415,7 +1259,7 @@ int main(int argc, char **argv)
 					goto bad_arg;
 				size = argv[optind++];
 			}
-			if (parse_u64(size, &o.t2_bytes) || o.t2_bytes < BLOCK_BYTES) {
+			if (bench_parse_size(size, &o.t2_bytes) || o.t2_bytes < BLOCK_BYTES) {
 				fprintf(stderr, PROG ": -T2 SIZE: '%s' is not a size of at least one "
 						"block (64M)\n", size);
 				return 2;
@@ -1431,7 +1275,7 @@ int main(int argc, char **argv)
 				goto bad_arg;
 			break;
 		case 'g':
-			if (parse_u64(optarg, &v) || v > 64)
+			if (bench_parse_size(optarg, &v) || v > 64)
 				goto bad_arg;
 			o.device = (int)v;
 			break;
@@ -1447,7 +1291,7 @@ int main(int argc, char **argv)
 			o.extra[o.nextra++] = optarg;
 			break;
 		case 'l':
-			if (parse_u64(optarg, &v) || v == 0 || v > 86400)
+			if (bench_parse_size(optarg, &v) || v == 0 || v > 86400)
 				goto bad_arg;
 			o.limit_s = (unsigned)v;
 			break;
@@ -1578,10 +1422,10 @@ int main(int argc, char **argv)
 		fprintf(stderr, PROG ": -d %s: path too long\n", o.dir);
 		return 2;
 	}
-	snprintf(tmp_dir, sizeof(tmp_dir), "%s/kvtier-gpu.XXXXXX", o.dir);
-	if (!mkdtemp(tmp_dir)) {
-		fprintf(stderr, PROG ": mkdtemp %s: %s\n", tmp_dir, strerror(errno));
-		tmp_dir[0] = '\0';
+	snprintf(bench_tmp_dir, sizeof(bench_tmp_dir), "%s/kvtier-gpu.XXXXXX", o.dir);
+	if (!mkdtemp(bench_tmp_dir)) {
+		fprintf(stderr, PROG ": mkdtemp %s: %s\n", bench_tmp_dir, strerror(errno));
+		bench_tmp_dir[0] = '\0';
 		return 1;
 	}
 	/* Let the daemon lock its host tier, as the systemd unit does. */
@@ -1629,8 +1473,8 @@ int main(int argc, char **argv)
 	bench_print_cpu_use(&out, &cpu0);
 	bench_printf(&out, "time:    %.0f s in all\n", (double)(bench_now_ns() - t_start) / 1e9);
 	alarm(0);
-	rm_tree(tmp_dir);
-	tmp_dir[0] = '\0';
+	bench_rm_tree(bench_tmp_dir);
+	bench_tmp_dir[0] = '\0';
 	if (bench_out_close(&out) != 0) {
 		fprintf(stderr, PROG ": writing %s failed\n", o.out);
 		return 1;

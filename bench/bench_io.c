@@ -34,6 +34,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "bench_daemon.h"
 #include "bench_util.h"
 #include "io.h"
 
@@ -72,50 +73,16 @@ static void usage(FILE *f)
 		"  -o FILE    also write the results to FILE\n");
 }
 
+/* A size with K/M/G suffixes; 0 is refused. */
 static int parse_bytes(const char *s, uint64_t *out)
 {
-	char *end;
-	unsigned long long v;
-
-	errno = 0;
-	v = strtoull(s, &end, 10);
-	if (errno || end == s || v == 0)
-		return -EINVAL;
-	switch (*end) {
-	case 'k': case 'K': v <<= 10; end++; break;
-	case 'm': case 'M': v <<= 20; end++; break;
-	case 'g': case 'G': v <<= 30; end++; break;
-	default: break;
-	}
-	if (*end == 'i' || *end == 'B')
-		end += (*end == 'i' && end[1] == 'B') ? 2 : 1;
-	if (*end != '\0')
-		return -EINVAL;
-	*out = v;
-	return 0;
+	return bench_parse_size(s, out) == 0 && *out > 0 ? 0 : -EINVAL;
 }
 
 static double cpu_seconds(const struct rusage *ru)
 {
 	return (double)ru->ru_utime.tv_sec + (double)ru->ru_utime.tv_usec / 1e6 +
 	       (double)ru->ru_stime.tv_sec + (double)ru->ru_stime.tv_usec / 1e6;
-}
-
-static const char *fs_name(const char *dir)
-{
-	struct statfs s;
-
-	if (statfs(dir, &s) != 0)
-		return "unknown filesystem";
-	switch ((unsigned long)s.f_type) {
-	case 0xEF53: return "ext4";
-	case 0x58465342: return "xfs";
-	case 0x9123683E: return "btrfs";
-	case 0x01021994: return "tmpfs";
-	case 0x2FC12FC1: return "zfs";
-	case 0x794c7630: return "overlayfs";
-	default: return "other filesystem";
-	}
 }
 
 /* ---- the engine's passes ----------------------------------------------------- */
@@ -328,71 +295,6 @@ static int run_engine(enum io_backend b, const struct opts *o, bool huge, struct
 
 /* ---- the fio baseline -------------------------------------------------------- */
 
-/* Run argv, collecting its stdout (stderr passes through). Returns the exit status,
- * or -errno; *cpu gets the child's CPU seconds. */
-static int run_capture(const char *const argv[], char *out, size_t cap, double *cpu)
-{
-	int pfd[2], st = 0;
-	size_t len = 0;
-	struct rusage ru;
-	pid_t pid;
-
-	if (pipe(pfd) != 0)
-		return -errno;
-	pid = fork();
-	if (pid < 0) {
-		close(pfd[0]);
-		close(pfd[1]);
-		return -errno;
-	}
-	if (pid == 0) {
-		dup2(pfd[1], STDOUT_FILENO);
-		close(pfd[0]);
-		close(pfd[1]);
-		/* execvp's prototype predates const; it does not modify the strings. */
-		execvp(argv[0], (char *const *)(uintptr_t)argv);
-		_exit(127);
-	}
-	close(pfd[1]);
-	for (;;) {
-		ssize_t n = read(pfd[0], out + len, cap - 1 - len);
-
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0)
-			break;
-		len += (size_t)n;
-		if (len == cap - 1) {
-			char sink[4096]; /* too long: drain the rest so fio can exit */
-
-			while (read(pfd[0], sink, sizeof(sink)) > 0)
-				;
-			break;
-		}
-	}
-	out[len] = '\0';
-	close(pfd[0]);
-	while (wait4(pid, &st, 0, &ru) < 0) {
-		if (errno != EINTR)
-			return -errno;
-	}
-	*cpu = cpu_seconds(&ru);
-	return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-}
-
-/* jobs[0].<dir>.bw_bytes from fio's JSON, or -1. */
-static double fio_bw_bytes(const char *json, const char *dir)
-{
-	char key[32];
-	const char *p = strstr(json, "\"jobs\"");
-
-	snprintf(key, sizeof(key), "\"%s\" : {", dir);
-	if (!p || !(p = strstr(p, key)) || !(p = strstr(p, "\"bw_bytes\"")))
-		return -1;
-	p = strchr(p, ':');
-	return p ? strtod(p + 1, NULL) : -1;
-}
-
 /* jobs[0].<key> (a number at the job's top level, after its read/write/trim
  * sections, e.g. usr_cpu), or -1. */
 static double fio_job_number(const char *json, const char *key)
@@ -406,25 +308,13 @@ static double fio_job_number(const char *json, const char *key)
 	return strtod(p + strlen(k), NULL);
 }
 
-static void fio_version(char *buf, size_t cap)
-{
-	const char *const argv[] = { "fio", "--version", NULL };
-	double cpu;
-
-	if (run_capture(argv, buf, cap, &cpu) != 0) {
-		snprintf(buf, cap, "fio (version unknown)");
-		return;
-	}
-	buf[strcspn(buf, "\n")] = '\0';
-}
-
 static int run_fio(const struct opts *o, bool write, struct result *res, char *cmd, size_t cmdcap)
 {
 	char file[4200], size[64], bs[64], qd[32];
 	const char *argv[16];
 	size_t n = 0;
-	static char json[1 << 20];
-	double cpu = 0, bw;
+	const char *json;
+	double cpu = 0;
 	uint64_t t0, t1;
 	int rc;
 
@@ -446,25 +336,12 @@ static int run_fio(const struct opts *o, bool write, struct result *res, char *c
 		argv[n++] = "--fixedbufs=1";
 	argv[n++] = "--output-format=json";
 	argv[n] = NULL;
-	cmd[0] = '\0';
-	for (size_t i = 0, len = 0; i < n && len < cmdcap; i++)
-		len += (size_t)snprintf(cmd + len, cmdcap - len, "%s%s", i ? " " : "", argv[i]);
-
 	t0 = bench_now_ns();
-	rc = run_capture(argv, json, sizeof(json), &cpu);
+	rc = bench_fio_run("bench_io", argv, write, cmd, cmdcap, &res->gbps, &json, &cpu);
 	t1 = bench_now_ns();
-	if (rc != 0) {
-		fprintf(stderr, "bench_io: fio exited with status %d%s\n", rc,
-			rc == 127 ? " (not installed? Debian package fio)" : "");
-		return -EIO;
-	}
-	bw = fio_bw_bytes(json, write ? "write" : "read");
-	if (bw <= 0) {
-		fprintf(stderr, "bench_io: no bandwidth in fio's JSON output\n");
-		return -EPROTO;
-	}
+	if (rc != 0)
+		return rc;
 	res->ok = true;
-	res->gbps = bw / 1e9;
 	/* fio's own figure for the job (its set-up excluded), like ours for the pass;
 	 * failing that, the whole fio process over its whole run. */
 	res->cpu_pct = fio_job_number(json, "usr_cpu") + fio_job_number(json, "sys_cpu");
@@ -592,12 +469,12 @@ int main(int argc, char **argv)
 		fprintf(stderr, "bench_io: cannot write %s: %s\n", o.out, strerror(errno));
 		return 1;
 	}
-	fio_version(fiover, sizeof(fiover));
+	bench_fio_version(fiover, sizeof(fiover));
 
 	bench_print_machine(&out, "bench_io: sequential O_DIRECT write then read, kvtier I/O "
 				  "engine beside fio");
 	bench_printf(&out, "files:   %s (%s), %.2f GiB each, fresh, preallocated, no fsync\n",
-		     o.dir, fs_name(o.dir), (double)o.size / (1u << 30));
+		     o.dir, bench_fs_name(o.dir), (double)o.size / (1u << 30));
 	bench_printf(&out, "blocks:  %zu KiB, queue depth %u, thread pool of %u, buffers %s\n",
 		     o.block >> 10, o.qd, o.threads,
 		     o.register_buffers ? "registered (fio: fixedbufs=1)" : "not registered");

@@ -28,6 +28,7 @@
 #include <unistd.h>
 
 #include "kvtier.h"
+#include "bench_daemon.h"
 #include "bench_util.h"
 #include "trace.h"
 
@@ -301,60 +302,21 @@ static uint64_t get_word(const uint8_t *slot, uint64_t w)
 /* ---- the daemon ------------------------------------------------------------------ */
 
 static volatile sig_atomic_t stop_requested;
-static volatile pid_t daemon_pid = -1;
 
 static void on_signal(int sig)
 {
 	(void)sig;
 	stop_requested = 1;
 	/* The replay then fails on a closed connection and cleans up normally. */
-	if (daemon_pid > 0)
-		kill(daemon_pid, SIGKILL);
+	if (bench_child_pid > 0)
+		kill(bench_child_pid, SIGKILL);
 }
-
-struct daemon {
-	pid_t pid;
-	char dir[64];
-	char sock[128];
-	char data[128];
-	char log[128];
-};
 
 static void sleep_ms(unsigned ms)
 {
 	struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000L };
 
 	nanosleep(&ts, NULL);
-}
-
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-	(void)st;
-	(void)flag;
-	(void)ftw;
-	remove(path);
-	return 0;
-}
-
-/* Print the end of the daemon's log to stderr (on failures). */
-static void daemon_log_tail(const struct daemon *d)
-{
-	char buf[4096];
-	int fd = open(d->log, O_RDONLY | O_CLOEXEC);
-	off_t size, from;
-	ssize_t r;
-
-	if (fd < 0)
-		return;
-	size = lseek(fd, 0, SEEK_END);
-	from = size > (off_t)sizeof(buf) - 1 ? size - (off_t)sizeof(buf) + 1 : 0;
-	r = pread(fd, buf, sizeof(buf) - 1, from);
-	close(fd);
-	if (r <= 0)
-		return;
-	buf[r] = '\0';
-	fprintf(stderr, "---- kvtierd log (last %zd bytes) ----\n%s%s---- end ----\n", r, buf,
-		buf[r - 1] == '\n' ? "" : "\n");
 }
 
 /* What one point asks of the daemon. */
@@ -366,7 +328,7 @@ struct tier_config {
 };
 
 struct daemon_args {
-	char kv[8][160];
+	char kv[8][400];
 	char *argv[24 + 2 * MAX_EXTRA];
 };
 
@@ -375,7 +337,7 @@ struct daemon_args {
  * --print-config). The -O extras come last, so they override ours.
  */
 static void daemon_args_build(struct daemon_args *a, const struct opts *o,
-			      const struct daemon *d, const struct tier_config *tc,
+			      const struct bench_daemon *d, const struct tier_config *tc,
 			      bool print_config)
 {
 	int argc = 0, nkv = 0;
@@ -514,128 +476,51 @@ static int daemon_effective_config(const struct opts *o, const struct tier_confi
  * Start kvtierd on a socket and data directory in a fresh directory under /var/tmp
  * with the point's tier sizes, and connect to it.
  */
-static int daemon_start(const struct opts *o, const struct tier_config *tc, struct daemon *d,
+static int daemon_start(const struct opts *o, const struct tier_config *tc, struct bench_daemon *d,
 			kvt_conn **out)
 {
 	struct daemon_args a;
+	char dir[64], why[512];
 	int rc;
-	pid_t parent = getpid(), pid;
-	uint64_t deadline;
 
 	memset(d, 0, sizeof(*d));
 	d->pid = -1;
-	snprintf(d->dir, sizeof(d->dir), "/var/tmp/kvtier-replay.XXXXXX");
-	if (!mkdtemp(d->dir)) {
+	snprintf(dir, sizeof(dir), "/var/tmp/kvtier-replay.XXXXXX");
+	if (!mkdtemp(dir)) {
 		rc = -errno;
-		fprintf(stderr, "bench_replay: mkdtemp %s: %s\n", d->dir, strerror(errno));
-		d->dir[0] = '\0';
+		fprintf(stderr, "bench_replay: mkdtemp %s: %s\n", dir, strerror(errno));
 		return rc;
 	}
-	snprintf(d->sock, sizeof(d->sock), "%s/kvtierd.sock", d->dir);
-	snprintf(d->data, sizeof(d->data), "%s/data", d->dir);
-	snprintf(d->log, sizeof(d->log), "%s/kvtierd.log", d->dir);
+	bench_daemon_init(d, dir);
 	daemon_args_build(&a, o, d, tc, false);
 
-	fflush(NULL);
-	pid = fork();
-	if (pid < 0) {
-		rc = -errno;
-		fprintf(stderr, "bench_replay: fork: %s\n", strerror(errno));
+	rc = bench_daemon_spawn("bench_replay", d, o->daemon, (const char *const *)a.argv, NULL, 0);
+	if (rc != 0) {
+		fprintf(stderr, "bench_replay: fork: %s\n", strerror(-rc));
 		return rc;
 	}
-	if (pid == 0) {
-		sigset_t none;
-		int in, lfd;
-
-		/* Never outlive the benchmark, even if it is killed. */
-		prctl(PR_SET_PDEATHSIG, SIGKILL);
-		if (getppid() != parent)
-			_exit(127);
-		in = open("/dev/null", O_RDONLY);
-		lfd = open(d->log, O_WRONLY | O_CREAT | O_APPEND, 0644);
-		if (in < 0 || lfd < 0)
-			_exit(127);
-		dup2(in, STDIN_FILENO);
-		dup2(lfd, STDOUT_FILENO);
-		dup2(lfd, STDERR_FILENO);
-		signal(SIGINT, SIG_DFL);
-		signal(SIGTERM, SIG_DFL);
-		signal(SIGPIPE, SIG_DFL);
-		sigemptyset(&none);
-		sigprocmask(SIG_SETMASK, &none, NULL);
-		execv(o->daemon, a.argv);
-		dprintf(STDERR_FILENO, "bench_replay: exec %s: %s\n", o->daemon, strerror(errno));
-		_exit(127);
+	rc = bench_daemon_connect(d, START_TIMEOUT_MS, CALL_TIMEOUT_MS, &stop_requested, out, why,
+				  sizeof(why));
+	if (rc == -EINTR)
+		return KVT_EINTR;
+	if (rc != 0) {
+		fprintf(stderr, "bench_replay: %s\n", why);
+		bench_daemon_log_tail(d->log);
+		return rc == -ETIMEDOUT ? KVT_ETIMEDOUT : rc;
 	}
-	d->pid = pid;
-	daemon_pid = pid;
-
-	deadline = bench_now_ns() + (uint64_t)START_TIMEOUT_MS * 1000000u;
-	for (;;) {
-		int st;
-		kvt_conn *c = NULL;
-
-		if (waitpid(pid, &st, WNOHANG) == pid) {
-			d->pid = -1;
-			daemon_pid = -1;
-			fprintf(stderr, "bench_replay: kvtierd exited during start-up (%s %d)\n",
-				WIFEXITED(st) ? "status" : "signal",
-				WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st));
-			daemon_log_tail(d);
-			return -ECHILD;
-		}
-		rc = kvt_conn_open(d->sock, &c);
-		if (rc == 0) {
-			kvt_conn_set_timeout(c, CALL_TIMEOUT_MS);
-			*out = c;
-			return 0;
-		}
-		if (stop_requested)
-			return KVT_EINTR;
-		if (bench_now_ns() > deadline) {
-			fprintf(stderr, "bench_replay: kvtierd did not accept on %s within %d ms: %s\n",
-				d->sock, START_TIMEOUT_MS, kvt_strerror(rc));
-			daemon_log_tail(d);
-			return KVT_ETIMEDOUT;
-		}
-		sleep_ms(20);
-	}
+	return 0;
 }
 
 /*
  * SIGTERM, wait (SIGKILL after STOP_TIMEOUT_MS), remove the directory. Returns the
  * daemon's exit status (0 = clean), or -1 if it had to be killed.
  */
-static int daemon_stop(struct daemon *d)
+static int daemon_stop(struct bench_daemon *d)
 {
-	int ret = 0;
+	int ret = bench_daemon_stop("bench_replay", d, STOP_TIMEOUT_MS);
 
-	if (d->pid > 0) {
-		uint64_t deadline = bench_now_ns() + (uint64_t)STOP_TIMEOUT_MS * 1000000u;
-		int st = 0;
-		pid_t r;
-
-		kill(d->pid, SIGTERM);
-		while ((r = waitpid(d->pid, &st, WNOHANG)) == 0 && bench_now_ns() < deadline)
-			sleep_ms(20);
-		if (r == 0) {
-			fprintf(stderr, "bench_replay: kvtierd did not exit within %d ms of SIGTERM; "
-				"killing it\n", STOP_TIMEOUT_MS);
-			kill(d->pid, SIGKILL);
-			waitpid(d->pid, &st, 0);
-			ret = -1;
-		} else if (r == d->pid) {
-			ret = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-		}
-		if (ret != 0) {
-			fprintf(stderr, "bench_replay: kvtierd exit status %d\n", ret);
-			daemon_log_tail(d);
-		}
-		d->pid = -1;
-		daemon_pid = -1;
-	}
 	if (d->dir[0]) {
-		nftw(d->dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+		bench_rm_tree(d->dir);
 		d->dir[0] = '\0';
 	}
 	return ret;
@@ -943,7 +828,7 @@ static void replayer_free(struct replayer *rp)
 static int run_point(const struct opts *o, const struct trace *t, size_t nreq, struct point *pt,
 		     struct run_info *ri)
 {
-	struct daemon d;
+	struct bench_daemon d;
 	struct replayer rp = { 0 };
 	uint64_t t0, limit = (uint64_t)(o->point_seconds * 1e9);
 	int rc, src;

@@ -47,6 +47,7 @@
 #include <unistd.h>
 
 #include "kvtier.h"
+#include "bench_daemon.h"
 #include "bench_util.h"
 
 #ifndef KVT_BIN_DIR
@@ -138,97 +139,6 @@ static void usage(FILE *f)
 		"  -g PNG      draw PNG with gnuplot from DATFILE (needs -p)\n");
 }
 
-static int parse_u64(const char *s, uint64_t *out)
-{
-	char *end;
-	unsigned long long v;
-
-	errno = 0;
-	v = strtoull(s, &end, 10);
-	if (errno || end == s || s[0] == '-')
-		return -EINVAL;
-	switch (*end) {
-	case 'k': case 'K': v <<= 10; end++; break;
-	case 'm': case 'M': v <<= 20; end++; break;
-	case 'g': case 'G': v <<= 30; end++; break;
-	default: break;
-	}
-	if (*end == 'i' && end[1] == 'B')
-		end += 2;
-	else if (*end == 'B')
-		end++;
-	if (*end != '\0')
-		return -EINVAL;
-	*out = v;
-	return 0;
-}
-
-static const char *fs_name(const char *dir)
-{
-	struct statfs s;
-
-	if (statfs(dir, &s) != 0)
-		return "unknown filesystem";
-	switch ((unsigned long)s.f_type) {
-	case 0xEF53: return "ext4";
-	case 0x58465342: return "xfs";
-	case 0x9123683E: return "btrfs";
-	case 0x01021994: return "tmpfs";
-	case 0x2FC12FC1: return "zfs";
-	case 0x794c7630: return "overlayfs";
-	default: return "other filesystem";
-	}
-}
-
-static void sleep_us(unsigned us)
-{
-	struct timespec ts = { .tv_sec = us / 1000000, .tv_nsec = (long)(us % 1000000) * 1000 };
-
-	while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
-		;
-}
-
-/* ---- cleanup on a signal ------------------------------------------------------------ */
-
-static volatile pid_t child_pid = -1; /* the daemon or fio, whichever runs */
-static char tmp_dir[256];
-
-/* Only async-signal-safe calls: kill what we started, remove the temporary
- * directory (with rm, since nftw is not safe here), then die of the signal. */
-static void on_signal(int sig)
-{
-	pid_t p = child_pid;
-
-	if (p > 0)
-		kill(p, SIGKILL);
-	if (tmp_dir[0]) {
-		pid_t rm = fork();
-
-		if (rm == 0) {
-			execl("/bin/rm", "rm", "-rf", tmp_dir, (char *)NULL);
-			_exit(127);
-		}
-		if (rm > 0)
-			waitpid(rm, NULL, 0);
-	}
-	signal(sig, SIG_DFL);
-	raise(sig);
-}
-
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-	(void)st;
-	(void)flag;
-	(void)ftw;
-	remove(path);
-	return 0;
-}
-
-static void rm_tree(const char *path)
-{
-	nftw(path, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
-}
-
 /* ---- block contents ------------------------------------------------------------------ */
 
 /* bench_codec's synthetic KV-like bf16 (see SYN_DESC there and below). */
@@ -237,50 +147,6 @@ static void rm_tree(const char *path)
 	"c ~ N(mu_c, sigma_c) (Irwin-Hall), sigma_c = 0.02 * 2^U{0..5} * (1 + U[0,1)), every 16th " \
 	"channel an outlier x16, mu_c = 0.5 sigma_c N(0,1); nearest-even bf16; no token-to-token " \
 	"correlation (pessimistic)"
-
-static float unit(uint64_t *s)
-{
-	return (float)(bench_rand64(s) >> 40) * (1.0f / 16777216.0f);
-}
-
-static float gauss(uint64_t *s)
-{
-	float a = 0;
-
-	for (int i = 0; i < 12; i++)
-		a += unit(s);
-	return a - 6.0f;
-}
-
-static uint16_t to_bf16(float f)
-{
-	uint32_t u;
-
-	memcpy(&u, &f, sizeof(u));
-	u += 0x7fffu + ((u >> 16) & 1);
-	return (uint16_t)(u >> 16);
-}
-
-static void fill_synthetic(uint8_t *p, size_t len)
-{
-	enum { CH = 8 * 128 };
-	static float mu[CH], sigma[CH];
-	uint64_t s = 0x9e3779b97f4a7c15ull;
-
-	for (int c = 0; c < CH; c++) {
-		sigma[c] = 0.02f * (float)(1u << (bench_rand64(&s) % 6)) * (1.0f + unit(&s));
-		if (c % 16 == 5)
-			sigma[c] *= 16.0f;
-		mu[c] = 0.5f * sigma[c] * gauss(&s);
-	}
-	for (size_t i = 0; i + 1 < len; i += 2) {
-		size_t c = (i / 2) % CH;
-		uint16_t v = to_bf16(mu[c] + sigma[c] * gauss(&s));
-
-		p[i] = (uint8_t)v;
-		p[i + 1] = (uint8_t)(v >> 8);
-	}
-}
 
 /*
  * The source image: the data (len bytes, a multiple of 4 KiB) followed by its own
@@ -332,7 +198,7 @@ static int source_load(const struct opts *o, struct source *src)
 		data = malloc(len);
 		if (!data)
 			return -ENOMEM;
-		fill_synthetic(data, len);
+		bench_fill_kv_bf16(data, len);
 		snprintf(src->desc, sizeof(src->desc), "%llu MiB of " SYN_DESC ", laid end to end "
 			 "cyclically (/tmp/kv.bf16 not used)", (unsigned long long)(len / MIB));
 	}
@@ -359,86 +225,6 @@ static uint64_t block_src_off(const struct source *src, uint64_t b)
 
 /* ---- fio ------------------------------------------------------------------------------ */
 
-/* Run argv with stdout collected into out (stderr passes through). Returns the exit
- * status (128 + signal), or -errno. */
-static int run_capture(const char *const argv[], char *out, size_t cap)
-{
-	int pfd[2], st = 0;
-	size_t len = 0;
-	pid_t pid;
-
-	if (pipe(pfd) != 0)
-		return -errno;
-	fflush(NULL);
-	pid = fork();
-	if (pid < 0) {
-		close(pfd[0]);
-		close(pfd[1]);
-		return -errno;
-	}
-	if (pid == 0) {
-		prctl(PR_SET_PDEATHSIG, SIGKILL);
-		dup2(pfd[1], STDOUT_FILENO);
-		close(pfd[0]);
-		close(pfd[1]);
-		/* execvp's prototype predates const; it does not modify the strings. */
-		execvp(argv[0], (char *const *)(uintptr_t)argv);
-		_exit(127);
-	}
-	child_pid = pid;
-	close(pfd[1]);
-	for (;;) {
-		ssize_t n = read(pfd[0], out + len, cap - 1 - len);
-
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0)
-			break;
-		len += (size_t)n;
-		if (len == cap - 1) {
-			char sink[4096];
-
-			while (read(pfd[0], sink, sizeof(sink)) > 0)
-				;
-			break;
-		}
-	}
-	out[len] = '\0';
-	close(pfd[0]);
-	while (waitpid(pid, &st, 0) < 0) {
-		if (errno != EINTR) {
-			child_pid = -1;
-			return -errno;
-		}
-	}
-	child_pid = -1;
-	return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-}
-
-/* jobs[0].<dir>.bw_bytes from fio's JSON, or -1. */
-static double fio_bw_bytes(const char *json, const char *dir)
-{
-	char key[32];
-	const char *p = strstr(json, "\"jobs\"");
-
-	snprintf(key, sizeof(key), "\"%s\" : {", dir);
-	if (!p || !(p = strstr(p, key)) || !(p = strstr(p, "\"bw_bytes\"")))
-		return -1;
-	p = strchr(p, ':');
-	return p ? strtod(p + 1, NULL) : -1;
-}
-
-static void fio_version(char *buf, size_t cap)
-{
-	const char *const argv[] = { "fio", "--version", NULL };
-
-	if (run_capture(argv, buf, cap) != 0) {
-		snprintf(buf, cap, "fio (version unknown)");
-		return;
-	}
-	buf[strcspn(buf, "\n")] = '\0';
-}
-
 /* One fio job over path: GB/s (fio's own bandwidth figure, 10^9 B/s) or -errno.
  * The command line goes to cmd. */
 static int run_fio(const char *path, uint64_t size, unsigned qd, bool write, double *gbps,
@@ -446,10 +232,7 @@ static int run_fio(const char *path, uint64_t size, unsigned qd, bool write, dou
 {
 	char file[600], sz[64], bs[64], depth[32];
 	const char *argv[16];
-	static char json[1 << 20];
 	size_t n = 0;
-	double bw;
-	int rc;
 
 	snprintf(file, sizeof(file), "--filename=%s", path);
 	snprintf(sz, sizeof(sz), "--size=%llu", (unsigned long long)size);
@@ -470,37 +253,10 @@ static int run_fio(const char *path, uint64_t size, unsigned qd, bool write, dou
 	}
 	argv[n++] = "--output-format=json";
 	argv[n] = NULL;
-	if (cmd) {
-		cmd[0] = '\0';
-		for (size_t i = 0, len = 0; i < n && len < cmdcap; i++)
-			len += (size_t)snprintf(cmd + len, cmdcap - len, "%s%s", i ? " " : "",
-						argv[i]);
-	}
-	rc = run_capture(argv, json, sizeof(json));
-	if (rc != 0) {
-		fprintf(stderr, PROG ": fio exited with status %d%s\n", rc,
-			rc == 127 ? " (not installed? Debian package fio)" : "");
-		return -EIO;
-	}
-	bw = fio_bw_bytes(json, write ? "write" : "read");
-	if (bw <= 0) {
-		fprintf(stderr, PROG ": no bandwidth in fio's JSON output\n");
-		return -EPROTO;
-	}
-	*gbps = bw / 1e9;
-	return 0;
+	return bench_fio_run(PROG, argv, write, cmd, cmdcap, gbps, NULL, NULL);
 }
 
 /* ---- the daemon ------------------------------------------------------------------------ */
-
-struct daemon {
-	pid_t pid;
-	char dir[320];  /* the run's temporary directory (data/, socket, log) */
-	char sock[384];
-	char data[384];
-	char log[384];
-	char cmd[4096]; /* the command line, for the report */
-};
 
 struct dconf {
 	const char *codec;      /* nvme_codec */
@@ -509,35 +265,16 @@ struct dconf {
 	bool variant;           /* with the -V environment */
 };
 
-static void daemon_log_tail(const struct daemon *d)
-{
-	char buf[4096];
-	int fd = open(d->log, O_RDONLY | O_CLOEXEC);
-	off_t end;
-	ssize_t r;
-
-	if (fd < 0)
-		return;
-	end = lseek(fd, 0, SEEK_END);
-	lseek(fd, end > (off_t)sizeof(buf) - 1 ? end - (off_t)sizeof(buf) + 1 : 0, SEEK_SET);
-	r = read(fd, buf, sizeof(buf) - 1);
-	close(fd);
-	if (r <= 0)
-		return;
-	buf[r] = '\0';
-	fprintf(stderr, "---- kvtierd log (%s, last %zd bytes) ----\n%s---- end ----\n", d->log, r,
-		buf);
-}
-
 /* Start kvtierd on d (d->dir made by the caller) with c, and connect to it. */
-static int daemon_start(const struct opts *o, const struct dconf *c, struct daemon *d,
+static int daemon_start(const struct opts *o, const struct dconf *c, struct bench_daemon *d,
 			kvt_conn **out)
 {
 	char kv[10 + MAX_EXTRA][512];
 	const char *argv[2 + 2 * (10 + MAX_EXTRA) + 1];
-	size_t n = 0, nkv = 0, len = 0;
-	pid_t parent = getpid(), pid;
-	uint64_t deadline;
+	const char *env[2 * MAX_EXTRA];
+	char why[512];
+	size_t n = 0, nkv = 0, len = 0, nenv = 0;
+	int rc;
 
 	snprintf(kv[nkv++], sizeof(kv[0]), "socket=%s", d->sock);
 	snprintf(kv[nkv++], sizeof(kv[0]), "data_dir=%s", d->data);
@@ -570,101 +307,27 @@ static int daemon_start(const struct opts *o, const struct dconf *c, struct daem
 		len += (size_t)snprintf(d->cmd + len, sizeof(d->cmd) - len, " -o %s", v);
 	}
 
-	fflush(NULL);
-	pid = fork();
-	if (pid < 0)
-		return -errno;
-	if (pid == 0) {
-		sigset_t none;
-		int in, lfd;
-
-		/* Never outlive the benchmark, even if it is killed. */
-		prctl(PR_SET_PDEATHSIG, SIGKILL);
-		if (getppid() != parent)
-			_exit(127);
-		in = open("/dev/null", O_RDONLY);
-		lfd = open(d->log, O_WRONLY | O_CREAT | O_APPEND, 0644);
-		if (in < 0 || lfd < 0)
-			_exit(127);
-		dup2(in, STDIN_FILENO);
-		dup2(lfd, STDOUT_FILENO);
-		dup2(lfd, STDERR_FILENO);
-		signal(SIGINT, SIG_DFL);
-		signal(SIGTERM, SIG_DFL);
-		signal(SIGPIPE, SIG_DFL);
-		sigemptyset(&none);
-		sigprocmask(SIG_SETMASK, &none, NULL);
-		for (unsigned i = 0; i < o->nenv; i++)
-			putenv((char *)(uintptr_t)o->env[i]); /* the child's own copy of argv */
-		for (unsigned i = 0; c->variant && i < o->nvenv; i++)
-			putenv((char *)(uintptr_t)o->venv[i]);
-		/* execv's prototype predates const; it does not modify the strings. */
-		execv(o->daemon, (char *const *)(uintptr_t)argv);
-		dprintf(STDERR_FILENO, PROG ": exec %s: %s\n", o->daemon, strerror(errno));
-		_exit(127);
+	for (unsigned i = 0; i < o->nenv; i++)
+		env[nenv++] = o->env[i];
+	for (unsigned i = 0; c->variant && i < o->nvenv; i++)
+		env[nenv++] = o->venv[i];
+	rc = bench_daemon_spawn(PROG, d, o->daemon, argv, env, nenv);
+	if (rc != 0)
+		return rc;
+	rc = bench_daemon_connect(d, START_TIMEOUT_MS, CALL_TIMEOUT_MS, NULL, out, why,
+				  sizeof(why));
+	if (rc != 0) {
+		fprintf(stderr, PROG ": %s\n", why);
+		bench_daemon_log_tail(d->log);
 	}
-	d->pid = pid;
-	child_pid = pid;
-
-	deadline = bench_now_ns() + (uint64_t)START_TIMEOUT_MS * 1000000u;
-	for (;;) {
-		kvt_conn *conn = NULL;
-		int st, rc;
-
-		if (waitpid(pid, &st, WNOHANG) == pid) {
-			d->pid = -1;
-			child_pid = -1;
-			fprintf(stderr, PROG ": kvtierd exited during start-up (%s %d)\n",
-				WIFEXITED(st) ? "status" : "signal",
-				WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st));
-			daemon_log_tail(d);
-			return -ECHILD;
-		}
-		rc = kvt_conn_open(d->sock, &conn);
-		if (rc == 0) {
-			kvt_conn_set_timeout(conn, CALL_TIMEOUT_MS);
-			*out = conn;
-			return 0;
-		}
-		if (bench_now_ns() > deadline) {
-			fprintf(stderr, PROG ": kvtierd did not accept on %s within %d ms: %s\n",
-				d->sock, START_TIMEOUT_MS, kvt_strerror(rc));
-			daemon_log_tail(d);
-			return -ETIMEDOUT;
-		}
-		sleep_us(20000);
-	}
+	return rc;
 }
 
 /* SIGTERM and wait (SIGKILL after STOP_TIMEOUT_MS). Returns the daemon's exit
  * status (0 = clean) or -1 if it had to be killed. */
-static int daemon_stop(struct daemon *d)
+static int daemon_stop(struct bench_daemon *d)
 {
-	uint64_t deadline = bench_now_ns() + (uint64_t)STOP_TIMEOUT_MS * 1000000u;
-	int st = 0, ret;
-	pid_t r;
-
-	if (d->pid <= 0)
-		return 0;
-	kill(d->pid, SIGTERM);
-	while ((r = waitpid(d->pid, &st, WNOHANG)) == 0 && bench_now_ns() < deadline)
-		sleep_us(10000);
-	if (r == 0) {
-		fprintf(stderr, PROG ": kvtierd did not exit within %d ms of SIGTERM; killing it\n",
-			STOP_TIMEOUT_MS);
-		kill(d->pid, SIGKILL);
-		waitpid(d->pid, &st, 0);
-		ret = -1;
-	} else {
-		ret = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-	}
-	if (ret != 0) {
-		fprintf(stderr, PROG ": kvtierd exit status %d after SIGTERM\n", ret);
-		daemon_log_tail(d);
-	}
-	d->pid = -1;
-	child_pid = -1;
-	return ret;
+	return bench_daemon_stop(PROG, d, STOP_TIMEOUT_MS);
 }
 
 /* User+system CPU seconds of pid so far, from /proc/PID/stat (-1 if unknown), and
@@ -792,7 +455,7 @@ static void *sampler_main(void *arg)
 		if (s->target && !s->reached_ns && s->blocks >= s->target)
 			s->reached_ns = now;
 		pthread_mutex_unlock(&s->mu);
-		sleep_us(SAMPLE_US);
+		bench_sleep_us(SAMPLE_US);
 	}
 	return NULL;
 }
@@ -1284,20 +947,15 @@ struct env {
 };
 
 /* Make a fresh data directory for one contender run. */
-static int run_dir(struct env *e, struct daemon *d)
+static int run_dir(struct env *e, struct bench_daemon *d)
 {
-	memset(d, 0, sizeof(*d));
-	d->pid = -1;
-	snprintf(d->dir, sizeof(d->dir), "%s/run%u", e->base, e->seq++);
-	if (mkdir(d->dir, 0700) != 0)
-		return -errno;
-	snprintf(d->sock, sizeof(d->sock), "%s/kvtierd.sock", d->dir);
-	snprintf(d->data, sizeof(d->data), "%s/data", d->dir);
-	snprintf(d->log, sizeof(d->log), "%s/kvtierd.log", d->dir);
-	return 0;
+	char dir[300];
+
+	snprintf(dir, sizeof(dir), "%s/run%u", e->base, e->seq++);
+	return bench_daemon_init(d, dir);
 }
 
-static void note_facts(struct env *e, const struct daemon *d, const struct counters *k)
+static void note_facts(struct env *e, const struct bench_daemon *d, const struct counters *k)
 {
 	if (e->facts.have)
 		return;
@@ -1316,7 +974,7 @@ static void note_facts(struct env *e, const struct daemon *d, const struct count
  * Write pass: a fresh daemon on d, PUT the chain, wait until t2.blocks says every
  * block is durable; stop the daemon (its data stays for the read pass).
  */
-static int kvt_write_pass(struct env *e, struct daemon *d, const struct dconf *dc, kvt_key *keys,
+static int kvt_write_pass(struct env *e, struct bench_daemon *d, const struct dconf *dc, kvt_key *keys,
 			  size_t n, const char *phase, struct pass *res)
 {
 	struct counters k0, k1;
@@ -1370,7 +1028,7 @@ static int kvt_write_pass(struct env *e, struct daemon *d, const struct dconf *d
 			rc = -ETIMEDOUT;
 			break;
 		}
-		sleep_us(1000);
+		bench_sleep_us(1000);
 	}
 	res->daemon_cpu = (proc_cpu_s(d->pid, &mf1) - cpu0) / ((double)(bench_now_ns() - t0) / 1e9);
 	res->faults = (double)(mf1 - mf0) / (double)n;
@@ -1406,7 +1064,7 @@ out:
  * every block is indexed, GET the chain in order (with PREFETCH window blocks ahead
  * if window > 0), verifying it.
  */
-static int kvt_read_pass(struct env *e, struct daemon *d, const struct dconf *dc, kvt_key *keys,
+static int kvt_read_pass(struct env *e, struct bench_daemon *d, const struct dconf *dc, kvt_key *keys,
 			 size_t n, unsigned window, const char *phase, struct pass *res)
 {
 	struct counters k0, k1;
@@ -1678,7 +1336,7 @@ static int draw_png(const struct opts *o)
 	int rc;
 
 	snprintf(expr, sizeof(expr), "datafile='%s'; outfile='%s'", o->plot, o->png);
-	rc = run_capture(argv, sink, sizeof(sink));
+	rc = bench_run_capture(argv, sink, sizeof(sink), NULL);
 	if (rc != 0)
 		fprintf(stderr, PROG ": gnuplot exited with status %d; no %s\n", rc, o->png);
 	return rc;
@@ -1776,24 +1434,24 @@ int main(int argc, char **argv)
 			break;
 		case 't':
 		case 'T':
-			if (parse_u64(optarg, &v) || v > (1u << 24) || (opt == 't' && v < BLOCK_TOKENS))
+			if (bench_parse_size(optarg, &v) || v > (1u << 24) || (opt == 't' && v < BLOCK_TOKENS))
 				goto bad_arg;
 			*(opt == 't' ? &o.tokens : &o.pagein_tokens) = v;
 			break;
 		case 'r':
 		case 'R':
-			if (parse_u64(optarg, &v) || v < 1 || v > MAX_ROUNDS)
+			if (bench_parse_size(optarg, &v) || v < 1 || v > MAX_ROUNDS)
 				goto bad_arg;
 			*(opt == 'r' ? &o.rounds : &o.pagein_rounds) = (unsigned)v;
 			break;
 		case 'H':
-			if (parse_u64(optarg, &v) || v < 256 * MIB)
+			if (bench_parse_size(optarg, &v) || v < 256 * MIB)
 				goto bad_arg;
 			o.host_capacity = v;
 			break;
 		case 'b':
 		case 'G':
-			if (parse_u64(optarg, &v) || v < 1 || v > 64)
+			if (bench_parse_size(optarg, &v) || v < 1 || v > 64)
 				goto bad_arg;
 			*(opt == 'b' ? &o.batch : &o.groups) = (unsigned)v;
 			break;
@@ -1821,12 +1479,12 @@ int main(int argc, char **argv)
 			o.venv[o.nvenv++] = optarg;
 			break;
 		case 'W':
-			if (parse_u64(optarg, &v) || v > 4096)
+			if (bench_parse_size(optarg, &v) || v > 4096)
 				goto bad_arg;
 			o.window = (unsigned)v;
 			break;
 		case 'q':
-			if (parse_u64(optarg, &v) || v < 1 || v > 4096)
+			if (bench_parse_size(optarg, &v) || v < 1 || v > 4096)
 				goto bad_arg;
 			o.qd = (unsigned)v;
 			break;
@@ -1847,9 +1505,9 @@ int main(int argc, char **argv)
 
 	/* Let the daemon lock its host tier, as the systemd unit does. */
 	(void)setrlimit(RLIMIT_MEMLOCK, &rl);
-	signal(SIGINT, on_signal);
-	signal(SIGTERM, on_signal);
-	signal(SIGHUP, on_signal);
+	signal(SIGINT, bench_on_signal);
+	signal(SIGTERM, bench_on_signal);
+	signal(SIGHUP, bench_on_signal);
 	signal(SIGPIPE, SIG_IGN);
 
 	rc = source_load(&o, &src);
@@ -1875,13 +1533,13 @@ int main(int argc, char **argv)
 		fprintf(stderr, PROG ": mkdtemp %s: %s\n", e.base, strerror(errno));
 		return 1;
 	}
-	snprintf(tmp_dir, sizeof(tmp_dir), "%s", e.base);
+	snprintf(bench_tmp_dir, sizeof(bench_tmp_dir), "%s", e.base);
 	/* Run a private copy of the daemon: a rebuild of build/bin during the run
 	 * (make replaces the file) must neither break nor change it halfway. */
 	rc = copy_file(o.daemon, daemon_copy, sizeof(daemon_copy), e.base);
 	if (rc) {
 		fprintf(stderr, PROG ": %s: %s\n", o.daemon, strerror(-rc));
-		rm_tree(e.base);
+		bench_rm_tree(e.base);
 		return 1;
 	}
 	daemon_path = o.daemon;
@@ -1890,10 +1548,10 @@ int main(int argc, char **argv)
 	e.src = &src;
 	if (bench_out_open(&out, o.out) != 0) {
 		fprintf(stderr, PROG ": cannot write %s: %s\n", o.out, strerror(errno));
-		rm_tree(e.base);
+		bench_rm_tree(e.base);
 		return 1;
 	}
-	fio_version(fiover, sizeof(fiover));
+	bench_fio_version(fiover, sizeof(fiover));
 	bench_print_machine(&out, "bench_t2: NVMe tier (T2) through kvtierd, sequential write/read "
 				  "and cold page-in, beside fio");
 	{
@@ -1913,7 +1571,7 @@ int main(int argc, char **argv)
 		bench_printf(&out, "variant: rows marked * (write/read test only): kvtierd runs with %s "
 				   "in its environment, interleaved with the unmarked rows\n", o.venv[i]);
 	bench_printf(&out, "dir:     %s (%s), fresh directory per contender run, removed after\n",
-		     o.dir, fs_name(e.base));
+		     o.dir, bench_fs_name(e.base));
 	bench_cpu_snapshot(&cpu0);
 
 	uint64_t ctx = (uint64_t)n * BLOCK_BYTES, pctx = (uint64_t)npin * BLOCK_BYTES;
@@ -1935,7 +1593,7 @@ int main(int argc, char **argv)
 	if (!o.no_check && (o.put_batch != o.batch || o.put_groups != o.groups)) {
 		struct opts oc = o;
 		struct env ec;
-		struct daemon d;
+		struct bench_daemon d;
 
 		oc.put_batch = o.batch;
 		oc.put_groups = o.groups;
@@ -1948,7 +1606,7 @@ int main(int argc, char **argv)
 			e.notes = ec.notes;
 			e.facts = ec.facts;
 			snprintf(e.last_cmd, sizeof(e.last_cmd), "%s", ec.last_cmd);
-			rm_tree(d.dir);
+			bench_rm_tree(d.dir);
 		}
 		e.seq = ec.seq;
 	}
@@ -1960,7 +1618,7 @@ int main(int argc, char **argv)
 	for (unsigned round = 0; round < o.rounds; round++) {
 		for (unsigned k = 0; k < ncont; k++) {
 			unsigned who = (round + k) % ncont;
-			struct daemon d;
+			struct bench_daemon d;
 			char phase[64];
 
 			if (who == 2) {
@@ -2028,7 +1686,7 @@ int main(int argc, char **argv)
 						done = true;
 					}
 				}
-				rm_tree(d.dir);
+				bench_rm_tree(d.dir);
 			}
 			if (!done) {
 				ws->failed = rs->failed = true;
@@ -2071,7 +1729,7 @@ int main(int argc, char **argv)
 			const struct dconf *dc = who ? &dc_bf16 : &dc_raw;
 			struct series *ps = &pin_pf[who], *gs = &pin_get[who];
 			struct pass wp;
-			struct daemon d;
+			struct bench_daemon d;
 			char phase[64];
 
 			bool done = false;
@@ -2087,7 +1745,7 @@ int main(int argc, char **argv)
 				if (rc) {
 					fprintf(stderr, PROG ": %s failed: %s\n", phase, kvt_strerror(rc));
 					note_failure(&e, ps, phase, &wp, rc);
-					rm_tree(d.dir);
+					bench_rm_tree(d.dir);
 					continue;
 				}
 				/* Both readers, in an order alternating by round; each on a fresh
@@ -2115,7 +1773,7 @@ int main(int argc, char **argv)
 					gs->n++;
 					done = true;
 				}
-				rm_tree(d.dir);
+				bench_rm_tree(d.dir);
 			}
 			if (!done) {
 				ps->failed = gs->failed = true;
@@ -2361,8 +2019,8 @@ int main(int argc, char **argv)
 		ret = 1;
 	if (bench_out_close(&out) != 0)
 		ret = 1;
-	rm_tree(e.base);
-	tmp_dir[0] = '\0';
+	bench_rm_tree(e.base);
+	bench_tmp_dir[0] = '\0';
 	free(keys);
 	free(pkeys);
 	free(src.img);

@@ -3,8 +3,8 @@
  * percentiles, a description of the machine, and a text table that goes both
  * to stdout and to the -o file.
  *
- * Header-only (static inline) because the Makefile builds every bench/bench_*.c
- * as its own program linking only libkvtier.a and common/.
+ * Header-only (static inline); the process plumbing (daemon, fio) is in
+ * bench_daemon.h / benchlib.c.
  */
 #ifndef KVT_BENCH_UTIL_H
 #define KVT_BENCH_UTIL_H
@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/statfs.h>
 #include <sys/utsname.h>
 #include <time.h>
 #include <unistd.h>
@@ -294,6 +295,117 @@ static inline uint64_t bench_rand64(uint64_t *s)
 	x ^= x >> 27;
 	*s = x;
 	return x * 0x2545f4914f6cdd1dull;
+}
+
+static inline void bench_sleep_us(unsigned us)
+{
+	struct timespec ts = { .tv_sec = us / 1000000, .tv_nsec = (long)(us % 1000000) * 1000 };
+
+	while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+		;
+}
+
+/* A byte count with an optional K/M/G suffix (binary), then optionally "iB" or "B".
+ * Returns 0 (the value in *out) or -EINVAL. */
+static inline int bench_parse_size(const char *s, uint64_t *out)
+{
+	char *end;
+	unsigned long long v;
+
+	errno = 0;
+	v = strtoull(s, &end, 10);
+	if (errno || end == s || s[0] == '-')
+		return -EINVAL;
+	switch (*end) {
+	case 'k': case 'K': v <<= 10; end++; break;
+	case 'm': case 'M': v <<= 20; end++; break;
+	case 'g': case 'G': v <<= 30; end++; break;
+	default: break;
+	}
+	if (*end == 'i' && end[1] == 'B')
+		end += 2;
+	else if (*end == 'B')
+		end++;
+	if (*end != '\0')
+		return -EINVAL;
+	*out = v;
+	return 0;
+}
+
+/* The filesystem dir is on, for the report. */
+static inline const char *bench_fs_name(const char *dir)
+{
+	struct statfs s;
+
+	if (statfs(dir, &s) != 0)
+		return "unknown filesystem";
+	switch ((unsigned long)s.f_type) {
+	case 0xEF53: return "ext4";
+	case 0x58465342: return "xfs";
+	case 0x9123683E: return "btrfs";
+	case 0x01021994: return "tmpfs";
+	case 0x2FC12FC1: return "zfs";
+	case 0x794c7630: return "overlayfs";
+	default: return "other filesystem";
+	}
+}
+
+/* ---- synthetic KV-like bf16 (bench_codec's generator, also bench_t2's) -------------- */
+
+static inline float bench_unit(uint64_t *s)
+{
+	return (float)(bench_rand64(s) >> 40) * (1.0f / 16777216.0f);
+}
+
+/* N(0, 1) by Irwin-Hall (12 uniforms). */
+static inline float bench_gauss(uint64_t *s)
+{
+	float a = 0;
+
+	for (int i = 0; i < 12; i++)
+		a += bench_unit(s);
+	return a - 6.0f;
+}
+
+/* f rounded to nearest-even bf16. */
+static inline uint16_t bench_to_bf16(float f)
+{
+	uint32_t u;
+
+	memcpy(&u, &f, sizeof(u));
+	u += 0x7fffu + ((u >> 16) & 1);
+	return (uint16_t)(u >> 16);
+}
+
+#define BENCH_SYN_HEADS 8
+#define BENCH_SYN_DIM 128
+
+/*
+ * len bytes of KV-like bf16, [tokens][8 heads][128 dims]: channel c ~ N(mu_c, sigma_c),
+ * sigma_c = 0.02 * 2^U{0..5} * (1 + U[0,1)), every 16th channel an outlier x16,
+ * mu_c = 0.5 sigma_c N(0,1); no token-to-token correlation. Deterministic.
+ */
+static inline void bench_fill_kv_bf16(uint8_t *p, size_t len)
+{
+	enum { CH = BENCH_SYN_HEADS * BENCH_SYN_DIM };
+	static float mu[CH], sigma[CH];
+	uint64_t s = 0x9e3779b97f4a7c15ull;
+
+	for (int c = 0; c < CH; c++) {
+		sigma[c] = 0.02f * (float)(1u << (bench_rand64(&s) % 6)) * (1.0f + bench_unit(&s));
+		if (c % 16 == 5)
+			sigma[c] *= 16.0f;
+		mu[c] = 0.5f * sigma[c] * bench_gauss(&s);
+	}
+	for (size_t i = 0; i + 1 < len; i += 2) {
+		size_t c = (i / 2) % CH;
+		uint16_t v = bench_to_bf16(mu[c] + sigma[c] * bench_gauss(&s));
+
+		p[i] = (uint8_t)v;
+		p[i + 1] = (uint8_t)(v >> 8);
+	}
+	if (len & 1)
+		p[len - 1] = 0;
 }
 
 #endif /* KVT_BENCH_UTIL_H */

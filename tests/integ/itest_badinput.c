@@ -31,18 +31,12 @@ struct env {
 	int fds;       /* the daemon's fd count with only mon connected */
 };
 
-static void sleep_ms(int ms)
-{
-	struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000L };
-	nanosleep(&ts, NULL);
-}
-
 /* If the daemon died (or dies within wait_ms), fail showing the end of its log:
  * called when a request unexpectedly fails, to tell a crash from a refusal. */
 static void fail_if_daemon_died(struct kvtd *d, int wait_ms)
 {
 	for (int i = 0; i < wait_ms / 10 && kvtd_alive(d); i++)
-		sleep_ms(10);
+		test_sleep_ms(10);
 	if (kvtd_alive(d))
 		return;
 	const char *log = kvtd_log_text(d);
@@ -65,7 +59,7 @@ static void env_start(struct env *e, const char *conf)
 	kvt_conn_set_timeout(e->mon, 30000);
 	/* The harness's readiness probes may still be open: wait for them to go. */
 	for (int i = 0; i < 1000 && kvtd_stat(e->mon, "conn.current") != 1; i++)
-		sleep_ms(10);
+		test_sleep_ms(10);
 	CHECK_EQ(kvtd_stat(e->mon, "conn.current"), 1);
 	e->fds = proc_fd_count(e->d.pid);
 	CHECK(e->fds > 0);
@@ -100,7 +94,7 @@ static void env_finish(struct env *e)
 		fds = proc_fd_count(e->d.pid);
 		if (cur == 1 && fds == e->fds)
 			break;
-		sleep_ms(10);
+		test_sleep_ms(10);
 	}
 	CHECK_EQ(cur, 1);
 	CHECK_MSG(fds == e->fds, "kvtierd holds %d fds, %d before the case", fds, e->fds);
@@ -1043,7 +1037,7 @@ TEST(connections_over_the_limit_get_econnlimit)
 	for (int i = 0; i < 500 && rc != 0; i++) {
 		rc = kvt_conn_open(e.d.sock, &c);
 		if (rc != 0)
-			sleep_ms(10);
+			test_sleep_ms(10);
 	}
 	CHECK_RC(rc, 0);
 	CHECK_RC(kvt_ping(c), 0);
@@ -1138,7 +1132,7 @@ TEST(no_hello_times_out)
 	expect_notice_close(s, KVT_ETIMEDOUT);
 	/* A HELLO in time keeps the connection past the handshake timeout. */
 	s = connect_hello(&e);
-	sleep_ms(1500);
+	test_sleep_ms(1500);
 	ping_ok(s, 2);
 	close(s);
 	env_finish(&e);
@@ -1159,7 +1153,7 @@ TEST(idle_connection_is_closed_with_eidle)
 	for (int i = 0; i < 25; i++) {
 		ping_ok(s, 500 + (uint64_t)i);
 		CHECK_RC(kvt_ping(e.mon), 0);
-		sleep_ms(100);
+		test_sleep_ms(100);
 	}
 	close(s);
 	env_finish(&e);

@@ -32,21 +32,6 @@ static kvt_conn *open_conn(const struct kvtd *d)
 	return c;
 }
 
-static kvt_region *make_region(kvt_conn *c, size_t size)
-{
-	kvt_region *r = NULL;
-	CHECK_RC(kvt_region_create(c, size, &r), 0);
-	CHECK(r != NULL);
-	return r;
-}
-
-static void stop_clean(struct kvtd *d)
-{
-	int st = kvtd_stop(d);
-	CHECK_MSG(WIFEXITED(st) && WEXITSTATUS(st) == 0, "kvtierd ended with wait status %#x",
-		  st);
-}
-
 /* A distinct non-zero key per (namespace, n). */
 static kvt_key test_key(uint32_t ns, uint64_t n)
 {
@@ -146,7 +131,7 @@ TEST(hello_reports_default_limits_and_tenant)
 	CHECK(S_ISSOCK(sb.st_mode));
 	CHECK_EQ(sb.st_mode & 07777, 0666);
 	kvt_conn_close(c);
-	stop_clean(&d);
+	kvtd_stop_clean(&d);
 }
 
 TEST(hello_reports_configured_limits)
@@ -167,7 +152,7 @@ TEST(hello_reports_configured_limits)
 	CHECK_EQ(si->max_region_size, 1 * GiB);
 	CHECK_EQ(si->max_block_size, 2 * MiB);
 	kvt_conn_close(c);
-	stop_clean(&d);
+	kvtd_stop_clean(&d);
 }
 
 TEST(ping_round_trips_repeatedly)
@@ -184,7 +169,7 @@ TEST(ping_round_trips_repeatedly)
 	kvt_conn_close(c2);
 	CHECK_RC(kvt_ping(c), 0);
 	kvt_conn_close(c);
-	stop_clean(&d);
+	kvtd_stop_clean(&d);
 }
 
 TEST(region_ids_start_at_one_and_are_never_reused)
@@ -192,20 +177,20 @@ TEST(region_ids_start_at_one_and_are_never_reused)
 	struct kvtd d;
 	kvtd_start(&d, NULL);
 	kvt_conn *c = open_conn(&d);
-	kvt_region *r1 = make_region(c, 4096);
-	kvt_region *r2 = make_region(c, 100000);
+	kvt_region *r1 = kvtd_region(c, 4096);
+	kvt_region *r2 = kvtd_region(c, 100000);
 	uint32_t id1 = kvt_region_id(r1), id2 = kvt_region_id(r2);
 	CHECK(id1 != 0 && id2 != 0 && id1 != id2);
 	CHECK_EQ(kvt_region_size(r2), 100000);
 	CHECK(kvt_region_base(r2) != NULL);
 	check_fill(kvt_region_base(r2), 100000, 0, "new region");
 	CHECK_RC(kvt_region_destroy(r1), 0);
-	kvt_region *r3 = make_region(c, 4096);
+	kvt_region *r3 = kvtd_region(c, 4096);
 	uint32_t id3 = kvt_region_id(r3);
 	CHECK_MSG(id3 != id1 && id3 != id2, "region id %u reused", id3);
 	/* Ids are per connection: a second connection starts at 1 again. */
 	kvt_conn *c2 = open_conn(&d);
-	kvt_region *q1 = make_region(c2, 4096);
+	kvt_region *q1 = kvtd_region(c2, 4096);
 	uint32_t qid = kvt_region_id(q1);
 	kvt_region *bad = NULL;
 	CHECK_RC(kvt_region_create(c, 0, &bad), KVT_EINVAL);
@@ -216,7 +201,7 @@ TEST(region_ids_start_at_one_and_are_never_reused)
 	CHECK_RC(kvt_region_destroy(r3), 0);
 	CHECK_RC(kvt_ping(c), 0);
 	kvt_conn_close(c);
-	stop_clean(&d);
+	kvtd_stop_clean(&d);
 	/* The numbering the spec promises: 1, 2, 3 on one connection, 1 on the next. */
 	CHECK_EQ(id1, 1);
 	CHECK_EQ(id2, 2);
@@ -233,8 +218,8 @@ TEST(put_get_round_trip_many_sizes)
 	struct kvtd d;
 	kvtd_start(&d, NULL);
 	kvt_conn *c = open_conn(&d);
-	kvt_region *src = make_region(c, 8 * MiB);
-	kvt_region *dst = make_region(c, 8 * MiB);
+	kvt_region *src = kvtd_region(c, 8 * MiB);
+	kvt_region *dst = kvtd_region(c, 8 * MiB);
 	uint8_t *s = kvt_region_base(src), *t = kvt_region_base(dst);
 
 	/* One at a time: odd source and destination offsets, canaries around the
@@ -286,7 +271,7 @@ TEST(put_get_round_trip_many_sizes)
 	CHECK_RC(kvt_region_destroy(src), 0);
 	CHECK_RC(kvt_region_destroy(dst), 0);
 	kvt_conn_close(c);
-	stop_clean(&d);
+	kvtd_stop_clean(&d);
 }
 
 TEST(put_batch_reports_each_item)
@@ -295,8 +280,8 @@ TEST(put_batch_reports_each_item)
 	kvtd_start(&d, "max_block_size = 1MiB\n");
 	kvt_conn *c = open_conn(&d);
 	kvt_conn *other = open_conn(&d);
-	kvt_region *r = make_region(c, 2 * MiB);
-	kvt_region *foreign = make_region(other, 2 * MiB);
+	kvt_region *r = kvtd_region(c, 2 * MiB);
+	kvt_region *foreign = kvtd_region(other, 2 * MiB);
 	uint8_t *base = kvt_region_base(r);
 	pattern(base, 2 * MiB, 7);
 
@@ -351,7 +336,7 @@ TEST(put_batch_reports_each_item)
 			  test_errname(want[i]));
 
 	/* Exactly the successful items are stored, with their bytes. */
-	kvt_region *dst = make_region(c, 2 * MiB);
+	kvt_region *dst = kvtd_region(c, 2 * MiB);
 	static kvt_get_item g[N];
 	memset(g, 0, sizeof(g));
 	size_t ng = 0;
@@ -383,7 +368,7 @@ TEST(put_batch_reports_each_item)
 	CHECK_RC(kvt_region_destroy(foreign), 0);
 	kvt_conn_close(other);
 	kvt_conn_close(c);
-	stop_clean(&d);
+	kvtd_stop_clean(&d);
 }
 
 TEST(get_batch_mixes_hits_misses_and_errors)
@@ -392,8 +377,8 @@ TEST(get_batch_mixes_hits_misses_and_errors)
 	kvtd_start(&d, NULL);
 	kvt_conn *c = open_conn(&d);
 	kvt_conn *other = open_conn(&d);
-	kvt_region *r = make_region(c, 1 * MiB);
-	kvt_region *foreign = make_region(other, 1 * MiB);
+	kvt_region *r = kvtd_region(c, 1 * MiB);
+	kvt_region *foreign = kvtd_region(other, 1 * MiB);
 	uint8_t *base = kvt_region_base(r);
 	pattern(base, 64 * KiB, 9);
 	for (int i = 0; i < 4; i++)
@@ -430,7 +415,7 @@ TEST(get_batch_mixes_hits_misses_and_errors)
 	CHECK_RC(kvt_region_destroy(foreign), 0);
 	kvt_conn_close(other);
 	kvt_conn_close(c);
-	stop_clean(&d);
+	kvtd_stop_clean(&d);
 }
 
 TEST(lookup_counts_leading_present_keys)
@@ -438,7 +423,7 @@ TEST(lookup_counts_leading_present_keys)
 	struct kvtd d;
 	kvtd_start(&d, NULL);
 	kvt_conn *c = open_conn(&d);
-	kvt_region *r = make_region(c, 1 * MiB);
+	kvt_region *r = kvtd_region(c, 1 * MiB);
 	pattern(kvt_region_base(r), 1 * MiB, 11);
 
 	kvt_salt_params sp = { .model_id = "itest/model", .kv_dtype = "bf16", .block_tokens = 16 };
@@ -478,7 +463,7 @@ TEST(lookup_counts_leading_present_keys)
 	CHECK_EQ(lookup_n(c, mixed, 3), 0);
 	CHECK_RC(kvt_region_destroy(r), 0);
 	kvt_conn_close(c);
-	stop_clean(&d);
+	kvtd_stop_clean(&d);
 }
 
 TEST(delete_removes_blocks_and_reports_missing_ones)
@@ -486,7 +471,7 @@ TEST(delete_removes_blocks_and_reports_missing_ones)
 	struct kvtd d;
 	kvtd_start(&d, NULL);
 	kvt_conn *c = open_conn(&d);
-	kvt_region *r = make_region(c, 1 * MiB);
+	kvt_region *r = kvtd_region(c, 1 * MiB);
 	uint8_t *base = kvt_region_base(r);
 	pattern(base, 1 * MiB, 13);
 	for (int i = 0; i < 3; i++)
@@ -519,7 +504,7 @@ TEST(delete_removes_blocks_and_reports_missing_ones)
 	check_bytes(base + 512 * KiB, base + 50000, 777, "re-stored block");
 	CHECK_RC(kvt_region_destroy(r), 0);
 	kvt_conn_close(c);
-	stop_clean(&d);
+	kvtd_stop_clean(&d);
 }
 
 TEST(put_of_present_key_is_idempotent_and_keeps_first_bytes)
@@ -527,7 +512,7 @@ TEST(put_of_present_key_is_idempotent_and_keeps_first_bytes)
 	struct kvtd d;
 	kvtd_start(&d, NULL);
 	kvt_conn *c = open_conn(&d);
-	kvt_region *r = make_region(c, 1 * MiB);
+	kvt_region *r = kvtd_region(c, 1 * MiB);
 	uint8_t *base = kvt_region_base(r);
 	pattern(base, 100000, 17);
 	pattern(base + 200000, 100000, 18);
@@ -565,7 +550,7 @@ TEST(put_of_present_key_is_idempotent_and_keeps_first_bytes)
 	check_bytes(base + 500000, base, 10, "first of two duplicates");
 	CHECK_RC(kvt_region_destroy(r), 0);
 	kvt_conn_close(c);
-	stop_clean(&d);
+	kvtd_stop_clean(&d);
 }
 
 TEST(get_into_too_small_capacity_is_enobufs_with_length)
@@ -573,7 +558,7 @@ TEST(get_into_too_small_capacity_is_enobufs_with_length)
 	struct kvtd d;
 	kvtd_start(&d, NULL);
 	kvt_conn *c = open_conn(&d);
-	kvt_region *r = make_region(c, 1 * MiB);
+	kvt_region *r = kvtd_region(c, 1 * MiB);
 	uint8_t *base = kvt_region_base(r);
 	pattern(base, 1000, 19);
 	kvt_key k = test_key(7, 1);
@@ -593,7 +578,7 @@ TEST(get_into_too_small_capacity_is_enobufs_with_length)
 	check_fill(base + 5096, 1000, 0x5a, "after an exact-capacity GET");
 	CHECK_RC(kvt_region_destroy(r), 0);
 	kvt_conn_close(c);
-	stop_clean(&d);
+	kvtd_stop_clean(&d);
 }
 
 TEST(offsets_outside_the_region_are_erange)
@@ -601,7 +586,7 @@ TEST(offsets_outside_the_region_are_erange)
 	struct kvtd d;
 	kvtd_start(&d, NULL);
 	kvt_conn *c = open_conn(&d);
-	kvt_region *r = make_region(c, 64 * KiB);
+	kvt_region *r = kvtd_region(c, 64 * KiB);
 	const uint64_t sz = 64 * KiB;
 	CHECK_RC(put1(c, r, test_key(8, 1), sz - 10, 11), KVT_ERANGE);
 	CHECK_RC(put1(c, r, test_key(8, 2), sz, 1), KVT_ERANGE);
@@ -628,7 +613,7 @@ TEST(offsets_outside_the_region_are_erange)
 	}
 	CHECK_RC(kvt_region_destroy(r), 0);
 	kvt_conn_close(c);
-	stop_clean(&d);
+	kvtd_stop_clean(&d);
 }
 
 TEST(pin_blocks_delete_until_every_pin_is_dropped)
@@ -636,7 +621,7 @@ TEST(pin_blocks_delete_until_every_pin_is_dropped)
 	struct kvtd d;
 	kvtd_start(&d, NULL);
 	kvt_conn *c = open_conn(&d);
-	kvt_region *r = make_region(c, 1 * MiB);
+	kvt_region *r = kvtd_region(c, 1 * MiB);
 	pattern(kvt_region_base(r), 4096, 23);
 	kvt_key k = test_key(9, 1);
 	CHECK_RC(put1(c, r, k, 0, 4096), 0);
@@ -663,7 +648,7 @@ TEST(pin_blocks_delete_until_every_pin_is_dropped)
 	CHECK_EQ(lookup_n(c, &k, 1), 0);
 	CHECK_RC(kvt_region_destroy(r), 0);
 	kvt_conn_close(c);
-	stop_clean(&d);
+	kvtd_stop_clean(&d);
 }
 
 TEST(block_larger_than_limit_or_tier_is_efbig)
@@ -671,7 +656,7 @@ TEST(block_larger_than_limit_or_tier_is_efbig)
 	struct kvtd d;
 	kvtd_start(&d, "host_capacity = 1MiB\nmax_block_size = 4MiB\n");
 	kvt_conn *c = open_conn(&d);
-	kvt_region *r = make_region(c, 8 * MiB);
+	kvt_region *r = kvtd_region(c, 8 * MiB);
 	pattern(kvt_region_base(r), 8 * MiB, 29);
 	CHECK_RC(put1(c, r, test_key(10, 1), 0, 4 * MiB + 1), KVT_EFBIG); /* over the limit */
 	CHECK_RC(put1(c, r, test_key(10, 2), 0, 2 * MiB), KVT_EFBIG);	/* over the tier */
@@ -683,7 +668,7 @@ TEST(block_larger_than_limit_or_tier_is_efbig)
 		    "tier-sized block");
 	CHECK_RC(kvt_region_destroy(r), 0);
 	kvt_conn_close(c);
-	stop_clean(&d);
+	kvtd_stop_clean(&d);
 }
 
 TEST(stats_report_server_tier_and_tenant)
@@ -691,7 +676,7 @@ TEST(stats_report_server_tier_and_tenant)
 	struct kvtd d;
 	kvtd_start(&d, NULL);
 	kvt_conn *c = open_conn(&d);
-	kvt_region *r = make_region(c, 1 * MiB);
+	kvt_region *r = kvtd_region(c, 1 * MiB);
 	for (int i = 0; i < 3; i++)
 		CHECK_RC(put1(c, r, test_key(11, (uint64_t)i), 0, 1000), 0);
 
@@ -751,7 +736,7 @@ TEST(stats_report_server_tier_and_tenant)
 	kvt_stats_free(s);
 	CHECK_RC(kvt_region_destroy(r), 0);
 	kvt_conn_close(c);
-	stop_clean(&d);
+	kvtd_stop_clean(&d);
 }
 
 TEST_MAIN(hello_reports_default_limits_and_tenant, hello_reports_configured_limits,

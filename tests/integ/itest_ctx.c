@@ -29,60 +29,16 @@
 #define MiB (1024ull * 1024)
 #define BLK (256 * KiB)
 #define TOKENS_PER_BLOCK 16
-#define NOBODY 65534u
 
 /* 64 MiB host tier (the harness's) over 512 MiB of NVMe in 64 MiB segments. */
 #define NVME_CONF "nvme_capacity = 512MiB\nnvme_segment_size = 64MiB\n"
 
 /* ---- helpers ------------------------------------------------------------------ */
 
-static void stop_clean(struct kvtd *d)
-{
-	int st = kvtd_stop(d);
-	CHECK_MSG(WIFEXITED(st) && WEXITSTATUS(st) == 0, "kvtierd ended with wait status %#x",
-		  st);
-}
-
-static void sleep_ms(int ms)
-{
-	struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000L };
-	nanosleep(&ts, NULL);
-}
-
-static uint64_t realtime_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
-static uint64_t mix64(uint64_t x)
-{
-	x += 0x9e3779b97f4a7c15ull;
-	x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-	x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-	return x ^ (x >> 31);
-}
-
 /* Block id: its key and its BLK bytes are functions of the id alone. */
 static kvt_key blk_key(uint64_t id)
 {
-	kvt_key k;
-	uint64_t a = mix64(id ^ 0xc7c7), b = mix64(a);
-	memcpy(k.b, &a, 8);
-	memcpy(k.b + 8, &b, 8);
-	return k;
-}
-
-static void blk_fill(uint8_t *p, size_t len, uint64_t id)
-{
-	uint64_t x = mix64(id) | 1;
-	for (size_t i = 0; i < len; i += 8) {
-		x ^= x << 13;
-		x ^= x >> 7;
-		x ^= x << 17;
-		memcpy(p + i, &x, len - i < 8 ? len - i : 8);
-	}
+	return id_key(id, 0xc7c7);
 }
 
 static const kvt_block_desc blk_desc = { .dtype = KVT_DTYPE_BF16, .layers = 4,
@@ -101,7 +57,7 @@ static kvt_key test_salt(void)
 static void put_ids(kvt_conn *c, kvt_region *r, const uint64_t *ids, size_t n)
 {
 	for (size_t i = 0; i < n; i++) {
-		blk_fill(kvt_region_base(r), BLK, ids[i]);
+		id_fill(kvt_region_base(r), BLK, ids[i]);
 		kvt_put_item it = { .key = blk_key(ids[i]), .region = r, .length = BLK,
 				    .desc = blk_desc };
 		if (i)
@@ -122,7 +78,7 @@ static void check_ids(kvt_conn *c, kvt_region *r, const uint64_t *ids, size_t n)
 		CHECK_MSG(rc == 0, "GET of block %zu (id %llu): %s, item %s", i,
 			  (unsigned long long)ids[i], kvt_errname(rc), kvt_errname(g.status));
 		CHECK_EQ(g.length, BLK);
-		blk_fill(want, BLK, ids[i]);
+		id_fill(want, BLK, ids[i]);
 		CHECK_MSG(memcmp(kvt_region_base(r), want, BLK) == 0, "block %zu (id %llu) differs",
 			  i, (unsigned long long)ids[i]);
 	}
@@ -239,18 +195,21 @@ static bool delete_shows_referenced(kvt_conn *c, uint64_t id)
 	return true;
 }
 
-static uint64_t stat_u64(kvt_conn *c, const char *name, bool *present)
+/* Start a daemon on conf, connect (60 s calls) and create a BLK region in *r. */
+static kvt_conn *start_with_region(struct kvtd *d, const char *conf, kvt_region **r)
 {
-	kvt_stats *s = NULL;
-	CHECK_RC(kvt_stats_get(c, &s), 0);
-	uint64_t v = 0;
-	bool ok = kvt_stats_find(s, name, &v);
-	kvt_stats_free(s);
-	if (present)
-		*present = ok;
-	else
-		CHECK_MSG(ok, "STATS has no %s", name);
-	return v;
+	kvtd_start(d, conf);
+	kvt_conn *c = kvtd_connect(d, 60000);
+	CHECK_RC(kvt_region_create(c, BLK, r), 0);
+	return c;
+}
+
+/* Destroy r, close c and stop the daemon, which must exit cleanly. */
+static void end_with_region(struct kvtd *d, kvt_conn *c, kvt_region *r)
+{
+	kvt_region_destroy(r);
+	kvt_conn_close(c);
+	kvtd_stop_clean(d);
 }
 
 /* ---- round trips ------------------------------------------------------------------ */
@@ -258,10 +217,8 @@ static uint64_t stat_u64(kvt_conn *c, const char *name, bool *present)
 TEST(save_load_delete_round_trip)
 {
 	struct kvtd d;
-	kvtd_start(&d, NVME_CONF);
-	kvt_conn *c = kvtd_connect(&d, 60000);
 	kvt_region *r = NULL;
-	CHECK_RC(kvt_region_create(c, BLK, &r), 0);
+	kvt_conn *c = start_with_region(&d, NVME_CONF, &r);
 	uint64_t ids[12];
 	ids_range(ids, 12, 1000);
 	put_ids(c, r, ids, 12);
@@ -326,9 +283,7 @@ TEST(save_load_delete_round_trip)
 	CHECK_RC(kvt_ctx_delete(c, "bare"), 0);
 	CHECK(!delete_shows_referenced(c, ids[3]));
 	/* A context whose blocks were deleted after its own deletion is simply gone. */
-	kvt_region_destroy(r);
-	kvt_conn_close(c);
-	stop_clean(&d);
+	end_with_region(&d, c, r);
 }
 
 /* Names in order, page by page: what a client walking the list sees. */
@@ -365,10 +320,8 @@ static size_t list_all(kvt_conn *c, const char *prefix, size_t cap, char (*names
 TEST(list_by_prefix_with_pagination)
 {
 	struct kvtd d;
-	kvtd_start(&d, NVME_CONF);
-	kvt_conn *c = kvtd_connect(&d, 60000);
 	kvt_region *r = NULL;
-	CHECK_RC(kvt_region_create(c, BLK, &r), 0);
+	kvt_conn *c = start_with_region(&d, NVME_CONF, &r);
 	uint64_t ids[3] = { 1, 2, 3 };
 	put_ids(c, r, ids, 3);
 	/* Saved out of order; 25 under "p/", 3 under "q/", one "p" alone. */
@@ -445,18 +398,14 @@ TEST(list_by_prefix_with_pagination)
 	n = list_all(c, "p/", 10, names, 64, &pages);
 	CHECK_EQ(n, 24);
 	CHECK(strcmp(names[7], "p/008") == 0);
-	kvt_region_destroy(r);
-	kvt_conn_close(c);
-	stop_clean(&d);
+	end_with_region(&d, c, r);
 }
 
 TEST(replace_under_the_same_name_moves_the_references)
 {
 	struct kvtd d;
-	kvtd_start(&d, NVME_CONF);
-	kvt_conn *c = kvtd_connect(&d, 60000);
 	kvt_region *r = NULL;
-	CHECK_RC(kvt_region_create(c, BLK, &r), 0);
+	kvt_conn *c = start_with_region(&d, NVME_CONF, &r);
 	uint64_t a[8], b[8];
 	ids_range(a, 8, 100);
 	/* The new version shares the first two blocks of the old one. */
@@ -500,18 +449,14 @@ TEST(replace_under_the_same_name_moves_the_references)
 	for (size_t i = 0; i < 8; i++)
 		CHECK_MSG(!delete_shows_referenced(c, b[i]),
 			  "block %zu still referenced after the context was deleted", i);
-	kvt_region_destroy(r);
-	kvt_conn_close(c);
-	stop_clean(&d);
+	end_with_region(&d, c, r);
 }
 
 TEST(ttl_expiry_removes_the_context_and_its_references)
 {
 	struct kvtd d;
-	kvtd_start(&d, NVME_CONF);
-	kvt_conn *c = kvtd_connect(&d, 60000);
 	kvt_region *r = NULL;
-	CHECK_RC(kvt_region_create(c, BLK, &r), 0);
+	kvt_conn *c = start_with_region(&d, NVME_CONF, &r);
 	uint64_t a[4], b[2];
 	ids_range(a, 4, 300);
 	ids_range(b, 2, 400);
@@ -542,7 +487,7 @@ TEST(ttl_expiry_removes_the_context_and_its_references)
 				  "an expired context was loaded %llu ms after its expiry",
 				  (unsigned long long)(before - expires));
 			kvt_ctx_free(in);
-			sleep_ms(100);
+			test_sleep_ms(100);
 			continue;
 		}
 		CHECK_RC(rc, KVT_ENOENT);
@@ -560,7 +505,7 @@ TEST(ttl_expiry_removes_the_context_and_its_references)
 			  "CTX_LIST shows a context that expired %lld ms ago (and LOAD refuses it)",
 			  (long long)(before - expires));
 		if (!gone)
-			sleep_ms(100);
+			test_sleep_ms(100);
 	}
 	CHECK_MSG(gone, "the 1 s context is still there after 15 s");
 	CHECK_RC(kvt_ctx_delete(c, "short"), KVT_ENOENT);
@@ -570,7 +515,7 @@ TEST(ttl_expiry_removes_the_context_and_its_references)
 	for (int i = 0; i < 150 && !freed; i++) {
 		freed = !delete_shows_referenced(c, a[0]);
 		if (!freed)
-			sleep_ms(100);
+			test_sleep_ms(100);
 	}
 	CHECK_MSG(freed, "the expired context's blocks are still referenced after 15 s");
 	for (size_t i = 1; i < 4; i++)
@@ -579,20 +524,16 @@ TEST(ttl_expiry_removes_the_context_and_its_references)
 	check_manifest(in, "long", b, 2, NULL);
 	kvt_ctx_free(in);
 	CHECK(delete_shows_referenced(c, b[0]));
-	uint64_t expired = stat_u64(c, "meta.expired", NULL);
+	uint64_t expired = kvtd_stat_u64(c, "meta.expired", NULL);
 	CHECK_MSG(expired >= 1, "meta.expired is %llu", (unsigned long long)expired);
-	kvt_region_destroy(r);
-	kvt_conn_close(c);
-	stop_clean(&d);
+	end_with_region(&d, c, r);
 }
 
 TEST(block_stored_nowhere_is_named_by_its_index)
 {
 	struct kvtd d;
-	kvtd_start(&d, NVME_CONF);
-	kvt_conn *c = kvtd_connect(&d, 60000);
 	kvt_region *r = NULL;
-	CHECK_RC(kvt_region_create(c, BLK, &r), 0);
+	kvt_conn *c = start_with_region(&d, NVME_CONF, &r);
 	uint64_t ids[6];
 	ids_range(ids, 6, 500);
 	uint64_t stored[4] = { ids[0], ids[1], ids[3], ids[5] };
@@ -649,18 +590,14 @@ TEST(block_stored_nowhere_is_named_by_its_index)
 	CHECK_RC(kvt_fields_u32(&f, KVT_TAG_MISSING, &m), 0);
 	CHECK_EQ(m, 2);
 	close(fd);
-	kvt_region_destroy(r);
-	kvt_conn_close(c);
-	stop_clean(&d);
+	end_with_region(&d, c, r);
 }
 
 TEST(contexts_without_an_nvme_tier_are_not_supported)
 {
 	struct kvtd d;
-	kvtd_start(&d, NULL); /* the harness's default: host tier only */
-	kvt_conn *c = kvtd_connect(&d, 60000);
 	kvt_region *r = NULL;
-	CHECK_RC(kvt_region_create(c, BLK, &r), 0);
+	kvt_conn *c = start_with_region(&d, NULL, &r); /* the harness's default: host tier only */
 	uint64_t ids[2] = { 1, 2 };
 	put_ids(c, r, ids, 2);
 	CHECK_RC(save_ids(c, "x", ids, 2, NULL, 0, NULL), KVT_EOPNOTSUPP);
@@ -669,9 +606,7 @@ TEST(contexts_without_an_nvme_tier_are_not_supported)
 	CHECK(in == NULL);
 	/* The blocks are untouched. */
 	check_ids(c, r, ids, 2);
-	kvt_region_destroy(r);
-	kvt_conn_close(c);
-	stop_clean(&d);
+	end_with_region(&d, c, r);
 }
 
 /* ---- bad input ------------------------------------------------------------------ */
@@ -679,10 +614,8 @@ TEST(contexts_without_an_nvme_tier_are_not_supported)
 TEST(bad_names_are_refused_by_the_library)
 {
 	struct kvtd d;
-	kvtd_start(&d, NVME_CONF);
-	kvt_conn *c = kvtd_connect(&d, 60000);
 	kvt_region *r = NULL;
-	CHECK_RC(kvt_region_create(c, BLK, &r), 0);
+	kvt_conn *c = start_with_region(&d, NVME_CONF, &r);
 	uint64_t ids[1] = { 7 };
 	put_ids(c, r, ids, 1);
 	char name[KVT_NAME_LEN_MAX + 2];
@@ -719,9 +652,7 @@ TEST(bad_names_are_refused_by_the_library)
 	CHECK_RC(kvt_ctx_save(c, &ctx, NULL), 0);
 	/* The connection is still usable after all of that. */
 	CHECK_RC(kvt_ping(c), 0);
-	kvt_region_destroy(r);
-	kvt_conn_close(c);
-	stop_clean(&d);
+	end_with_region(&d, c, r);
 }
 
 struct raw {
@@ -799,10 +730,8 @@ static void save_body(struct kvt_fields_writer *w, uint8_t *buf, size_t cap, uns
 TEST(bad_requests_get_the_daemons_own_answers)
 {
 	struct kvtd d;
-	kvtd_start(&d, NVME_CONF);
-	kvt_conn *c = kvtd_connect(&d, 60000);
 	kvt_region *r = NULL;
-	CHECK_RC(kvt_region_create(c, BLK, &r), 0);
+	kvt_conn *c = start_with_region(&d, NVME_CONF, &r);
 	uint64_t ids[1] = { 7 };
 	put_ids(c, r, ids, 1);
 	struct raw rw = { .fd = raw_connect(d.sock) };
@@ -955,36 +884,10 @@ TEST(bad_requests_get_the_daemons_own_answers)
 	close(rw.fd);
 	CHECK_RC(kvt_ping(c), 0);
 	check_ids(c, r, ids, 1);
-	kvt_region_destroy(r);
-	kvt_conn_close(c);
-	stop_clean(&d);
+	end_with_region(&d, c, r);
 }
 
 /* ---- tenants -------------------------------------------------------------------- */
-
-static void need_root(void)
-{
-	if (geteuid() != 0)
-		test_skip("needs root to connect as a second uid");
-}
-
-/* Run fn(d) in a child that became uid/gid NOBODY; fail unless it passed. */
-static void as_nobody(const struct kvtd *d, void (*fn)(const struct kvtd *d))
-{
-	fflush(NULL);
-	pid_t pid = fork();
-	CHECK(pid >= 0);
-	if (pid == 0) {
-		if (setgroups(0, NULL) < 0 || setgid(NOBODY) < 0 || setuid(NOBODY) < 0)
-			test_fail(__FILE__, __LINE__, "cannot drop to uid %u", NOBODY);
-		fn(d);
-		_exit(0);
-	}
-	int st = 0;
-	CHECK(waitpid(pid, &st, 0) == pid);
-	CHECK_MSG(WIFEXITED(st) && WEXITSTATUS(st) == 0,
-		  "the uid %u client failed (wait status %#x)", NOBODY, st);
-}
 
 static const uint64_t root_ids[3] = { 900, 901, 902 };
 static const uint64_t nobody_ids[2] = { 950, 951 };
@@ -1020,11 +923,11 @@ static void nobody_cannot_see_roots_context(const struct kvtd *d)
 	CHECK_EQ(n, 1);
 	kvt_ctx_list_free(list, n);
 	bool present;
-	CHECK_EQ(stat_u64(c, "tenant.65534.contexts", NULL), 1);
-	CHECK_EQ(stat_u64(c, "tenant.65534.context_bytes", NULL), 2 * BLK);
-	stat_u64(c, "tenant.0.contexts", &present);
+	CHECK_EQ(kvtd_stat_u64(c, "tenant.65534.contexts", NULL), 1);
+	CHECK_EQ(kvtd_stat_u64(c, "tenant.65534.context_bytes", NULL), 2 * BLK);
+	kvtd_stat_u64(c, "tenant.0.contexts", &present);
 	CHECK_MSG(!present, "tenant 65534 sees tenant 0's context count");
-	stat_u64(c, "meta.commits", &present);
+	kvtd_stat_u64(c, "meta.commits", &present);
 	CHECK_MSG(!present, "tenant 65534 sees the admin-only meta.commits");
 	kvt_region_destroy(r);
 	kvt_conn_close(c);
@@ -1060,13 +963,11 @@ TEST(tenants_never_see_each_others_contexts)
 	CHECK_EQ(n, 2);
 	kvt_ctx_list_free(list, n);
 	/* The admin sees both tenants' figures. */
-	CHECK_EQ(stat_u64(c, "tenant.0.contexts", NULL), 2);
-	CHECK_EQ(stat_u64(c, "tenant.0.context_bytes", NULL), 4 * BLK);
-	CHECK_EQ(stat_u64(c, "tenant.65534.contexts", NULL), 1);
-	stat_u64(c, "meta.commits", NULL);
-	kvt_region_destroy(r);
-	kvt_conn_close(c);
-	stop_clean(&d);
+	CHECK_EQ(kvtd_stat_u64(c, "tenant.0.contexts", NULL), 2);
+	CHECK_EQ(kvtd_stat_u64(c, "tenant.0.context_bytes", NULL), 4 * BLK);
+	CHECK_EQ(kvtd_stat_u64(c, "tenant.65534.contexts", NULL), 1);
+	kvtd_stat_u64(c, "meta.commits", NULL);
+	end_with_region(&d, c, r);
 }
 
 /* ---- memstat ------------------------------------------------------------------ */
@@ -1090,10 +991,8 @@ TEST(memstat_shows_contexts_and_records_per_tenant)
 	if (access(kvtd_bin("memstat"), X_OK) < 0)
 		test_skip("no %s (the sanitizer build makes only the daemon)", kvtd_bin("memstat"));
 	struct kvtd d;
-	kvtd_start(&d, NVME_CONF);
-	kvt_conn *c = kvtd_connect(&d, 60000);
 	kvt_region *r = NULL;
-	CHECK_RC(kvt_region_create(c, BLK, &r), 0);
+	kvt_conn *c = start_with_region(&d, NVME_CONF, &r);
 	uint64_t ids[4];
 	ids_range(ids, 4, 600);
 	put_ids(c, r, ids, 4);
@@ -1122,7 +1021,7 @@ TEST(memstat_shows_contexts_and_records_per_tenant)
 		  "JSON tenant figures missing: %s", out);
 	CHECK_MSG(strstr(out, "\"meta\":{\"commits\":"), "JSON has no meta group: %s", out);
 	CHECK_MSG(strstr(out, "\"writes\":3,"), "JSON meta.writes is not 3: %s", out);
-	stop_clean(&d);
+	kvtd_stop_clean(&d);
 }
 
 TEST_MAIN(save_load_delete_round_trip, list_by_prefix_with_pagination,

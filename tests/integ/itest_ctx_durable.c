@@ -32,54 +32,9 @@
 
 /* ---- helpers ------------------------------------------------------------------ */
 
-static void stop_clean(struct kvtd *d)
-{
-	int st = kvtd_stop(d);
-	CHECK_MSG(WIFEXITED(st) && WEXITSTATUS(st) == 0, "kvtierd ended with wait status %#x",
-		  st);
-}
-
-static void sleep_ms(int ms)
-{
-	struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000L };
-	nanosleep(&ts, NULL);
-}
-
-static unsigned env_loops(const char *name, unsigned dflt)
-{
-	const char *v = getenv(name);
-	if (!v || !*v)
-		return dflt;
-	unsigned long n = strtoul(v, NULL, 10);
-	return n ? (unsigned)n : dflt;
-}
-
-static uint64_t mix64(uint64_t x)
-{
-	x += 0x9e3779b97f4a7c15ull;
-	x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-	x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-	return x ^ (x >> 31);
-}
-
 static kvt_key blk_key(uint64_t id)
 {
-	kvt_key k;
-	uint64_t a = mix64(id ^ 0xd00d), b = mix64(a);
-	memcpy(k.b, &a, 8);
-	memcpy(k.b + 8, &b, 8);
-	return k;
-}
-
-static void blk_fill(uint8_t *p, size_t len, uint64_t id)
-{
-	uint64_t x = mix64(id) | 1;
-	for (size_t i = 0; i < len; i += 8) {
-		x ^= x << 13;
-		x ^= x >> 7;
-		x ^= x << 17;
-		memcpy(p + i, &x, len - i < 8 ? len - i : 8);
-	}
+	return id_key(id, 0xd00d);
 }
 
 static const kvt_block_desc blk_desc = { .dtype = KVT_DTYPE_BF16, .layers = 4,
@@ -106,7 +61,7 @@ static void put_range(kvt_conn *c, kvt_region *r, uint64_t first, size_t n, size
 		size_t m = n - b < batch ? n - b : batch;
 		for (size_t j = 0; j < m; j++) {
 			uint64_t id = first + b + j;
-			blk_fill((uint8_t *)kvt_region_base(r) + j * len, len, id);
+			id_fill((uint8_t *)kvt_region_base(r) + j * len, len, id);
 			it[j] = (kvt_put_item){ .key = blk_key(id), .region = r, .offset = j * len,
 						.length = len, .desc = blk_desc };
 			if (id > first)
@@ -122,7 +77,7 @@ static void put_range(kvt_conn *c, kvt_region *r, uint64_t first, size_t n, size
 			CHECK_MSG(full && tries < 500, "PUT of blocks %llu..: %s (item 0 %s)",
 				  (unsigned long long)(first + b), kvt_errname(rc),
 				  kvt_errname(it[0].status));
-			sleep_ms(10);
+			test_sleep_ms(10);
 		}
 	}
 }
@@ -142,7 +97,7 @@ static void check_ids(kvt_conn *c, const kvt_key *keys, const uint64_t *ids, siz
 			  (unsigned long long)ids[i], kvt_errname(rc), kvt_errname(g.status));
 		CHECK_EQ(g.length, len);
 		CHECK_EQ(g.desc.tokens, TOKENS_PER_BLOCK);
-		blk_fill(want, len, ids[i]);
+		id_fill(want, len, ids[i]);
 		CHECK_MSG(memcmp(kvt_region_base(r), want, len) == 0,
 			  "block %zu of the context (id %llu) differs", i, (unsigned long long)ids[i]);
 	}
@@ -244,7 +199,7 @@ TEST(saved_contexts_survive_sigterm_and_kill9_restarts)
 	CHECK_RC(save_range(c, "s2", 2000, 4, 3600), 0);
 	kvt_region_destroy(r);
 	kvt_conn_close(c);
-	stop_clean(&d);
+	kvtd_stop_clean(&d);
 
 	/* A clean restart: nothing re-sent, everything there. */
 	kvtd_restart(&d);
@@ -289,7 +244,7 @@ TEST(saved_contexts_survive_sigterm_and_kill9_restarts)
 	CHECK_EQ(check_range(c, "s1", 1000, 16, BLK, false), 0);
 	kvt_conn_close(c);
 	d.keep_dir = false;
-	stop_clean(&d);
+	kvtd_stop_clean(&d);
 }
 
 TEST(acknowledged_saves_survive_a_kill9_loop)
@@ -322,7 +277,7 @@ TEST(acknowledged_saves_survive_a_kill9_loop)
 		kvt_conn_close(c);
 	}
 	d.keep_dir = false;
-	stop_clean(&d);
+	kvtd_stop_clean(&d);
 }
 
 /* ---- kill -9 during a save -------------------------------------------------------- */
@@ -431,7 +386,7 @@ TEST(a_save_cut_by_kill9_is_all_or_nothing)
 	}
 	test_log("%u saves completed before the kill, %u were cut", completed, cut);
 	d.keep_dir = false;
-	stop_clean(&d);
+	kvtd_stop_clean(&d);
 }
 
 /* ---- NVMe pressure ------------------------------------------------------------------ */
@@ -542,7 +497,7 @@ TEST(referenced_blocks_outlive_nvme_pressure_until_deleted)
 	}
 	kvt_region_destroy(r);
 	kvt_conn_close(c);
-	stop_clean(&d);
+	kvtd_stop_clean(&d);
 }
 
 /* ---- a context larger than the host tier ---------------------------------------------- */
@@ -568,7 +523,7 @@ static void get_in_batches(kvt_conn *c, uint64_t first, size_t n, size_t len)
 			  kvt_errname(rc), kvt_errname(g[0].status));
 		for (size_t j = 0; j < m; j++) {
 			CHECK_EQ(g[j].length, len);
-			blk_fill(want, len, first + b + j);
+			id_fill(want, len, first + b + j);
 			CHECK_MSG(memcmp((uint8_t *)kvt_region_base(r) + j * len, want, len) == 0,
 				  "block %zu differs", b + j);
 		}
@@ -605,7 +560,7 @@ TEST(a_context_larger_than_the_host_tier_restores_after_a_restart)
 	CHECK_RC(save_range(c, "big", 70000, N, 0), 0);
 	kvt_region_destroy(r);
 	kvt_conn_close(c);
-	stop_clean(&d);
+	kvtd_stop_clean(&d);
 	kvtd_restart(&d);
 	c = kvtd_connect(&d, 60000);
 	kvt_conn_set_timeout(c, 20000);
@@ -621,7 +576,7 @@ TEST(a_context_larger_than_the_host_tier_restores_after_a_restart)
 	CHECK_EQ(check_range(c, "big", 70000, N, BLK, false), 0);
 	kvt_conn_close(c);
 	d.keep_dir = false;
-	stop_clean(&d);
+	kvtd_stop_clean(&d);
 }
 
 /* ---- the example engine ------------------------------------------------------------ */
@@ -666,7 +621,7 @@ TEST(example_engine_restores_a_saved_context_after_a_restart)
 	snprintf(cmd, sizeof(cmd), "%s -s %s %s --save engine/ctx 2>&1", bin, d.sock, shape);
 	CHECK_EQ(run_capture(cmd, out, sizeof(out)), 0);
 	CHECK(strstr(out, "SAVE    'engine/ctx': 8 blocks") != NULL);
-	stop_clean(&d);
+	kvtd_stop_clean(&d);
 	kvtd_restart(&d);
 	snprintf(cmd, sizeof(cmd), "%s -s %s --restore engine/ctx 2>&1", bin, d.sock);
 	CHECK_EQ(run_capture(cmd, out, sizeof(out)), 0);
@@ -680,7 +635,7 @@ TEST(example_engine_restores_a_saved_context_after_a_restart)
 	CHECK_EQ(run_capture(cmd, out, sizeof(out)), 1);
 	CHECK(strstr(out, "(ENOENT)") != NULL);
 	d.keep_dir = false;
-	stop_clean(&d);
+	kvtd_stop_clean(&d);
 }
 
 TEST_MAIN(saved_contexts_survive_sigterm_and_kill9_restarts, acknowledged_saves_survive_a_kill9_loop,

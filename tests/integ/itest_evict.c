@@ -24,20 +24,6 @@
 
 static const kvt_block_desc test_desc = { .dtype = KVT_DTYPE_BF16, .tokens = 16 };
 
-static kvt_region *make_region(kvt_conn *c, size_t size)
-{
-	kvt_region *r = NULL;
-	CHECK_RC(kvt_region_create(c, size, &r), 0);
-	return r;
-}
-
-static void stop_clean(struct kvtd *d)
-{
-	int st = kvtd_stop(d);
-	CHECK_MSG(WIFEXITED(st) && WEXITSTATUS(st) == 0, "kvtierd ended with wait status %#x",
-		  st);
-}
-
 static kvt_key test_key(uint32_t ns, uint64_t n)
 {
 	kvt_key k;
@@ -57,12 +43,6 @@ static void pattern(uint8_t *p, size_t n, uint64_t seed)
 		x ^= x << 17;
 		p[i] = (uint8_t)(x >> 24);
 	}
-}
-
-static void sleep_ms(int ms)
-{
-	struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000L };
-	nanosleep(&ts, NULL);
 }
 
 static int put_one(kvt_conn *c, const kvt_region *r, kvt_key key, const kvt_key *parent,
@@ -109,7 +89,7 @@ TEST(filling_past_capacity_evicts_old_blocks)
 	kvtd_start(&d, TIER_CONF);
 	kvt_conn *c = kvtd_connect(&d, 30000);
 	CHECK_EQ(kvtd_stat(c, "t1.capacity_bytes"), 4 * MiB);
-	kvt_region *r = make_region(c, N * BLK);
+	kvt_region *r = kvtd_region(c, N * BLK);
 	uint8_t *base = kvt_region_base(r);
 	pattern(base, N * BLK, 1);
 	for (int i = 0; i < N; i++)
@@ -124,7 +104,7 @@ TEST(filling_past_capacity_evicts_old_blocks)
 	/* The newest block is there, with its bytes; the oldest is gone. */
 	CHECK(present(c, test_key(1, N - 1)));
 	CHECK(!present(c, test_key(1, 0)));
-	kvt_region *dst = make_region(c, BLK);
+	kvt_region *dst = kvtd_region(c, BLK);
 	check_block(c, dst, 0, test_key(1, N - 1), base + (size_t)(N - 1) * BLK, BLK);
 	/* Whatever survived is intact. */
 	int alive = 0;
@@ -138,7 +118,7 @@ TEST(filling_past_capacity_evicts_old_blocks)
 	CHECK_RC(kvt_region_destroy(dst), 0);
 	CHECK_RC(kvt_region_destroy(r), 0);
 	kvt_conn_close(c);
-	stop_clean(&d);
+	kvtd_stop_clean(&d);
 }
 
 TEST(chain_loses_its_tail_before_its_head)
@@ -147,7 +127,7 @@ TEST(chain_loses_its_tail_before_its_head)
 	struct kvtd d;
 	kvtd_start(&d, TIER_CONF);
 	kvt_conn *c = kvtd_connect(&d, 30000);
-	kvt_region *r = make_region(c, (L + PRESSURE) * BLK);
+	kvt_region *r = kvtd_region(c, (L + PRESSURE) * BLK);
 	uint8_t *base = kvt_region_base(r);
 	pattern(base, (L + PRESSURE) * BLK, 2);
 
@@ -181,12 +161,12 @@ TEST(chain_loses_its_tail_before_its_head)
 		CHECK_MSG(present(c, chain[i]) == ((size_t)i < found),
 			  "chain block %d is %s, prefix is %zu", i,
 			  present(c, chain[i]) ? "present" : "missing", found);
-	kvt_region *dst = make_region(c, BLK);
+	kvt_region *dst = kvtd_region(c, BLK);
 	check_block(c, dst, 0, chain[0], base, BLK);
 	CHECK_RC(kvt_region_destroy(dst), 0);
 	CHECK_RC(kvt_region_destroy(r), 0);
 	kvt_conn_close(c);
-	stop_clean(&d);
+	kvtd_stop_clean(&d);
 }
 
 TEST(pinned_blocks_survive_pressure)
@@ -195,7 +175,7 @@ TEST(pinned_blocks_survive_pressure)
 	struct kvtd d;
 	kvtd_start(&d, TIER_CONF);
 	kvt_conn *c = kvtd_connect(&d, 30000);
-	kvt_region *r = make_region(c, (P + 1) * BLK);
+	kvt_region *r = kvtd_region(c, (P + 1) * BLK);
 	uint8_t *base = kvt_region_base(r);
 	pattern(base, (P + 1) * BLK, 3);
 	kvt_key pinned[P];
@@ -212,7 +192,7 @@ TEST(pinned_blocks_survive_pressure)
 	size_t found = 0;
 	CHECK_RC(kvt_block_lookup(c, pinned, P, &found, NULL), 0);
 	CHECK_EQ(found, P);
-	kvt_region *dst = make_region(c, BLK);
+	kvt_region *dst = kvtd_region(c, BLK);
 	for (int i = 0; i < P; i++)
 		check_block(c, dst, 0, pinned[i], base + (size_t)i * BLK, BLK);
 	/* Unpinned, they are ordinary blocks again and go under pressure. */
@@ -225,7 +205,7 @@ TEST(pinned_blocks_survive_pressure)
 	CHECK_RC(kvt_region_destroy(dst), 0);
 	CHECK_RC(kvt_region_destroy(r), 0);
 	kvt_conn_close(c);
-	stop_clean(&d);
+	kvtd_stop_clean(&d);
 }
 
 /* Store and pin one-chunk blocks until the tier refuses; returns how many fit. */
@@ -249,7 +229,7 @@ TEST(everything_pinned_is_enospc)
 	struct kvtd d;
 	kvtd_start(&d, TIER_CONF);
 	kvt_conn *c = kvtd_connect(&d, 30000);
-	kvt_region *r = make_region(c, 1 * MiB);
+	kvt_region *r = kvtd_region(c, 1 * MiB);
 	pattern(kvt_region_base(r), 1 * MiB, 4);
 	int rc = 0;
 	int n = fill_pinned(c, r, 6, &rc);
@@ -274,7 +254,7 @@ TEST(everything_pinned_is_enospc)
 	CHECK_RC(put_one(c, r, test_key(7, 3), NULL, 0, BLK), KVT_ENOSPC);
 	CHECK_RC(kvt_region_destroy(r), 0);
 	kvt_conn_close(c);
-	stop_clean(&d);
+	kvtd_stop_clean(&d);
 }
 
 TEST(pins_are_dropped_when_their_connection_closes)
@@ -283,8 +263,8 @@ TEST(pins_are_dropped_when_their_connection_closes)
 	kvtd_start(&d, TIER_CONF);
 	kvt_conn *a = kvtd_connect(&d, 30000);
 	kvt_conn *b = kvtd_connect(&d, 30000);
-	kvt_region *ra = make_region(a, 1 * MiB);
-	kvt_region *rb = make_region(b, 1 * MiB);
+	kvt_region *ra = kvtd_region(a, 1 * MiB);
+	kvt_region *rb = kvtd_region(b, 1 * MiB);
 	pattern(kvt_region_base(ra), 1 * MiB, 5);
 	int rc = 0;
 	int n = fill_pinned(a, ra, 8, &rc);
@@ -302,7 +282,7 @@ TEST(pins_are_dropped_when_their_connection_closes)
 		pinned = kvtd_stat(b, "t1.pinned_blocks");
 		if (pinned == 1)
 			break;
-		sleep_ms(10);
+		test_sleep_ms(10);
 	}
 	CHECK_EQ(pinned, 1);
 	for (int i = 0; i < TIER_BLOCKS - 1; i++)
@@ -314,7 +294,7 @@ TEST(pins_are_dropped_when_their_connection_closes)
 	CHECK_RC(st, KVT_EPINNED);
 	CHECK_RC(kvt_region_destroy(rb), 0);
 	kvt_conn_close(b);
-	stop_clean(&d);
+	kvtd_stop_clean(&d);
 }
 
 TEST(pins_belong_to_their_connection)
@@ -323,7 +303,7 @@ TEST(pins_belong_to_their_connection)
 	kvtd_start(&d, TIER_CONF);
 	kvt_conn *a = kvtd_connect(&d, 30000);
 	kvt_conn *b = kvtd_connect(&d, 30000);
-	kvt_region *r = make_region(a, 1 * MiB);
+	kvt_region *r = kvtd_region(a, 1 * MiB);
 	kvt_key k = test_key(10, 1);
 	CHECK_RC(put_one(a, r, k, NULL, 0, BLK), 0);
 	CHECK_RC(kvt_block_pin(a, &k, 1, NULL), 0);
@@ -345,7 +325,7 @@ TEST(pins_belong_to_their_connection)
 	CHECK_RC(kvt_region_destroy(r), 0);
 	kvt_conn_close(b);
 	kvt_conn_close(a);
-	stop_clean(&d);
+	kvtd_stop_clean(&d);
 }
 
 TEST_MAIN(filling_past_capacity_evicts_old_blocks, chain_loses_its_tail_before_its_head,

@@ -25,39 +25,10 @@
 #include "test.h"
 
 #define KiB 1024u
-#define NOBODY 65534u
 #define VALUE_MAX (64 * KiB)
 #define MEM_CONF "mem_value_max = 64KiB\n"
 
 /* ---- helpers ------------------------------------------------------------------ */
-
-static void stop_clean(struct kvtd *d)
-{
-	int st = kvtd_stop(d);
-	CHECK_MSG(WIFEXITED(st) && WEXITSTATUS(st) == 0, "kvtierd ended with wait status %#x",
-		  st);
-}
-
-static void sleep_ms(int ms)
-{
-	struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000L };
-	nanosleep(&ts, NULL);
-}
-
-static uint64_t realtime_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
-static uint64_t mix64(uint64_t x)
-{
-	x += 0x9e3779b97f4a7c15ull;
-	x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-	x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-	return x ^ (x >> 31);
-}
 
 /* Uniform in [-1, 1), from (seed, i). */
 static float unit(uint64_t seed, uint64_t i)
@@ -78,20 +49,6 @@ static size_t rec_value(uint64_t id, size_t span, uint8_t *out)
 	for (size_t i = 0; i < len; i++)
 		out[i] = (uint8_t)(mix64(id ^ (i / 8)) >> (8 * (i % 8)));
 	return len;
-}
-
-static uint64_t stat_u64(kvt_conn *c, const char *name, bool *present)
-{
-	kvt_stats *s = NULL;
-	CHECK_RC(kvt_stats_get(c, &s), 0);
-	uint64_t v = 0;
-	bool ok = kvt_stats_find(s, name, &v);
-	kvt_stats_free(s);
-	if (present)
-		*present = ok;
-	else
-		CHECK_MSG(ok, "STATS has no %s", name);
-	return v;
 }
 
 /* Put record (ns, key) made from id: value (span), metadata "meta <id>", and an
@@ -172,7 +129,7 @@ TEST(put_get_upsert_delete)
 	kvt_mem_item_free(it);
 
 	/* Upsert: same key, new value and embedding; created kept, updated moves. */
-	sleep_ms(30);
+	test_sleep_ms(30);
 	CHECK_RC(put_rec(c, "agent/alice", "likes", 2, 3000, 8, 0), 0);
 	it = NULL;
 	CHECK_RC(kvt_mem_get(c, "agent/alice", "likes", &it), 0);
@@ -226,25 +183,25 @@ TEST(put_get_upsert_delete)
 	CHECK_RC(kvt_mem_delete(c, "agent/alice", "likes"), KVT_ENOENT);
 	CHECK_RC(kvt_mem_delete(c, "nowhere", "likes"), KVT_ENOENT);
 	/* A new record under the deleted key starts afresh. */
-	sleep_ms(5);
+	test_sleep_ms(5);
 	CHECK_RC(put_rec(c, "agent/alice", "likes", 4, 3000, 8, 0), 0);
 	CHECK_RC(kvt_mem_get(c, "agent/alice", "likes", &it), 0);
 	check_item(it, "agent/alice", "likes", 4, 3000, 8);
 	CHECK(it->created_ms > created);
 	kvt_mem_item_free(it);
 
-	CHECK_EQ(stat_u64(c, "tenant.0.records", NULL), 4);
-	uint64_t rb = stat_u64(c, "tenant.0.record_bytes", NULL);
+	CHECK_EQ(kvtd_stat_u64(c, "tenant.0.records", NULL), 4);
+	uint64_t rb = kvtd_stat_u64(c, "tenant.0.record_bytes", NULL);
 	CHECK_MSG(rb >= VALUE_MAX && rb < VALUE_MAX + 16 * KiB, "tenant.0.record_bytes %llu",
 		  (unsigned long long)rb);
-	uint64_t writes = stat_u64(c, "meta.writes", NULL);
-	uint64_t commits = stat_u64(c, "meta.commits", NULL);
-	uint64_t fsyncs = stat_u64(c, "meta.fsyncs", NULL);
+	uint64_t writes = kvtd_stat_u64(c, "meta.writes", NULL);
+	uint64_t commits = kvtd_stat_u64(c, "meta.commits", NULL);
+	uint64_t fsyncs = kvtd_stat_u64(c, "meta.fsyncs", NULL);
 	test_log("meta.writes %llu meta.commits %llu meta.fsyncs %llu", (unsigned long long)writes,
 		 (unsigned long long)commits, (unsigned long long)fsyncs);
 	CHECK(writes >= 8 && commits >= 1 && fsyncs >= 1);
 	kvt_conn_close(c);
-	stop_clean(&d);
+	kvtd_stop_clean(&d);
 }
 
 /* ---- list ----------------------------------------------------------------------- */
@@ -350,7 +307,7 @@ TEST(list_by_namespace_prefix_with_pagination)
 	CHECK_RC(kvt_mem_list(c, NULL, NULL, NULL, 1001, &items), KVT_EINVAL);
 	CHECK(items == NULL);
 	kvt_conn_close(c);
-	stop_clean(&d);
+	kvtd_stop_clean(&d);
 }
 
 /* ---- search ----------------------------------------------------------------------- */
@@ -520,7 +477,7 @@ TEST(search_is_exact_top_k_by_cosine)
 	CHECK_RC(kvt_mem_search(c, "s/", e, DIM, 5, &res), KVT_EINVAL);
 	CHECK(res == NULL);
 	kvt_conn_close(c);
-	stop_clean(&d);
+	kvtd_stop_clean(&d);
 }
 
 /* ---- TTL ---------------------------------------------------------------------- */
@@ -573,7 +530,7 @@ TEST(expired_records_are_never_returned)
 		CHECK_MSG(!(past && found), "SEARCH returned a record after it expired");
 		gone = rc == KVT_ENOENT && !listed && !found;
 		if (!gone)
-			sleep_ms(100);
+			test_sleep_ms(100);
 	}
 	CHECK_MSG(gone, "a record with a TTL of 1 s is still returned after 15 s");
 	CHECK_RC(kvt_mem_delete(c, "ttl", "short"), KVT_ENOENT);
@@ -581,10 +538,10 @@ TEST(expired_records_are_never_returned)
 	kvt_mem_item_free(it);
 	/* The sweeper removes it for good (bounded wait). */
 	uint64_t n = 0;
-	for (int i = 0; i < 150 && (n = stat_u64(c, "meta.expired", NULL)) == 0; i++)
-		sleep_ms(100);
+	for (int i = 0; i < 150 && (n = kvtd_stat_u64(c, "meta.expired", NULL)) == 0; i++)
+		test_sleep_ms(100);
 	CHECK_MSG(n >= 1, "meta.expired is still 0 after 15 s");
-	CHECK_EQ(stat_u64(c, "tenant.0.records", NULL), 2);
+	CHECK_EQ(kvtd_stat_u64(c, "tenant.0.records", NULL), 2);
 	/* A new put under the key is a new record. */
 	CHECK_RC(put_rec(c, "ttl", "short", 4, 100, 8, 0), 0);
 	CHECK_RC(kvt_mem_get(c, "ttl", "short", &it), 0);
@@ -592,7 +549,7 @@ TEST(expired_records_are_never_returned)
 	CHECK_EQ(it->expires_ms, 0);
 	kvt_mem_item_free(it);
 	kvt_conn_close(c);
-	stop_clean(&d);
+	kvtd_stop_clean(&d);
 }
 
 /* ---- durability ------------------------------------------------------------------ */
@@ -654,8 +611,8 @@ TEST(acknowledged_records_survive_kill9_and_restarts)
 		char key[48];
 		dur_key(key, sizeof(key), l, 0, 0);
 		CHECK_RC(kvt_mem_delete(c, "dur", key), 0);
-		uint64_t writes = stat_u64(c, "meta.writes", NULL);
-		uint64_t commits = stat_u64(c, "meta.commits", NULL);
+		uint64_t writes = kvtd_stat_u64(c, "meta.writes", NULL);
+		uint64_t commits = kvtd_stat_u64(c, "meta.commits", NULL);
 		test_log("loop %u: meta.writes %llu in %llu commits", l, (unsigned long long)writes,
 			 (unsigned long long)commits);
 		kvt_conn_close(c);
@@ -681,7 +638,7 @@ TEST(acknowledged_records_survive_kill9_and_restarts)
 				}
 			}
 		}
-		CHECK_EQ(stat_u64(c, "tenant.0.records", NULL),
+		CHECK_EQ(kvtd_stat_u64(c, "tenant.0.records", NULL),
 			 (uint64_t)(l + 1) * (THREADS * PER_THREAD - 1));
 		/* Search works on what was reloaded. */
 		float q[16];
@@ -694,14 +651,14 @@ TEST(acknowledged_records_survive_kill9_and_restarts)
 		kvt_conn_close(c);
 	}
 	/* And a clean restart keeps everything too. */
-	stop_clean(&d);
+	kvtd_stop_clean(&d);
 	kvtd_restart(&d);
 	kvt_conn *c = kvtd_connect(&d, 60000);
-	CHECK_EQ(stat_u64(c, "tenant.0.records", NULL),
+	CHECK_EQ(kvtd_stat_u64(c, "tenant.0.records", NULL),
 		 (uint64_t)loops * (THREADS * PER_THREAD - 1));
 	kvt_conn_close(c);
 	d.keep_dir = false;
-	stop_clean(&d);
+	kvtd_stop_clean(&d);
 }
 
 /* ---- bad input ------------------------------------------------------------------ */
@@ -797,7 +754,7 @@ TEST(bad_records_are_refused_by_the_library)
 	CHECK(it == NULL && items == NULL);
 	CHECK_RC(kvt_ping(c), 0);
 	kvt_conn_close(c);
-	stop_clean(&d);
+	kvtd_stop_clean(&d);
 }
 
 struct raw {
@@ -1038,33 +995,10 @@ TEST(bad_record_requests_get_the_daemons_own_answers)
 	CHECK_EQ(it->dim, 8);
 	kvt_mem_item_free(it);
 	kvt_conn_close(c);
-	stop_clean(&d);
+	kvtd_stop_clean(&d);
 }
 
 /* ---- tenants ------------------------------------------------------------------- */
-
-static void need_root(void)
-{
-	if (geteuid() != 0)
-		test_skip("needs root to connect as a second uid");
-}
-
-static void as_nobody(const struct kvtd *d, void (*fn)(const struct kvtd *d))
-{
-	fflush(NULL);
-	pid_t pid = fork();
-	CHECK(pid >= 0);
-	if (pid == 0) {
-		if (setgroups(0, NULL) < 0 || setgid(NOBODY) < 0 || setuid(NOBODY) < 0)
-			test_fail(__FILE__, __LINE__, "cannot drop to uid %u", NOBODY);
-		fn(d);
-		_exit(0);
-	}
-	int st = 0;
-	CHECK(waitpid(pid, &st, 0) == pid);
-	CHECK_MSG(WIFEXITED(st) && WEXITSTATUS(st) == 0,
-		  "the uid %u client failed (wait status %#x)", NOBODY, st);
-}
 
 static void nobody_cannot_see_roots_records(const struct kvtd *d)
 {
@@ -1093,8 +1027,8 @@ static void nobody_cannot_see_roots_records(const struct kvtd *d)
 	kvt_mem_items_free(items);
 	CHECK_RC(kvt_mem_search(c, "", q, 8, 5, &items), KVT_ERANGE);
 	bool present;
-	CHECK_EQ(stat_u64(c, "tenant.65534.records", NULL), 1);
-	stat_u64(c, "tenant.0.records", &present);
+	CHECK_EQ(kvtd_stat_u64(c, "tenant.65534.records", NULL), 1);
+	kvtd_stat_u64(c, "tenant.0.records", &present);
 	CHECK_MSG(!present, "tenant 65534 sees tenant 0's record count");
 	kvt_conn_close(c);
 }
@@ -1118,10 +1052,10 @@ TEST(tenants_never_see_each_others_records)
 	CHECK_RC(kvt_mem_list(c, NULL, NULL, NULL, 100, &items), 0);
 	CHECK_EQ(items->n, 2);
 	kvt_mem_items_free(items);
-	CHECK_EQ(stat_u64(c, "tenant.0.records", NULL), 2);
-	CHECK_EQ(stat_u64(c, "tenant.65534.records", NULL), 1);
+	CHECK_EQ(kvtd_stat_u64(c, "tenant.0.records", NULL), 2);
+	CHECK_EQ(kvtd_stat_u64(c, "tenant.65534.records", NULL), 1);
 	kvt_conn_close(c);
-	stop_clean(&d);
+	kvtd_stop_clean(&d);
 }
 
 TEST_MAIN(put_get_upsert_delete, list_by_namespace_prefix_with_pagination,

@@ -16,6 +16,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "blocks.h"
 #include "harness.h"
 #include "kvtier.h"
 #include "test.h"
@@ -23,159 +24,10 @@
 #define KiB (1024ull)
 #define MiB (1024ull * 1024)
 
-/* A 64 MiB host tier over a 1 GiB NVMe tier of 64 MiB segments. */
-#define T2_CONF                                                                        \
-	"host_capacity = 64MiB\nnvme_capacity = 1GiB\nnvme_segment_size = 64MiB\n"
+/* The host tier T2_CONF configures. */
 #define HOST_CAP (64 * MiB)
-/* Longest a test waits for a STATS figure to reach a value. */
-#define POLL_MS 30000
 
 /* ---- helpers ---------------------------------------------------------------- */
-
-static uint64_t mix64(uint64_t x)
-{
-	x += 0x9e3779b97f4a7c15ull;
-	x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-	x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-	return x ^ (x >> 31);
-}
-
-/* Block n of namespace ns: its key, length in [lo, hi], descriptor and bytes are
- * all functions of (ns, n), so a test can check a block it wrote in another life
- * of the daemon. */
-static kvt_key blk_key(uint32_t ns, uint64_t n)
-{
-	kvt_key k;
-	memset(&k, 0, sizeof(k));
-	k.b[0] = 0x4e;
-	memcpy(k.b + 4, &ns, sizeof(ns));
-	memcpy(k.b + 8, &n, sizeof(n));
-	return k;
-}
-
-static size_t blk_len(uint32_t ns, uint64_t n, size_t lo, size_t hi)
-{
-	return lo + (size_t)(mix64(((uint64_t)ns << 40) ^ n ^ 0x1e9) % (hi - lo + 1));
-}
-
-static kvt_block_desc blk_desc(uint32_t ns, uint64_t n)
-{
-	kvt_block_desc d = { .dtype = KVT_DTYPE_BF16,
-			     .layout = (uint16_t)(ns & 0xff),
-			     .layers = (uint16_t)(1 + n % 32),
-			     .tokens = (uint32_t)(16 + n) };
-	return d;
-}
-
-/*
- * bf16-like KV bytes: values of either sign with exponents in a narrow band (as
- * attention keys and values have) and random mantissas, little-endian. zstd
- * shrinks such data a little, the bf16 byte split more, and raw not at all.
- */
-static void fill_bf16(uint8_t *p, size_t len, uint64_t seed)
-{
-	uint64_t x = mix64(seed) | 1;
-	size_t i = 0;
-	while (i < len) {
-		x ^= x << 13;
-		x ^= x >> 7;
-		x ^= x << 17;
-		for (int k = 0; k < 4 && i < len; k++) {
-			uint32_t r = (uint32_t)(x >> (16 * k));
-			uint16_t sign = (uint16_t)(r & 1);
-			uint16_t exp = (uint16_t)(120 + ((r >> 1) & 7));
-			uint16_t mant = (uint16_t)((r >> 4) & 0x7f);
-			uint16_t v = (uint16_t)(sign << 15 | exp << 7 | mant);
-			p[i++] = (uint8_t)v;
-			if (i < len)
-				p[i++] = (uint8_t)(v >> 8);
-		}
-	}
-}
-
-static void blk_fill(uint8_t *p, uint32_t ns, uint64_t n, size_t len)
-{
-	fill_bf16(p, len, ((uint64_t)ns << 40) ^ n);
-}
-
-/* PUT block (ns, n) of len bytes from r at off (the bytes are written there
- * first). Returns the item's status. */
-static int put_blk(kvt_conn *c, kvt_region *r, uint64_t off, uint32_t ns, uint64_t n, size_t len,
-		   const kvt_key *parent)
-{
-	blk_fill((uint8_t *)kvt_region_base(r) + off, ns, n, len);
-	kvt_put_item it = { .key = blk_key(ns, n), .region = r, .offset = off, .length = len,
-			    .desc = blk_desc(ns, n), .status = 12345 };
-	if (parent)
-		it.parent = *parent;
-	int rc = kvt_block_put(c, &it, 1);
-	if (rc != 0 && rc != KVT_EPARTIAL)
-		return rc;
-	CHECK_EQ(rc, it.status ? KVT_EPARTIAL : 0);
-	return it.status;
-}
-
-/*
- * GET block (ns, n) into dst (at offset 0) and return its status. A block that is
- * returned must be exactly the one written: its length, descriptor and every byte
- * (want: scratch of at least len bytes). Wrong bytes fail the test at once.
- */
-static int get_blk(kvt_conn *c, kvt_region *dst, uint32_t ns, uint64_t n, size_t len,
-		   uint8_t *want)
-{
-	uint8_t *got = kvt_region_base(dst);
-	memset(got, 0xa5, len < 4096 ? len : 4096);
-	kvt_get_item g = { .key = blk_key(ns, n), .region = dst, .offset = 0,
-			   .capacity = kvt_region_size(dst), .status = 12345 };
-	int rc = kvt_block_get(c, &g, 1);
-	if (rc != 0 && rc != KVT_EPARTIAL)
-		return rc;
-	CHECK_EQ(rc, g.status ? KVT_EPARTIAL : 0);
-	if (g.status)
-		return g.status;
-	CHECK_MSG(g.length == len, "block %u/%llu: GET returned %llu bytes, %zu were stored", ns,
-		  (unsigned long long)n, (unsigned long long)g.length, len);
-	kvt_block_desc dd = blk_desc(ns, n);
-	CHECK_MSG(memcmp(&g.desc, &dd, sizeof(dd)) == 0,
-		  "block %u/%llu: GET returned another descriptor", ns, (unsigned long long)n);
-	blk_fill(want, ns, n, len);
-	if (memcmp(got, want, len) != 0) {
-		size_t i = 0;
-		while (got[i] == want[i])
-			i++;
-		test_fail(__FILE__, __LINE__,
-			  "WRONG BYTES served for block %u/%llu (%zu bytes): first difference at "
-			  "byte %zu",
-			  ns, (unsigned long long)n, len, i);
-	}
-	return 0;
-}
-
-/* The tier LOOKUP reports for one key, or -1 if it is not found. */
-static int lookup_tier(kvt_conn *c, kvt_key k)
-{
-	size_t found = 99;
-	uint8_t tier = 0xff;
-	CHECK_RC(kvt_block_lookup(c, &k, 1, &found, &tier), 0);
-	CHECK(found <= 1);
-	return found ? tier : -1;
-}
-
-static bool stat_find(kvt_conn *c, const char *name, uint64_t *v)
-{
-	kvt_stats *s = NULL;
-	CHECK_RC(kvt_stats_get(c, &s), 0);
-	bool ok = kvt_stats_find(s, name, v);
-	kvt_stats_free(s);
-	return ok;
-}
-
-static uint64_t stat_num(kvt_conn *c, const char *name)
-{
-	uint64_t v = 0;
-	CHECK_MSG(stat_find(c, name, &v), "STATS has no numeric entry %s", name);
-	return v;
-}
 
 /* A text STATS entry, copied into buf ("" if absent); buf, for use in an expression. */
 static const char *stat_text(kvt_conn *c, const char *name, char *buf, size_t cap)
@@ -213,33 +65,6 @@ static void log_tier_stats(kvt_conn *c, const char *when)
 	kvt_stats_free(s);
 }
 
-/* Poll STATS until name == want (bounded); fails with the last value seen. */
-static void wait_stat_eq(kvt_conn *c, const char *name, uint64_t want)
-{
-	uint64_t v = 0;
-	for (int waited = 0; waited < POLL_MS; waited += 10) {
-		v = stat_num(c, name);
-		if (v == want)
-			return;
-		test_sleep_ms(10);
-	}
-	test_fail(__FILE__, __LINE__, "%s stayed at %llu for %d ms, waiting for %llu", name,
-		  (unsigned long long)v, POLL_MS, (unsigned long long)want);
-}
-
-static void wait_stat_ge(kvt_conn *c, const char *name, uint64_t want)
-{
-	uint64_t v = 0;
-	for (int waited = 0; waited < POLL_MS; waited += 10) {
-		v = stat_num(c, name);
-		if (v >= want)
-			return;
-		test_sleep_ms(10);
-	}
-	test_fail(__FILE__, __LINE__, "%s stayed at %llu for %d ms, waiting for >= %llu", name,
-		  (unsigned long long)v, POLL_MS, (unsigned long long)want);
-}
-
 /* The daemon runs the backend a configuration asked for, and says so. */
 static void check_backend(struct kvtd *d, kvt_conn *c, const char *backend)
 {
@@ -254,12 +79,6 @@ static void check_backend(struct kvtd *d, kvt_conn *c, const char *backend)
 			  "t2.backend is '%s', not a thread pool chosen in the configuration", b);
 		CHECK(strstr(kvtd_log_text(d), "NVMe I/O: thread pool"));
 	}
-}
-
-static void conf_for(char *buf, size_t cap, const char *backend, const char *extra)
-{
-	int n = snprintf(buf, cap, T2_CONF "io_backend = %s\n%s", backend, extra);
-	CHECK(n > 0 && (size_t)n < cap);
 }
 
 /* ---- round trips through T2 ----------------------------------------------------- */
@@ -283,7 +102,7 @@ static void roundtrip(const char *backend, const char *codec, const char *write)
 	struct kvtd d;
 	kvtd_start(&d, conf);
 	kvt_conn *c = kvtd_connect(&d, 30000);
-	CHECK_EQ(stat_num(c, "t2.active"), 1);
+	CHECK_EQ(kvtd_stat(c, "t2.active"), 1);
 	check_backend(&d, c, backend);
 	kvt_region *src = kvtd_region(c, 4 * MiB);
 	kvt_region *dst = kvtd_region(c, 4 * MiB);
@@ -301,12 +120,12 @@ static void roundtrip(const char *backend, const char *codec, const char *write)
 	CHECK_MSG(total > HOST_CAP + HOST_CAP / 4, "only %llu bytes written",
 		  (unsigned long long)total);
 	log_tier_stats(c, "after the PUTs");
-	CHECK(stat_num(c, "t1.evictions") > 0);
-	uint64_t dropped = stat_num(c, "t1.dropped_unwritten");
+	CHECK(kvtd_stat(c, "t1.evictions") > 0);
+	uint64_t dropped = kvtd_stat(c, "t1.dropped_unwritten");
 	CHECK_MSG(dropped == 0,
 		  "%llu of %llu evicted blocks left RAM without being written to NVMe "
 		  "(t1.dropped_unwritten), with nvme_admission = always and nvme_write = %s",
-		  (unsigned long long)dropped, (unsigned long long)stat_num(c, "t1.evictions"),
+		  (unsigned long long)dropped, (unsigned long long)kvtd_stat(c, "t1.evictions"),
 		  write);
 	/* Evicted blocks were written; t2.demotions counts writes once committed. */
 	wait_stat_ge(c, "t2.demotions", 1);
@@ -323,28 +142,28 @@ static void roundtrip(const char *backend, const char *codec, const char *write)
 	test_log("%s/%s: %llu bytes in %d blocks, %d only on NVMe", backend, codec,
 		 (unsigned long long)total, N, on_nvme);
 	CHECK_MSG(on_nvme >= 10, "only %d blocks on NVMe", on_nvme);
-	CHECK(stat_num(c, "t2.blocks") >= (uint64_t)on_nvme);
+	CHECK(kvtd_stat(c, "t2.blocks") >= (uint64_t)on_nvme);
 
-	uint64_t hits0 = stat_num(c, "t2.hits"), prom0 = stat_num(c, "t2.promotions");
+	uint64_t hits0 = kvtd_stat(c, "t2.hits"), prom0 = kvtd_stat(c, "t2.promotions");
 	for (uint64_t i = 0; i < N; i++) {
 		int st = get_blk(c, dst, ns, i, blk_len(ns, i, 1 * MiB, 4 * MiB), want);
 		CHECK_MSG(st == 0, "GET of block %llu (tier %d at LOOKUP): %s",
 			  (unsigned long long)i, tier[i], test_errname(st));
 	}
-	uint64_t hits = stat_num(c, "t2.hits") - hits0;
-	uint64_t prom = stat_num(c, "t2.promotions") - prom0;
+	uint64_t hits = kvtd_stat(c, "t2.hits") - hits0;
+	uint64_t prom = kvtd_stat(c, "t2.promotions") - prom0;
 	test_log("GETs answered from NVMe: %llu, promotions: %llu", (unsigned long long)hits,
 		 (unsigned long long)prom);
 	CHECK_MSG(hits >= (uint64_t)on_nvme, "t2.hits grew by %llu for %d blocks on NVMe",
 		  (unsigned long long)hits, on_nvme);
 	CHECK(prom > 0);
-	CHECK_EQ(stat_num(c, "t2.checksum_failures"), 0);
-	CHECK_EQ(stat_num(c, "t2.io_errors"), 0);
-	CHECK_EQ(stat_num(c, "t2.fetch_failures"), 0);
-	CHECK(stat_num(c, "t2.read_bytes") > 0 && stat_num(c, "t2.write_bytes") > 0);
+	CHECK_EQ(kvtd_stat(c, "t2.checksum_failures"), 0);
+	CHECK_EQ(kvtd_stat(c, "t2.io_errors"), 0);
+	CHECK_EQ(kvtd_stat(c, "t2.fetch_failures"), 0);
+	CHECK(kvtd_stat(c, "t2.read_bytes") > 0 && kvtd_stat(c, "t2.write_bytes") > 0);
 
-	uint64_t logical = stat_num(c, "t2.logical_bytes");
-	uint64_t stored = stat_num(c, "t2.stored_bytes");
+	uint64_t logical = kvtd_stat(c, "t2.logical_bytes");
+	uint64_t stored = kvtd_stat(c, "t2.stored_bytes");
 	test_log("%s: logical %llu, stored %llu (ratio %.3f)", codec, (unsigned long long)logical,
 		 (unsigned long long)stored, stored ? (double)logical / (double)stored : 0.0);
 	CHECK(logical > 0);
@@ -403,11 +222,11 @@ static void admission_reused(const char *backend)
 
 	for (uint64_t i = 0; i < N; i++)
 		CHECK_RC(put_blk(c, src, 0, ns, i, len, NULL), 0);
-	uint64_t ev = stat_num(c, "t1.evictions");
+	uint64_t ev = kvtd_stat(c, "t1.evictions");
 	CHECK_MSG(ev >= N - HOST_CAP / len, "only %llu evictions", (unsigned long long)ev);
-	CHECK_EQ(stat_num(c, "t1.dropped_unwritten"), ev);
-	CHECK_EQ(stat_num(c, "t2.blocks"), 0);
-	CHECK_EQ(stat_num(c, "t2.demotions"), 0);
+	CHECK_EQ(kvtd_stat(c, "t1.dropped_unwritten"), ev);
+	CHECK_EQ(kvtd_stat(c, "t2.blocks"), 0);
+	CHECK_EQ(kvtd_stat(c, "t2.demotions"), 0);
 	CHECK_EQ(lookup_tier(c, blk_key(ns, 0)), -1);
 
 	/* Read one block: now it qualifies, and the pump (the host tier is full)
@@ -417,7 +236,7 @@ static void admission_reused(const char *backend)
 	CHECK_RC(get_blk(c, dst, ns, x, len, want), 0);
 	wait_stat_eq(c, "t2.demotions", 1);
 	wait_stat_eq(c, "t2.blocks", 1);
-	CHECK_EQ(stat_num(c, "t2.demotions"), 1);
+	CHECK_EQ(kvtd_stat(c, "t2.demotions"), 1);
 
 	/* More unread blocks push it out of RAM: it is on NVMe, the others are gone. */
 	for (uint64_t i = 0; i < MORE; i++)
@@ -426,9 +245,9 @@ static void admission_reused(const char *backend)
 	CHECK_EQ(lookup_tier(c, blk_key(ns, x - 1)), -1);
 	CHECK_RC(get_blk(c, dst, ns, x, len, want), 0);
 	CHECK_RC(get_blk(c, dst, ns, x - 1, len, want), KVT_ENOENT);
-	CHECK_EQ(stat_num(c, "t2.blocks"), 1);
-	CHECK_EQ(stat_num(c, "t2.demotions"), 1);
-	CHECK(stat_num(c, "t1.dropped_unwritten") >= ev + MORE - 1);
+	CHECK_EQ(kvtd_stat(c, "t2.blocks"), 1);
+	CHECK_EQ(kvtd_stat(c, "t2.demotions"), 1);
+	CHECK(kvtd_stat(c, "t1.dropped_unwritten") >= ev + MORE - 1);
 	free(want);
 	CHECK_RC(kvt_region_destroy(dst), 0);
 	CHECK_RC(kvt_region_destroy(src), 0);
@@ -486,7 +305,7 @@ static void chain_put_waits_in_order(const char *backend)
 	CHECK_EQ(found, CHAIN);
 	for (uint64_t i = 0; i < CHAIN; i++)
 		CHECK_RC(get_blk(c, dst, nc, i, len, want), 0);
-	CHECK_EQ(stat_num(c, "t1.dropped_unwritten"), 0);
+	CHECK_EQ(kvtd_stat(c, "t1.dropped_unwritten"), 0);
 	free(want);
 	CHECK_RC(kvt_region_destroy(dst), 0);
 	CHECK_RC(kvt_region_destroy(src), 0);
@@ -576,7 +395,7 @@ TEST(child_of_a_block_on_nvme_is_stored)
 		CHECK_RC(put_blk(c, src, 0, ns, i, len, NULL), 0);
 	wait_stat_eq(c, "t2.blocks", N);
 	CHECK_EQ(lookup_tier(c, blk_key(ns, 0)), KVT_TIER_NVME);
-	CHECK_EQ(stat_num(c, "t1.dropped_unwritten"), 0);
+	CHECK_EQ(kvtd_stat(c, "t1.dropped_unwritten"), 0);
 
 	kvt_key parent = blk_key(ns, 0);
 	CHECK_RC(put_blk(c, src, 0, ns, 1000, len, &parent), 0);
@@ -614,22 +433,19 @@ static void write_through(const char *backend)
 	uint8_t *want = malloc(2 * MiB);
 	CHECK(want);
 
-	for (uint64_t i = 0; i < N1; i++)
-		CHECK_RC(put_blk(c, src, 0, ns, i, blk_len(ns, i, 1 * MiB, 2 * MiB), NULL), 0);
+	put_blks(c, src, ns, 0, N1, 1 * MiB, 2 * MiB);
 	wait_stat_eq(c, "t2.blocks", N1);
-	CHECK_EQ(stat_num(c, "t1.evictions"), 0);
+	CHECK_EQ(kvtd_stat(c, "t1.evictions"), 0);
 	for (uint64_t i = 0; i < N1; i++)
 		CHECK_EQ(lookup_tier(c, blk_key(ns, i)), KVT_TIER_HOST);
 
-	for (uint64_t i = N1; i < N1 + N2; i++)
-		CHECK_RC(put_blk(c, src, 0, ns, i, blk_len(ns, i, 1 * MiB, 2 * MiB), NULL), 0);
+	put_blks(c, src, ns, N1, N1 + N2, 1 * MiB, 2 * MiB);
 	wait_stat_eq(c, "t2.blocks", N1 + N2);
-	CHECK(stat_num(c, "t1.evictions") > 0);
-	CHECK_EQ(stat_num(c, "t1.dropped_unwritten"), 0);
+	CHECK(kvtd_stat(c, "t1.evictions") > 0);
+	CHECK_EQ(kvtd_stat(c, "t1.dropped_unwritten"), 0);
 	CHECK_EQ(lookup_tier(c, blk_key(ns, 0)), KVT_TIER_NVME);
-	for (uint64_t i = 0; i < N1 + N2; i++)
-		CHECK_RC(get_blk(c, dst, ns, i, blk_len(ns, i, 1 * MiB, 2 * MiB), want), 0);
-	CHECK_EQ(stat_num(c, "t2.demote_failures"), 0);
+	get_blks(c, dst, ns, 0, N1 + N2, 1 * MiB, 2 * MiB, want);
+	CHECK_EQ(kvtd_stat(c, "t2.demote_failures"), 0);
 	free(want);
 	CHECK_RC(kvt_region_destroy(dst), 0);
 	CHECK_RC(kvt_region_destroy(src), 0);
@@ -686,8 +502,7 @@ TEST(auto_backend_falls_back_to_threads_and_says_why)
 	uint8_t *want = malloc(2 * MiB);
 	CHECK(want);
 	enum { N = 8 };
-	for (uint64_t i = 0; i < N; i++)
-		CHECK_RC(put_blk(c, src, 0, ns, i, blk_len(ns, i, 64 * KiB, 2 * MiB), NULL), 0);
+	put_blks(c, src, ns, 0, N, 64 * KiB, 2 * MiB);
 	wait_stat_eq(c, "t2.blocks", N);
 	kvt_region_destroy(src);
 	kvt_region_destroy(dst);
@@ -702,11 +517,7 @@ TEST(auto_backend_falls_back_to_threads_and_says_why)
 		CHECK_EQ(lookup_tier(c, blk_key(ns, i)), KVT_TIER_NVME);
 		CHECK_RC(get_blk(c, dst, ns, i, blk_len(ns, i, 64 * KiB, 2 * MiB), want), 0);
 	}
-	free(want);
-	kvt_region_destroy(dst);
-	kvt_conn_close(c);
-	d.keep_dir = false;
-	kvtd_stop_clean(&d);
+	finish(&d, c, dst, want);
 }
 
 /* ---- memstat ---------------------------------------------------------------------- */

@@ -22,6 +22,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "blocks.h"
 #include "harness.h"
 #include "kvtier.h"
 #include "test.h"
@@ -29,198 +30,20 @@
 #define KiB (1024ull)
 #define MiB (1024ull * 1024)
 
-/* A 64 MiB host tier over a 1 GiB NVMe tier of 64 MiB segments. */
-#define T2_CONF                                                                        \
-	"host_capacity = 64MiB\nnvme_capacity = 1GiB\nnvme_segment_size = 64MiB\n"
+/* The host tier T2_CONF configures. */
 #define HOST_CAP (64 * MiB)
-/* Longest a test waits for a STATS figure to reach a value. */
-#define POLL_MS 30000
 
 /* ---- helpers ---------------------------------------------------------------- */
 
-static kvt_region *make_region(kvt_conn *c, size_t size)
+/* Start a daemon on T2_CONF with backend and extra (keeping its directory for
+ * restarts) and connect to it. */
+static kvt_conn *start_t2(struct kvtd *d, const char *backend, const char *extra)
 {
-	kvt_region *r = NULL;
-	CHECK_RC(kvt_region_create(c, size, &r), 0);
-	return r;
-}
-
-static void stop_clean(struct kvtd *d)
-{
-	int st = kvtd_stop(d);
-	CHECK_MSG(WIFEXITED(st) && WEXITSTATUS(st) == 0, "kvtierd ended with wait status %#x",
-		  st);
-}
-
-static void sleep_ms(int ms)
-{
-	struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000L };
-	nanosleep(&ts, NULL);
-}
-
-static uint64_t mix64(uint64_t x)
-{
-	x += 0x9e3779b97f4a7c15ull;
-	x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-	x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-	return x ^ (x >> 31);
-}
-
-/* Block n of namespace ns: its key, length in [lo, hi], descriptor and bytes are
- * all functions of (ns, n), so a test can check a block it wrote in another life
- * of the daemon. */
-static kvt_key blk_key(uint32_t ns, uint64_t n)
-{
-	kvt_key k;
-	memset(&k, 0, sizeof(k));
-	k.b[0] = 0x4e;
-	memcpy(k.b + 4, &ns, sizeof(ns));
-	memcpy(k.b + 8, &n, sizeof(n));
-	return k;
-}
-
-static size_t blk_len(uint32_t ns, uint64_t n, size_t lo, size_t hi)
-{
-	return lo + (size_t)(mix64(((uint64_t)ns << 40) ^ n ^ 0x1e9) % (hi - lo + 1));
-}
-
-static kvt_block_desc blk_desc(uint32_t ns, uint64_t n)
-{
-	kvt_block_desc d = { .dtype = KVT_DTYPE_BF16,
-			     .layout = (uint16_t)(ns & 0xff),
-			     .layers = (uint16_t)(1 + n % 32),
-			     .tokens = (uint32_t)(16 + n) };
-	return d;
-}
-
-/*
- * bf16-like KV bytes: values of either sign with exponents in a narrow band (as
- * attention keys and values have) and random mantissas, little-endian. zstd
- * shrinks such data a little, the bf16 byte split more, and raw not at all.
- */
-static void fill_bf16(uint8_t *p, size_t len, uint64_t seed)
-{
-	uint64_t x = mix64(seed) | 1;
-	size_t i = 0;
-	while (i < len) {
-		x ^= x << 13;
-		x ^= x >> 7;
-		x ^= x << 17;
-		for (int k = 0; k < 4 && i < len; k++) {
-			uint32_t r = (uint32_t)(x >> (16 * k));
-			uint16_t sign = (uint16_t)(r & 1);
-			uint16_t exp = (uint16_t)(120 + ((r >> 1) & 7));
-			uint16_t mant = (uint16_t)((r >> 4) & 0x7f);
-			uint16_t v = (uint16_t)(sign << 15 | exp << 7 | mant);
-			p[i++] = (uint8_t)v;
-			if (i < len)
-				p[i++] = (uint8_t)(v >> 8);
-		}
-	}
-}
-
-static void blk_fill(uint8_t *p, uint32_t ns, uint64_t n, size_t len)
-{
-	fill_bf16(p, len, ((uint64_t)ns << 40) ^ n);
-}
-
-/* PUT block (ns, n) of len bytes from r at off (the bytes are written there
- * first). Returns the item's status. */
-static int put_blk(kvt_conn *c, kvt_region *r, uint64_t off, uint32_t ns, uint64_t n, size_t len,
-		   const kvt_key *parent)
-{
-	blk_fill((uint8_t *)kvt_region_base(r) + off, ns, n, len);
-	kvt_put_item it = { .key = blk_key(ns, n), .region = r, .offset = off, .length = len,
-			    .desc = blk_desc(ns, n), .status = 12345 };
-	if (parent)
-		it.parent = *parent;
-	int rc = kvt_block_put(c, &it, 1);
-	if (rc != 0 && rc != KVT_EPARTIAL)
-		return rc;
-	CHECK_EQ(rc, it.status ? KVT_EPARTIAL : 0);
-	return it.status;
-}
-
-/*
- * GET block (ns, n) into dst (at offset 0) and return its status. A block that is
- * returned must be exactly the one written: its length, descriptor and every byte
- * (want: scratch of at least len bytes). Wrong bytes fail the test at once.
- */
-static int get_blk(kvt_conn *c, kvt_region *dst, uint32_t ns, uint64_t n, size_t len,
-		   uint8_t *want)
-{
-	uint8_t *got = kvt_region_base(dst);
-	memset(got, 0xa5, len < 4096 ? len : 4096);
-	kvt_get_item g = { .key = blk_key(ns, n), .region = dst, .offset = 0,
-			   .capacity = kvt_region_size(dst), .status = 12345 };
-	int rc = kvt_block_get(c, &g, 1);
-	if (rc != 0 && rc != KVT_EPARTIAL)
-		return rc;
-	CHECK_EQ(rc, g.status ? KVT_EPARTIAL : 0);
-	if (g.status)
-		return g.status;
-	CHECK_MSG(g.length == len, "block %u/%llu: GET returned %llu bytes, %zu were stored", ns,
-		  (unsigned long long)n, (unsigned long long)g.length, len);
-	kvt_block_desc dd = blk_desc(ns, n);
-	CHECK_MSG(memcmp(&g.desc, &dd, sizeof(dd)) == 0,
-		  "block %u/%llu: GET returned another descriptor", ns, (unsigned long long)n);
-	blk_fill(want, ns, n, len);
-	if (memcmp(got, want, len) != 0) {
-		size_t i = 0;
-		while (got[i] == want[i])
-			i++;
-		test_fail(__FILE__, __LINE__,
-			  "WRONG BYTES served for block %u/%llu (%zu bytes): first difference at "
-			  "byte %zu",
-			  ns, (unsigned long long)n, len, i);
-	}
-	return 0;
-}
-
-/* The tier LOOKUP reports for one key, or -1 if it is not found. */
-static int lookup_tier(kvt_conn *c, kvt_key k)
-{
-	size_t found = 99;
-	uint8_t tier = 0xff;
-	CHECK_RC(kvt_block_lookup(c, &k, 1, &found, &tier), 0);
-	CHECK(found <= 1);
-	return found ? tier : -1;
-}
-
-static bool stat_find(kvt_conn *c, const char *name, uint64_t *v)
-{
-	kvt_stats *s = NULL;
-	CHECK_RC(kvt_stats_get(c, &s), 0);
-	bool ok = kvt_stats_find(s, name, v);
-	kvt_stats_free(s);
-	return ok;
-}
-
-static uint64_t stat_num(kvt_conn *c, const char *name)
-{
-	uint64_t v = 0;
-	CHECK_MSG(stat_find(c, name, &v), "STATS has no numeric entry %s", name);
-	return v;
-}
-
-/* Poll STATS until name == want (bounded); fails with the last value seen. */
-static void wait_stat_eq(kvt_conn *c, const char *name, uint64_t want)
-{
-	uint64_t v = 0;
-	for (int waited = 0; waited < POLL_MS; waited += 10) {
-		v = stat_num(c, name);
-		if (v == want)
-			return;
-		sleep_ms(10);
-	}
-	test_fail(__FILE__, __LINE__, "%s stayed at %llu for %d ms, waiting for %llu", name,
-		  (unsigned long long)v, POLL_MS, (unsigned long long)want);
-}
-
-static void conf_for(char *buf, size_t cap, const char *backend, const char *extra)
-{
-	int n = snprintf(buf, cap, T2_CONF "io_backend = %s\n%s", backend, extra);
-	CHECK(n > 0 && (size_t)n < cap);
+	char conf[512];
+	conf_for(conf, sizeof(conf), backend, extra);
+	kvtd_start(d, conf);
+	d->keep_dir = true;
+	return kvtd_connect(d, 30000);
 }
 
 /* The start-up line of a warm restart, with the block count it found. */
@@ -247,13 +70,9 @@ static void restart_warm(const char *backend)
 {
 	enum { N = 32 };
 	const uint32_t ns = 10;
-	char conf[512];
-	conf_for(conf, sizeof(conf), backend, "nvme_write = through\nnvme_codec = bf16\n");
 	struct kvtd d;
-	kvtd_start(&d, conf);
-	d.keep_dir = true;
-	kvt_conn *c = kvtd_connect(&d, 30000);
-	kvt_region *src = make_region(c, 4 * MiB);
+	kvt_conn *c = start_t2(&d, backend, "nvme_write = through\nnvme_codec = bf16\n");
+	kvt_region *src = kvtd_region(c, 4 * MiB);
 	uint64_t total = 0;
 	for (uint64_t i = 0; i < N; i++) {
 		size_t len = blk_len(ns, i, 1 * MiB, 4 * MiB);
@@ -264,30 +83,25 @@ static void restart_warm(const char *backend)
 	kvt_region_destroy(src);
 	kvt_conn_close(c);
 	/* No waiting for the writes: a clean stop finishes them. */
-	stop_clean(&d);
+	kvtd_stop_clean(&d);
 
 	kvtd_restart(&d);
 	uint64_t warm = 0;
 	check_warm(&d, &warm);
 	CHECK_EQ(warm, N);
 	c = kvtd_connect(&d, 30000);
-	CHECK_EQ(stat_num(c, "t2.blocks"), N);
-	CHECK_EQ(stat_num(c, "t1.blocks"), 0);
+	CHECK_EQ(kvtd_stat(c, "t2.blocks"), N);
+	CHECK_EQ(kvtd_stat(c, "t1.blocks"), 0);
 	for (uint64_t i = 0; i < N; i++)
 		CHECK_MSG(lookup_tier(c, blk_key(ns, i)) == KVT_TIER_NVME,
 			  "block %llu: LOOKUP says %d after a restart", (unsigned long long)i,
 			  lookup_tier(c, blk_key(ns, i)));
-	kvt_region *dst = make_region(c, 4 * MiB);
+	kvt_region *dst = kvtd_region(c, 4 * MiB);
 	uint8_t *want = malloc(4 * MiB);
 	CHECK(want);
-	for (uint64_t i = 0; i < N; i++)
-		CHECK_RC(get_blk(c, dst, ns, i, blk_len(ns, i, 1 * MiB, 4 * MiB), want), 0);
-	CHECK_EQ(stat_num(c, "t2.checksum_failures"), 0);
-	free(want);
-	kvt_region_destroy(dst);
-	kvt_conn_close(c);
-	d.keep_dir = false;
-	stop_clean(&d);
+	get_blks(c, dst, ns, 0, N, 1 * MiB, 4 * MiB, want);
+	CHECK_EQ(kvtd_stat(c, "t2.checksum_failures"), 0);
+	finish(&d, c, dst, want);
 }
 
 TEST(uring_restart_after_sigterm_is_warm) { restart_warm("uring"); }
@@ -304,19 +118,13 @@ static void kill9_durable(const char *backend)
 {
 	enum { N = 16, M = 16 };
 	const uint32_t ns = 11;
-	char conf[512];
-	conf_for(conf, sizeof(conf), backend, "nvme_write = through\nnvme_codec = zstd\n");
 	struct kvtd d;
-	kvtd_start(&d, conf);
-	d.keep_dir = true;
-	kvt_conn *c = kvtd_connect(&d, 30000);
-	kvt_region *src = make_region(c, 4 * MiB);
-	for (uint64_t i = 0; i < N; i++)
-		CHECK_RC(put_blk(c, src, 0, ns, i, blk_len(ns, i, 1 * MiB, 4 * MiB), NULL), 0);
+	kvt_conn *c = start_t2(&d, backend, "nvme_write = through\nnvme_codec = zstd\n");
+	kvt_region *src = kvtd_region(c, 4 * MiB);
+	put_blks(c, src, ns, 0, N, 1 * MiB, 4 * MiB);
 	wait_stat_eq(c, "t2.blocks", N);
-	for (uint64_t i = N; i < N + M; i++)
-		CHECK_RC(put_blk(c, src, 0, ns, i, blk_len(ns, i, 1 * MiB, 4 * MiB), NULL), 0);
-	uint64_t before = stat_num(c, "t2.blocks");
+	put_blks(c, src, ns, N, N + M, 1 * MiB, 4 * MiB);
+	uint64_t before = kvtd_stat(c, "t2.blocks");
 	kvtd_kill(&d);
 	kvt_region_destroy(src);
 	kvt_conn_close(c);
@@ -326,11 +134,11 @@ static void kill9_durable(const char *backend)
 	uint64_t warm = 0;
 	check_warm(&d, &warm);
 	c = kvtd_connect(&d, 30000);
-	uint64_t blocks = stat_num(c, "t2.blocks");
+	uint64_t blocks = kvtd_stat(c, "t2.blocks");
 	CHECK_EQ(blocks, warm);
 	CHECK_MSG(blocks >= before, "%llu blocks after the restart, %llu were durable before",
 		  (unsigned long long)blocks, (unsigned long long)before);
-	kvt_region *dst = make_region(c, 4 * MiB);
+	kvt_region *dst = kvtd_region(c, 4 * MiB);
 	uint8_t *want = malloc(4 * MiB);
 	CHECK(want);
 	for (uint64_t i = 0; i < N; i++) {
@@ -347,12 +155,8 @@ static void kill9_durable(const char *backend)
 	test_log("%llu of the %d blocks written just before the kill survived",
 		 (unsigned long long)present, M);
 	CHECK_EQ(blocks, N + present);
-	CHECK_EQ(stat_num(c, "t2.checksum_failures"), 0);
-	free(want);
-	kvt_region_destroy(dst);
-	kvt_conn_close(c);
-	d.keep_dir = false;
-	stop_clean(&d);
+	CHECK_EQ(kvtd_stat(c, "t2.checksum_failures"), 0);
+	finish(&d, c, dst, want);
 }
 
 TEST(uring_kill9_keeps_every_durable_block) { kill9_durable("uring"); }
@@ -424,7 +228,7 @@ static size_t loop_count(const struct kill_loop *l, enum kstate st)
 static void loop_verify(struct kill_loop *l, kvt_conn *c, kvt_region *dst, uint8_t *want,
 			uint64_t before_kill, unsigned cycle)
 {
-	uint64_t blocks = stat_num(c, "t2.blocks"), present = 0, survived = 0, maybe = 0;
+	uint64_t blocks = kvtd_stat(c, "t2.blocks"), present = 0, survived = 0, maybe = 0;
 	CHECK_MSG(blocks >= before_kill,
 		  "cycle %u: %llu blocks after the restart, %llu were counted before the kill",
 		  cycle, (unsigned long long)blocks, (unsigned long long)before_kill);
@@ -469,7 +273,7 @@ static void loop_verify(struct kill_loop *l, kvt_conn *c, kvt_region *dst, uint8
 	CHECK_MSG(blocks == present,
 		  "cycle %u: the index counts %llu blocks, %llu read back (no wrong bytes)", cycle,
 		  (unsigned long long)blocks, (unsigned long long)present);
-	CHECK_EQ(stat_num(c, "t2.checksum_failures"), 0);
+	CHECK_EQ(kvtd_stat(c, "t2.checksum_failures"), 0);
 }
 
 /*
@@ -542,8 +346,8 @@ static uint64_t loop_crash(struct kill_loop *l, struct kvtd *d, kvt_conn *c, kvt
 	}
 	/* Sometimes at once, sometimes while group commits are landing. */
 	if (loop_rand(l) % 3)
-		sleep_ms((int)(loop_rand(l) % 40));
-	uint64_t before = stat_num(c2, "t2.blocks");
+		test_sleep_ms((int)(loop_rand(l) % 40));
+	uint64_t before = kvtd_stat(c2, "t2.blocks");
 	kvtd_kill(d);
 	return before;
 }
@@ -581,8 +385,8 @@ static void kill_loop(const char *backend, uint32_t ns)
 		}
 		kvt_conn *c = kvtd_connect(&d, 30000);
 		kvt_conn *c2 = kvtd_connect(&d, 30000);
-		kvt_region *dst = make_region(c, 1 * MiB);
-		kvt_region *src = make_region(c, 1 * MiB);
+		kvt_region *dst = kvtd_region(c, 1 * MiB);
+		kvt_region *src = kvtd_region(c, 1 * MiB);
 		if (cycle > 0)
 			loop_verify(&l, c, dst, want, before, cycle);
 		if (cycle == loops) {
@@ -593,7 +397,7 @@ static void kill_loop(const char *backend, uint32_t ns)
 			break;
 		}
 		loop_settle(&l, c, src);
-		kvt_region *heavy = make_region(c, 24 * MiB);
+		kvt_region *heavy = kvtd_region(c, 24 * MiB);
 		before = loop_crash(&l, &d, c, c2, heavy);
 		kvt_region_destroy(heavy);
 		kvt_region_destroy(src);
@@ -604,7 +408,7 @@ static void kill_loop(const char *backend, uint32_t ns)
 	free(l.keys);
 	free(want);
 	d.keep_dir = false;
-	stop_clean(&d);
+	kvtd_stop_clean(&d);
 }
 
 TEST(uring_kill9_loop_during_writes_serves_no_wrong_bytes) { kill_loop("uring", 12); }
@@ -712,19 +516,14 @@ static void corruption(const char *backend)
 {
 	enum { N = 8 };
 	const uint32_t ns = 14;
-	char conf[512];
-	conf_for(conf, sizeof(conf), backend, "nvme_write = through\nnvme_codec = bf16\n");
 	struct kvtd d;
-	kvtd_start(&d, conf);
-	d.keep_dir = true;
-	kvt_conn *c = kvtd_connect(&d, 30000);
-	kvt_region *src = make_region(c, 2 * MiB);
-	for (uint64_t i = 0; i < N; i++)
-		CHECK_RC(put_blk(c, src, 0, ns, i, blk_len(ns, i, 256 * KiB, 2 * MiB), NULL), 0);
+	kvt_conn *c = start_t2(&d, backend, "nvme_write = through\nnvme_codec = bf16\n");
+	kvt_region *src = kvtd_region(c, 2 * MiB);
+	put_blks(c, src, ns, 0, N, 256 * KiB, 2 * MiB);
 	wait_stat_eq(c, "t2.blocks", N);
 	kvt_region_destroy(src);
 	kvt_conn_close(c);
-	stop_clean(&d);
+	kvtd_stop_clean(&d);
 
 	struct rec recs[64];
 	size_t nr = find_records(d.dir, recs, 64);
@@ -751,7 +550,7 @@ static void corruption(const char *backend)
 
 	kvtd_restart(&d);
 	c = kvtd_connect(&d, 30000);
-	kvt_region *dst = make_region(c, 2 * MiB);
+	kvt_region *dst = kvtd_region(c, 2 * MiB);
 	uint8_t *want = malloc(2 * MiB);
 	CHECK(want);
 	uint64_t misses = 0;
@@ -767,12 +566,12 @@ static void corruption(const char *backend)
 		}
 	}
 	CHECK_EQ(misses, 4);
-	uint64_t cks = stat_num(c, "t2.checksum_failures"), ioe = stat_num(c, "t2.io_errors");
+	uint64_t cks = kvtd_stat(c, "t2.checksum_failures"), ioe = kvtd_stat(c, "t2.io_errors");
 	test_log("checksum failures %llu, I/O errors %llu", (unsigned long long)cks,
 		 (unsigned long long)ioe);
 	CHECK(cks >= 3);
 	CHECK(cks + ioe >= 4);
-	CHECK(stat_num(c, "t2.fetch_failures") >= 4);
+	CHECK(kvtd_stat(c, "t2.fetch_failures") >= 4);
 	CHECK(strstr(kvtd_log_text(&d), "failed verification"));
 	/* Records that failed their checksums left the index. */
 	for (size_t j = 0; j < 3; j++)
@@ -787,34 +586,29 @@ static void corruption(const char *backend)
 
 	/* Still serving: store the damaged blocks again (they are written to the
 	 * segment that was cut), read everything back. */
-	src = make_region(c, 2 * MiB);
-	uint64_t before = stat_num(c, "t2.demotions");
+	src = kvtd_region(c, 2 * MiB);
+	uint64_t before = kvtd_stat(c, "t2.demotions");
 	for (uint64_t i = 0; i < N; i++) {
 		size_t len = blk_len(ns, i, 256 * KiB, 2 * MiB);
 		if (bad[i])
 			CHECK_RC(put_blk(c, src, 0, ns, i, len, NULL), 0);
 	}
 	wait_stat_eq(c, "t2.demotions", before + 4);
-	for (uint64_t i = 0; i < N; i++)
-		CHECK_RC(get_blk(c, dst, ns, i, blk_len(ns, i, 256 * KiB, 2 * MiB), want), 0);
+	get_blks(c, dst, ns, 0, N, 256 * KiB, 2 * MiB, want);
 	kvt_region_destroy(src);
 	kvt_region_destroy(dst);
 	kvt_conn_close(c);
-	stop_clean(&d);
+	kvtd_stop_clean(&d);
 
 	/* And after one more restart, everything is on NVMe and intact. */
 	kvtd_restart(&d);
 	c = kvtd_connect(&d, 30000);
-	dst = make_region(c, 2 * MiB);
+	dst = kvtd_region(c, 2 * MiB);
 	for (uint64_t i = 0; i < N; i++) {
 		CHECK_EQ(lookup_tier(c, blk_key(ns, i)), KVT_TIER_NVME);
 		CHECK_RC(get_blk(c, dst, ns, i, blk_len(ns, i, 256 * KiB, 2 * MiB), want), 0);
 	}
-	free(want);
-	kvt_region_destroy(dst);
-	kvt_conn_close(c);
-	d.keep_dir = false;
-	stop_clean(&d);
+	finish(&d, c, dst, want);
 }
 
 TEST(uring_corruption_is_a_miss_never_wrong_bytes) { corruption("uring"); }
@@ -831,18 +625,13 @@ static void delete_reaches_nvme(const char *backend)
 {
 	enum { N = 6 };
 	const uint32_t ns = 15;
-	char conf[512];
-	conf_for(conf, sizeof(conf), backend, "nvme_write = through\n");
 	struct kvtd d;
-	kvtd_start(&d, conf);
-	d.keep_dir = true;
-	kvt_conn *c = kvtd_connect(&d, 30000);
-	kvt_region *src = make_region(c, 2 * MiB);
-	kvt_region *dst = make_region(c, 2 * MiB);
+	kvt_conn *c = start_t2(&d, backend, "nvme_write = through\n");
+	kvt_region *src = kvtd_region(c, 2 * MiB);
+	kvt_region *dst = kvtd_region(c, 2 * MiB);
 	uint8_t *want = malloc(2 * MiB);
 	CHECK(want);
-	for (uint64_t i = 0; i < N; i++)
-		CHECK_RC(put_blk(c, src, 0, ns, i, blk_len(ns, i, 64 * KiB, 2 * MiB), NULL), 0);
+	put_blks(c, src, ns, 0, N, 64 * KiB, 2 * MiB);
 	wait_stat_eq(c, "t2.blocks", N);
 	kvt_key del[2] = { blk_key(ns, 0), blk_key(ns, 1) };
 	int st[2] = { 1, 1 };
@@ -855,12 +644,12 @@ static void delete_reaches_nvme(const char *backend)
 	kvt_region_destroy(src);
 	kvt_region_destroy(dst);
 	kvt_conn_close(c);
-	stop_clean(&d);
+	kvtd_stop_clean(&d);
 
 	kvtd_restart(&d);
 	c = kvtd_connect(&d, 30000);
-	dst = make_region(c, 2 * MiB);
-	CHECK_EQ(stat_num(c, "t2.blocks"), N - 2);
+	dst = kvtd_region(c, 2 * MiB);
+	CHECK_EQ(kvtd_stat(c, "t2.blocks"), N - 2);
 	for (uint64_t i = 0; i < N; i++) {
 		size_t len = blk_len(ns, i, 64 * KiB, 2 * MiB);
 		if (i < 2) {
@@ -885,18 +674,14 @@ static void delete_reaches_nvme(const char *backend)
 
 	kvtd_restart(&d);
 	c = kvtd_connect(&d, 30000);
-	dst = make_region(c, 2 * MiB);
-	CHECK_EQ(stat_num(c, "t2.blocks"), N - 3);
+	dst = kvtd_region(c, 2 * MiB);
+	CHECK_EQ(kvtd_stat(c, "t2.blocks"), N - 3);
 	for (uint64_t i = 0; i < N; i++) {
 		int got = get_blk(c, dst, ns, i, blk_len(ns, i, 64 * KiB, 2 * MiB), want);
 		CHECK_MSG(got == (i < 3 ? KVT_ENOENT : 0), "block %llu after kill -9: GET %s",
 			  (unsigned long long)i, test_errname(got));
 	}
-	free(want);
-	kvt_region_destroy(dst);
-	kvt_conn_close(c);
-	d.keep_dir = false;
-	stop_clean(&d);
+	finish(&d, c, dst, want);
 }
 
 TEST(uring_delete_removes_the_block_from_nvme) { delete_reaches_nvme("uring"); }
@@ -904,7 +689,6 @@ TEST(threads_delete_removes_the_block_from_nvme) { delete_reaches_nvme("threads"
 
 /* ---- tenants ------------------------------------------------------------------------------ */
 
-#define NOBODY 65534u
 #define TENANT_NS 16
 #define TENANT_N 4
 
@@ -920,7 +704,7 @@ static void nobody_client(const struct kvtd *d)
 {
 	kvt_conn *c = kvtd_connect(d, 30000);
 	CHECK_EQ(kvt_conn_server(c)->tenant, NOBODY);
-	kvt_region *r = make_region(c, 1 * MiB);
+	kvt_region *r = kvtd_region(c, 1 * MiB);
 	uint8_t *want = malloc(1 * MiB);
 	CHECK(want);
 	for (uint64_t i = 0; i < TENANT_N; i++) {
@@ -952,48 +736,31 @@ static void nobody_client(const struct kvtd *d)
 
 TEST(other_tenant_cannot_see_nvme_blocks)
 {
-	if (geteuid() != 0)
-		test_skip("needs root to connect as a second uid");
+	need_root();
 	struct kvtd d;
 	kvtd_start(&d, T2_CONF "io_backend = uring\nnvme_write = through\n");
 	d.keep_dir = true;
 	kvt_conn *c = kvtd_connect(&d, 30000);
-	kvt_region *src = make_region(c, 1 * MiB);
+	kvt_region *src = kvtd_region(c, 1 * MiB);
 	for (uint64_t i = 0; i < TENANT_N; i++)
 		CHECK_RC(put_blk(c, src, 0, TENANT_NS, i, tenant_len(i), NULL), 0);
 	wait_stat_eq(c, "t2.blocks", TENANT_N);
 	kvt_region_destroy(src);
 	kvt_conn_close(c);
-	stop_clean(&d);
+	kvtd_stop_clean(&d);
 	kvtd_restart(&d); /* RAM is empty: the blocks are only on NVMe */
 
-	fflush(NULL);
-	pid_t pid = fork();
-	CHECK(pid >= 0);
-	if (pid == 0) {
-		if (setgroups(0, NULL) < 0 || setgid(NOBODY) < 0 || setuid(NOBODY) < 0)
-			test_fail(__FILE__, __LINE__, "cannot drop to uid %u", NOBODY);
-		nobody_client(&d);
-		_exit(0);
-	}
-	int wst = 0;
-	CHECK(waitpid(pid, &wst, 0) == pid);
-	CHECK_MSG(WIFEXITED(wst) && WEXITSTATUS(wst) == 0,
-		  "the uid %u client failed (wait status %#x)", NOBODY, wst);
+	as_nobody(&d, nobody_client);
 
 	c = kvtd_connect(&d, 30000);
-	kvt_region *dst = make_region(c, 1 * MiB);
+	kvt_region *dst = kvtd_region(c, 1 * MiB);
 	uint8_t *want = malloc(1 * MiB);
 	CHECK(want);
 	for (uint64_t i = 0; i < TENANT_N; i++) {
 		CHECK_EQ(lookup_tier(c, blk_key(TENANT_NS, i)), KVT_TIER_NVME);
 		CHECK_RC(get_blk(c, dst, TENANT_NS, i, tenant_len(i), want), 0);
 	}
-	free(want);
-	kvt_region_destroy(dst);
-	kvt_conn_close(c);
-	d.keep_dir = false;
-	stop_clean(&d);
+	finish(&d, c, dst, want);
 }
 
 /* ---- flush at a clean shutdown --------------------------------------------------------- */
@@ -1008,14 +775,10 @@ static void shutdown_flush(const char *backend)
 	enum { N = 8, READ = 4 };
 	const uint32_t ns = 17;
 	const size_t len = 1 * MiB;
-	char conf[512];
-	conf_for(conf, sizeof(conf), backend, "nvme_write = back\nnvme_admission = reused\n");
 	struct kvtd d;
-	kvtd_start(&d, conf);
-	d.keep_dir = true;
-	kvt_conn *c = kvtd_connect(&d, 30000);
-	kvt_region *src = make_region(c, len);
-	kvt_region *dst = make_region(c, len);
+	kvt_conn *c = start_t2(&d, backend, "nvme_write = back\nnvme_admission = reused\n");
+	kvt_region *src = kvtd_region(c, len);
+	kvt_region *dst = kvtd_region(c, len);
 	uint8_t *want = malloc(len);
 	CHECK(want);
 	for (uint64_t i = 0; i < N; i++)
@@ -1023,12 +786,12 @@ static void shutdown_flush(const char *backend)
 	for (uint64_t i = 0; i < READ; i++)
 		CHECK_RC(get_blk(c, dst, ns, i, len, want), 0);
 	/* Far below the free target: nothing needs writing yet. */
-	CHECK_EQ(stat_num(c, "t2.blocks"), 0);
-	CHECK_EQ(stat_num(c, "t2.demotions"), 0);
+	CHECK_EQ(kvtd_stat(c, "t2.blocks"), 0);
+	CHECK_EQ(kvtd_stat(c, "t2.demotions"), 0);
 	kvt_region_destroy(src);
 	kvt_region_destroy(dst);
 	kvt_conn_close(c);
-	stop_clean(&d);
+	kvtd_stop_clean(&d);
 	CHECK(strstr(kvtd_log_text(&d), "before exit"));
 
 	kvtd_restart(&d);
@@ -1036,7 +799,7 @@ static void shutdown_flush(const char *backend)
 	check_warm(&d, &warm);
 	CHECK_EQ(warm, READ);
 	c = kvtd_connect(&d, 30000);
-	dst = make_region(c, len);
+	dst = kvtd_region(c, len);
 	for (uint64_t i = 0; i < N; i++) {
 		if (i < READ) {
 			CHECK_EQ(lookup_tier(c, blk_key(ns, i)), KVT_TIER_NVME);
@@ -1046,11 +809,7 @@ static void shutdown_flush(const char *backend)
 			CHECK_RC(get_blk(c, dst, ns, i, len, want), KVT_ENOENT);
 		}
 	}
-	free(want);
-	kvt_region_destroy(dst);
-	kvt_conn_close(c);
-	d.keep_dir = false;
-	stop_clean(&d);
+	finish(&d, c, dst, want);
 }
 
 TEST(uring_clean_shutdown_flushes_admitted_blocks) { shutdown_flush("uring"); }

@@ -22,20 +22,6 @@
 
 static const kvt_block_desc test_desc = { .dtype = KVT_DTYPE_F16, .layers = 2, .tokens = 8 };
 
-static kvt_region *make_region(kvt_conn *c, size_t size)
-{
-	kvt_region *r = NULL;
-	CHECK_RC(kvt_region_create(c, size, &r), 0);
-	return r;
-}
-
-static void stop_clean(struct kvtd *d)
-{
-	int st = kvtd_stop(d);
-	CHECK_MSG(WIFEXITED(st) && WEXITSTATUS(st) == 0, "kvtierd ended with wait status %#x",
-		  st);
-}
-
 static kvt_key test_key(uint32_t ns, uint64_t n)
 {
 	kvt_key k;
@@ -75,8 +61,8 @@ TEST(tickets_complete_when_waited_in_reverse_order)
 	struct kvtd d;
 	kvtd_start(&d, NULL);
 	kvt_conn *c = kvtd_connect(&d, 30000);
-	kvt_region *src = make_region(c, N * BLK);
-	kvt_region *dst = make_region(c, N * BLK);
+	kvt_region *src = kvtd_region(c, N * BLK);
+	kvt_region *dst = kvtd_region(c, N * BLK);
 	uint8_t *s = kvt_region_base(src), *t = kvt_region_base(dst);
 	pattern(s, N * BLK, 1);
 
@@ -114,7 +100,7 @@ TEST(tickets_complete_when_waited_in_reverse_order)
 	CHECK_RC(kvt_region_destroy(src), 0);
 	CHECK_RC(kvt_region_destroy(dst), 0);
 	kvt_conn_close(c);
-	stop_clean(&d);
+	kvtd_stop_clean(&d);
 }
 
 TEST(tickets_interleave_with_synchronous_calls)
@@ -123,7 +109,7 @@ TEST(tickets_interleave_with_synchronous_calls)
 	struct kvtd d;
 	kvtd_start(&d, NULL);
 	kvt_conn *c = kvtd_connect(&d, 30000);
-	kvt_region *r = make_region(c, 2 * N * BLK);
+	kvt_region *r = kvtd_region(c, 2 * N * BLK);
 	uint8_t *base = kvt_region_base(r);
 	pattern(base, N * BLK, 2);
 	static kvt_put_item put[N];
@@ -168,7 +154,7 @@ TEST(tickets_interleave_with_synchronous_calls)
 	}
 	CHECK_RC(kvt_region_destroy(r), 0);
 	kvt_conn_close(c);
-	stop_clean(&d);
+	kvtd_stop_clean(&d);
 }
 
 TEST(ticket_limit_and_unknown_tickets)
@@ -177,7 +163,7 @@ TEST(ticket_limit_and_unknown_tickets)
 	kvtd_start(&d, "max_inflight = 4\nmax_batch = 100\n");
 	kvt_conn *c = kvtd_connect(&d, 30000);
 	CHECK_EQ(kvt_conn_server(c)->max_inflight, 4);
-	kvt_region *r = make_region(c, 1 * MiB);
+	kvt_region *r = kvtd_region(c, 1 * MiB);
 	pattern(kvt_region_base(r), 1 * MiB, 3);
 	static kvt_put_item put[8];
 	kvt_ticket tk[8];
@@ -208,7 +194,7 @@ TEST(ticket_limit_and_unknown_tickets)
 	CHECK_RC(kvt_ping(c), 0);
 	CHECK_RC(kvt_region_destroy(r), 0);
 	kvt_conn_close(c);
-	stop_clean(&d);
+	kvtd_stop_clean(&d);
 }
 
 TEST(batches_larger_than_a_frame_are_split)
@@ -218,7 +204,7 @@ TEST(batches_larger_than_a_frame_are_split)
 	/* 1000 PUT items are 72 KB of frame body: at least five 16 KiB frames. */
 	kvtd_start(&d, "max_frame = 16KiB\n");
 	kvt_conn *c = kvtd_connect(&d, 30000);
-	kvt_region *r = make_region(c, 2 * N * BLK);
+	kvt_region *r = kvtd_region(c, 2 * N * BLK);
 	uint8_t *base = kvt_region_base(r);
 	pattern(base, N * BLK, 4);
 	static kvt_put_item put[N];
@@ -258,7 +244,7 @@ TEST(batches_larger_than_a_frame_are_split)
 	}
 	CHECK_RC(kvt_region_destroy(r), 0);
 	kvt_conn_close(c);
-	stop_clean(&d);
+	kvtd_stop_clean(&d);
 }
 
 TEST(closing_with_tickets_outstanding_is_safe)
@@ -267,7 +253,7 @@ TEST(closing_with_tickets_outstanding_is_safe)
 	struct kvtd d;
 	kvtd_start(&d, NULL);
 	kvt_conn *c = kvtd_connect(&d, 30000);
-	kvt_region *r = make_region(c, N * BLK);
+	kvt_region *r = kvtd_region(c, N * BLK);
 	pattern(kvt_region_base(r), N * BLK, 5);
 	static kvt_put_item put[N];
 	kvt_ticket tk;
@@ -283,7 +269,7 @@ TEST(closing_with_tickets_outstanding_is_safe)
 	c = kvtd_connect(&d, 30000);
 	CHECK_RC(kvt_ping(c), 0);
 	kvt_conn_close(c);
-	stop_clean(&d);
+	kvtd_stop_clean(&d);
 }
 
 /* ---- raw frames -------------------------------------------------------------- */
@@ -463,7 +449,7 @@ TEST(raw_pipelined_frames_are_all_answered_by_id)
 	}
 	close(s);
 	munmap(map, size);
-	stop_clean(&d);
+	kvtd_stop_clean(&d);
 }
 
 static uint32_t unregister_body(uint8_t *body, uint32_t region)
@@ -563,7 +549,7 @@ TEST(unregister_waits_for_transfers_using_the_region)
 	close(s);
 	munmap(src, N * BLK);
 	munmap(dst, N * BLK);
-	stop_clean(&d);
+	kvtd_stop_clean(&d);
 }
 
 TEST_MAIN(tickets_complete_when_waited_in_reverse_order, tickets_interleave_with_synchronous_calls,

@@ -18,23 +18,8 @@
 
 #define KiB (1024ull)
 #define MiB (1024ull * 1024)
-#define NOBODY 65534u
 
 static const kvt_block_desc test_desc = { .dtype = KVT_DTYPE_FP8_E4M3, .tokens = 32 };
-
-static kvt_region *make_region(kvt_conn *c, size_t size)
-{
-	kvt_region *r = NULL;
-	CHECK_RC(kvt_region_create(c, size, &r), 0);
-	return r;
-}
-
-static void stop_clean(struct kvtd *d)
-{
-	int st = kvtd_stop(d);
-	CHECK_MSG(WIFEXITED(st) && WEXITSTATUS(st) == 0, "kvtierd ended with wait status %#x",
-		  st);
-}
 
 static kvt_key test_key(uint32_t ns, uint64_t n)
 {
@@ -77,54 +62,11 @@ static size_t lookup_one(kvt_conn *c, kvt_key k)
 	return found;
 }
 
-static bool stat_find(kvt_conn *c, const char *name, uint64_t *v)
-{
-	kvt_stats *s = NULL;
-	CHECK_RC(kvt_stats_get(c, &s), 0);
-	bool ok = kvt_stats_find(s, name, v);
-	kvt_stats_free(s);
-	return ok;
-}
-
-static uint64_t stat_num(kvt_conn *c, const char *name)
-{
-	uint64_t v = 0;
-	CHECK_MSG(stat_find(c, name, &v), "STATS has no numeric entry %s", name);
-	return v;
-}
-
 static uint64_t tenant_stat(kvt_conn *c, uint32_t tenant, const char *what)
 {
 	char name[80];
 	snprintf(name, sizeof(name), "tenant.%u.%s", tenant, what);
-	return stat_num(c, name);
-}
-
-static void need_root(void)
-{
-	if (geteuid() != 0)
-		test_skip("needs root to connect as a second uid");
-}
-
-/* Fork a child that becomes uid/gid NOBODY and runs fn(d); returns when it exited
- * and fails the test unless it passed (the child's own failure message is in the
- * log, since it shares the case's log pipe). */
-static void as_nobody(const struct kvtd *d, void (*fn)(const struct kvtd *d))
-{
-	fflush(NULL);
-	pid_t pid = fork();
-	CHECK(pid >= 0);
-	if (pid == 0) {
-		if (setgroups(0, NULL) < 0 || setgid(NOBODY) < 0 || setuid(NOBODY) < 0)
-			test_fail(__FILE__, __LINE__, "cannot drop to uid %u", NOBODY);
-		CHECK_EQ(geteuid(), NOBODY);
-		fn(d);
-		_exit(0);
-	}
-	int st = 0;
-	CHECK(waitpid(pid, &st, 0) == pid);
-	CHECK_MSG(WIFEXITED(st) && WEXITSTATUS(st) == 0,
-		  "the uid %u client failed (wait status %#x)", NOBODY, st);
+	return kvtd_stat(c, name);
 }
 
 /* Every STATS entry a non-admin sees is server.*, t1.capacity_bytes or its own
@@ -165,7 +107,7 @@ TEST(block_over_the_quota_is_edquot)
 	kvtd_start(&d, "tenant_quota = 1MiB\n");
 	kvt_conn *c = kvtd_connect(&d, 30000);
 	uint32_t me = kvt_conn_server(c)->tenant;
-	kvt_region *r = make_region(c, 4 * MiB);
+	kvt_region *r = kvtd_region(c, 4 * MiB);
 	CHECK_RC(put_one(c, r, test_key(1, 1), 0, 1 * MiB + 1), KVT_EDQUOT);
 	CHECK_EQ(lookup_one(c, test_key(1, 1)), 0);
 	CHECK_RC(put_one(c, r, test_key(1, 2), 0, 1 * MiB), 0);
@@ -173,7 +115,7 @@ TEST(block_over_the_quota_is_edquot)
 	CHECK_EQ(tenant_stat(c, me, "bytes"), 1 * MiB);
 	CHECK_RC(kvt_region_destroy(r), 0);
 	kvt_conn_close(c);
-	stop_clean(&d);
+	kvtd_stop_clean(&d);
 }
 
 TEST(quota_evicts_the_tenants_own_blocks_first)
@@ -183,7 +125,7 @@ TEST(quota_evicts_the_tenants_own_blocks_first)
 	kvtd_start(&d, "tenant_quota = 1MiB\n");
 	kvt_conn *c = kvtd_connect(&d, 30000);
 	uint32_t me = kvt_conn_server(c)->tenant;
-	kvt_region *r = make_region(c, 1 * MiB);
+	kvt_region *r = kvtd_region(c, 1 * MiB);
 	/* 4 MiB of blocks under a 1 MiB quota in a 64 MiB tier: all stored, the
 	 * tenant never holds more than its quota. */
 	for (int i = 0; i < N; i++) {
@@ -192,10 +134,10 @@ TEST(quota_evicts_the_tenants_own_blocks_first)
 	}
 	CHECK_EQ(lookup_one(c, test_key(2, N - 1)), 1);
 	CHECK_EQ(lookup_one(c, test_key(2, 0)), 0);
-	CHECK(stat_num(c, "t1.evictions") >= N - 16);
+	CHECK(kvtd_stat(c, "t1.evictions") >= N - 16);
 	CHECK_RC(kvt_region_destroy(r), 0);
 	kvt_conn_close(c);
-	stop_clean(&d);
+	kvtd_stop_clean(&d);
 }
 
 TEST(quota_full_of_pinned_blocks_is_edquot)
@@ -204,7 +146,7 @@ TEST(quota_full_of_pinned_blocks_is_edquot)
 	struct kvtd d;
 	kvtd_start(&d, "tenant_quota = 512KiB\n");
 	kvt_conn *c = kvtd_connect(&d, 30000);
-	kvt_region *r = make_region(c, 1 * MiB);
+	kvt_region *r = kvtd_region(c, 1 * MiB);
 	for (int i = 0; i < 8; i++) {
 		kvt_key k = test_key(3, (uint64_t)i);
 		CHECK_RC(put_one(c, r, k, 0, BLK), 0);
@@ -217,7 +159,7 @@ TEST(quota_full_of_pinned_blocks_is_edquot)
 	CHECK_RC(put_one(c, r, test_key(3, 102), 0, BLK), 0);
 	CHECK_RC(kvt_region_destroy(r), 0);
 	kvt_conn_close(c);
-	stop_clean(&d);
+	kvtd_stop_clean(&d);
 }
 
 static char quota_conf[128];
@@ -232,12 +174,12 @@ TEST(quota_override_for_one_tenant)
 	uint32_t me = kvt_conn_server(c)->tenant;
 	CHECK_EQ(me, geteuid());
 	CHECK_EQ(tenant_stat(c, me, "quota_bytes"), 256 * KiB);
-	kvt_region *r = make_region(c, 1 * MiB);
+	kvt_region *r = kvtd_region(c, 1 * MiB);
 	CHECK_RC(put_one(c, r, test_key(4, 1), 0, 256 * KiB + 1), KVT_EDQUOT);
 	CHECK_RC(put_one(c, r, test_key(4, 2), 0, 256 * KiB), 0);
 	CHECK_RC(kvt_region_destroy(r), 0);
 	kvt_conn_close(c);
-	stop_clean(&d);
+	kvtd_stop_clean(&d);
 }
 
 /* ---- two tenants --------------------------------------------------------------- */
@@ -250,7 +192,7 @@ static void nobody_cannot_see_root(const struct kvtd *d)
 {
 	kvt_conn *c = kvtd_connect(d, 30000);
 	CHECK_EQ(kvt_conn_server(c)->tenant, NOBODY);
-	kvt_region *r = make_region(c, 1 * MiB);
+	kvt_region *r = kvtd_region(c, 1 * MiB);
 	uint8_t *base = kvt_region_base(r);
 	kvt_key k = SHARED_KEY;
 	CHECK_EQ(lookup_one(c, k), 0);
@@ -281,8 +223,8 @@ static void nobody_cannot_see_root(const struct kvtd *d)
 	CHECK_EQ(lookup_one(c, k), 1);
 
 	uint64_t v;
-	CHECK(!stat_find(c, "tenant.0.bytes", &v));
-	CHECK(stat_find(c, "t1.capacity_bytes", &v));
+	CHECK(!kvtd_stat_find(c, "tenant.0.bytes", &v));
+	CHECK(kvtd_stat_find(c, "t1.capacity_bytes", &v));
 	CHECK_EQ(tenant_stat(c, NOBODY, "blocks"), 1);
 	/* Non-admin STATS: only server.*, t1.capacity_bytes and tenant.65534.*. */
 	int own = check_stats_scope(c, NOBODY);
@@ -298,7 +240,7 @@ TEST(tenants_never_see_each_others_blocks)
 	kvtd_start(&d, NULL);
 	kvt_conn *c = kvtd_connect(&d, 30000);
 	CHECK_EQ(kvt_conn_server(c)->tenant, 0);
-	kvt_region *r = make_region(c, 1 * MiB);
+	kvt_region *r = kvtd_region(c, 1 * MiB);
 	uint8_t *base = kvt_region_base(r);
 	memset(base, 0x99, SHARED_LEN);
 	CHECK_RC(put_one(c, r, SHARED_KEY, 0, SHARED_LEN), 0);
@@ -315,10 +257,10 @@ TEST(tenants_never_see_each_others_blocks)
 	/* The admin sees both tenants. */
 	CHECK_EQ(tenant_stat(c, 0, "blocks"), 1);
 	CHECK_EQ(tenant_stat(c, NOBODY, "blocks"), 1);
-	CHECK_EQ(stat_num(c, "t1.blocks"), 2);
+	CHECK_EQ(kvtd_stat(c, "t1.blocks"), 2);
 	CHECK_RC(kvt_region_destroy(r), 0);
 	kvt_conn_close(c);
-	stop_clean(&d);
+	kvtd_stop_clean(&d);
 }
 
 /* Tenant 4242 through uid_map: own entries only, and its own quota. */
@@ -326,14 +268,14 @@ static void mapped_client(const struct kvtd *d)
 {
 	kvt_conn *c = kvtd_connect(d, 30000);
 	CHECK_EQ(kvt_conn_server(c)->tenant, 4242);
-	kvt_region *r = make_region(c, 1 * MiB);
+	kvt_region *r = kvtd_region(c, 1 * MiB);
 	CHECK_RC(put_one(c, r, test_key(11, 1), 0, 100 * KiB), 0);
 	CHECK_RC(put_one(c, r, test_key(11, 2), 0, 200 * KiB), KVT_EDQUOT);
 	CHECK_EQ(lookup_one(c, SHARED_KEY), 0);
 	CHECK_EQ(tenant_stat(c, 4242, "quota_bytes"), 128 * KiB);
 	CHECK_EQ(tenant_stat(c, 4242, "blocks"), 1);
 	uint64_t v;
-	CHECK(!stat_find(c, "tenant.65534.blocks", &v));
+	CHECK(!kvtd_stat_find(c, "tenant.65534.blocks", &v));
 	CHECK(check_stats_scope(c, 4242) >= 2);
 	CHECK_RC(kvt_region_destroy(r), 0);
 	kvt_conn_close(c);
@@ -345,7 +287,7 @@ TEST(uid_map_assigns_the_tenant)
 	struct kvtd d;
 	kvtd_start(&d, "uid_map = 65534:4242\nquota = 4242:128KiB\n");
 	kvt_conn *c = kvtd_connect(&d, 30000);
-	kvt_region *r = make_region(c, 1 * MiB);
+	kvt_region *r = kvtd_region(c, 1 * MiB);
 	CHECK_RC(put_one(c, r, SHARED_KEY, 0, SHARED_LEN), 0);
 	/* The quota is tenant 4242's, not root's. */
 	CHECK_RC(put_one(c, r, test_key(12, 1), 0, 200 * KiB), 0);
@@ -355,11 +297,11 @@ TEST(uid_map_assigns_the_tenant)
 	CHECK_EQ(tenant_stat(c, 4242, "blocks"), 1);
 	CHECK_EQ(tenant_stat(c, 4242, "bytes") >= 100 * KiB, 1);
 	uint64_t v;
-	CHECK(!stat_find(c, "tenant.65534.blocks", &v));
+	CHECK(!kvtd_stat_find(c, "tenant.65534.blocks", &v));
 	CHECK_EQ(lookup_one(c, test_key(11, 1)), 0);
 	CHECK_RC(kvt_region_destroy(r), 0);
 	kvt_conn_close(c);
-	stop_clean(&d);
+	kvtd_stop_clean(&d);
 }
 
 TEST_MAIN(block_over_the_quota_is_edquot, quota_evicts_the_tenants_own_blocks_first,

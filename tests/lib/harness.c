@@ -8,6 +8,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <ftw.h>
 #include <poll.h>
 #include <signal.h>
@@ -49,6 +50,50 @@ void test_sleep_ms(int ms)
 	struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000L };
 	while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
 		;
+}
+
+uint64_t realtime_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+uint64_t mix64(uint64_t x)
+{
+	x += 0x9e3779b97f4a7c15ull;
+	x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+	x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+	return x ^ (x >> 31);
+}
+
+unsigned env_loops(const char *name, unsigned dflt)
+{
+	const char *v = getenv(name);
+	if (!v || !*v)
+		return dflt;
+	unsigned long n = strtoul(v, NULL, 10);
+	return n ? (unsigned)n : dflt;
+}
+
+kvt_key id_key(uint64_t id, uint64_t tag)
+{
+	kvt_key k;
+	uint64_t a = mix64(id ^ tag), b = mix64(a);
+	memcpy(k.b, &a, 8);
+	memcpy(k.b + 8, &b, 8);
+	return k;
+}
+
+void id_fill(uint8_t *p, size_t len, uint64_t id)
+{
+	uint64_t x = mix64(id) | 1;
+	for (size_t i = 0; i < len; i += 8) {
+		x ^= x << 13;
+		x ^= x >> 7;
+		x ^= x << 17;
+		memcpy(p + i, &x, len - i < 8 ? len - i : 8);
+	}
 }
 
 const char *kvtd_bin(const char *name)
@@ -564,14 +609,30 @@ kvt_conn *kvtd_connect(const struct kvtd *d, int timeout_ms)
 	return c;
 }
 
-uint64_t kvtd_stat(kvt_conn *c, const char *name)
+bool kvtd_stat_find(kvt_conn *c, const char *name, uint64_t *v)
 {
 	kvt_stats *s = NULL;
 	CHECK_RC(kvt_stats_get(c, &s), 0);
-	uint64_t v = 0;
-	bool ok = kvt_stats_find(s, name, &v);
+	bool ok = kvt_stats_find(s, name, v);
 	kvt_stats_free(s);
-	CHECK_MSG(ok, "STATS has no numeric entry %s", name);
+	return ok;
+}
+
+uint64_t kvtd_stat(kvt_conn *c, const char *name)
+{
+	uint64_t v = 0;
+	CHECK_MSG(kvtd_stat_find(c, name, &v), "STATS has no numeric entry %s", name);
+	return v;
+}
+
+uint64_t kvtd_stat_u64(kvt_conn *c, const char *name, bool *present)
+{
+	uint64_t v = 0;
+	bool ok = kvtd_stat_find(c, name, &v);
+	if (present)
+		*present = ok;
+	else
+		CHECK_MSG(ok, "STATS has no %s", name);
 	return v;
 }
 
@@ -586,6 +647,7 @@ kvt_region *kvtd_region(kvt_conn *c, size_t size)
 {
 	kvt_region *r = NULL;
 	CHECK_RC(kvt_region_create(c, size, &r), 0);
+	CHECK(r != NULL);
 	return r;
 }
 
@@ -629,4 +691,28 @@ void fill_pattern(uint8_t *p, size_t n, uint64_t seed)
 		x ^= x << 17;
 		p[i] = (uint8_t)(x >> 24);
 	}
+}
+
+void need_root(void)
+{
+	if (geteuid() != 0)
+		test_skip("needs root to connect as a second uid");
+}
+
+void as_nobody(const struct kvtd *d, void (*fn)(const struct kvtd *d))
+{
+	fflush(NULL);
+	pid_t pid = fork();
+	CHECK(pid >= 0);
+	if (pid == 0) {
+		if (setgroups(0, NULL) < 0 || setgid(NOBODY) < 0 || setuid(NOBODY) < 0)
+			test_fail(__FILE__, __LINE__, "cannot drop to uid %u", NOBODY);
+		CHECK_EQ(geteuid(), NOBODY);
+		fn(d);
+		_exit(0);
+	}
+	int st = 0;
+	CHECK(waitpid(pid, &st, 0) == pid);
+	CHECK_MSG(WIFEXITED(st) && WEXITSTATUS(st) == 0,
+		  "the uid %u client failed (wait status %#x)", NOBODY, st);
 }

@@ -63,6 +63,14 @@ kvt_conn *kvtd_connect(const struct kvtd *d, int timeout_ms);
 /* A numeric STATS entry; fails the test if the daemon does not report it. */
 uint64_t kvtd_stat(kvt_conn *c, const char *name);
 
+/* A numeric STATS entry into *v; false (and *v untouched) when the daemon does not
+ * report it. Fails the test if STATS itself fails. */
+bool kvtd_stat_find(kvt_conn *c, const char *name, uint64_t *v);
+
+/* A numeric STATS entry (0 when absent). With present, *present says whether the
+ * daemon reports it; without, its absence fails the test. */
+uint64_t kvtd_stat_u64(kvt_conn *c, const char *name, bool *present);
+
 /* kvtd_stop, failing the test unless the daemon exited with status 0. */
 void kvtd_stop_clean(struct kvtd *d);
 
@@ -82,6 +90,24 @@ void fill_pattern(uint8_t *p, size_t n, uint64_t seed);
 
 /* Sleep ms milliseconds (all of them, through signals). */
 void test_sleep_ms(int ms);
+
+/* Wall-clock time (CLOCK_REALTIME) in milliseconds. */
+uint64_t realtime_ms(void);
+
+/* splitmix64's finaliser: a well-mixed 64-bit function of x. */
+uint64_t mix64(uint64_t x);
+
+/* The value of environment variable name as a positive count; dflt when unset,
+ * empty, zero or not a number. */
+unsigned env_loops(const char *name, unsigned dflt);
+
+/* Key of block id: two mixed words of id ^ tag (tag keeps test programs' keys
+ * apart). */
+kvt_key id_key(uint64_t id, uint64_t tag);
+
+/* len bytes of block id (xorshift words from mix64(id)), so expected contents can
+ * be recomputed from id alone. */
+void id_fill(uint8_t *p, size_t len, uint64_t id);
 
 /* A plain connected Unix stream socket to path; fails the test on error. */
 int raw_connect(const char *path);
@@ -104,6 +130,17 @@ void raw_hello(int fd);
 /* true if the peer closes the connection within timeout_ms (frames read meanwhile are
  * discarded; a NOTICE's status goes to *notice_status if not NULL). */
 bool raw_wait_closed(int fd, int timeout_ms, int *notice_status);
+
+/* The uid (and gid) a second tenant connects as. */
+#define NOBODY 65534u
+
+/* Skip the case unless it runs as root (needed to connect as a second uid). */
+void need_root(void);
+
+/* Fork a child that becomes uid/gid NOBODY and runs fn(d); returns when it exited
+ * and fails the test unless it passed (the child's own failure message is in the
+ * log, since it shares the case's log pipe). */
+void as_nobody(const struct kvtd *d, void (*fn)(const struct kvtd *d));
 
 /* Number of open file descriptors of process pid (for leak checks). */
 int proc_fd_count(pid_t pid);
