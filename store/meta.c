@@ -330,7 +330,7 @@ void meta_get_stats(const struct meta *m, struct meta_stats *s)
 	s->writes = atomic_load(&m->writes);
 	s->expired = atomic_load(&m->expired);
 	s->fsyncs = atomic_load(&m->fsyncs);
-	s->map_resizes = atomic_load(&m->map_resizes);
+	s->map_resizes = atomic_load(&m->db.map_resizes);
 	s->corrupt = atomic_load(&m->corrupt);
 }
 
@@ -598,7 +598,7 @@ int meta_ctx_get(struct meta *m, uint32_t tenant, const char *name, size_t name_
 	k.mv_data = kb;
 	if ((rc = meta_read_begin(m)))
 		return rc;
-	rc = mdb_get(m->rtxn, m->dbi_ctx, &k, &v);
+	rc = mdb_get(m->db.rtxn, m->dbi_ctx, &k, &v);
 	if (rc == 0) {
 		rc = meta_ctx_decode(kb, k.mv_size, v.mv_data, v.mv_size, out);
 		if (rc == -EBADMSG) {
@@ -691,7 +691,7 @@ int meta_ctx_list(struct meta *m, uint32_t tenant, const char *prefix, size_t pr
 		return -EINVAL;
 	if ((rc = meta_read_begin(m)))
 		return rc;
-	rc = mdb_cursor_open(m->rtxn, m->dbi_ctx, &cur);
+	rc = mdb_cursor_open(m->db.rtxn, m->dbi_ctx, &cur);
 	if (rc == 0) {
 		for (rc = seek_names(cur, tenant, prefix, prefix_len, after, after_len, &k, &v, kb);
 		     rc == 0 && has_prefix(&k, tenant, prefix, prefix_len);
@@ -749,7 +749,7 @@ static int read_ns(struct meta *m, uint32_t tenant, const char *ns, size_t len,
 {
 	uint8_t kb[META_NS_KEY_MAX];
 	MDB_val k = { meta_ns_key(kb, tenant, ns, len), kb }, v;
-	int rc = mdb_get(m->rtxn, m->dbi_ns, &k, &v);
+	int rc = mdb_get(m->db.rtxn, m->dbi_ns, &k, &v);
 
 	if (rc)
 		return meta_db_err(m, rc);
@@ -855,7 +855,7 @@ static int read_rec(struct meta *m, uint32_t tenant, const char *ns, size_t ns_l
 		return rc;
 	k.mv_size = meta_rec_key(kb, tenant, row.id, key, key_len);
 	k.mv_data = kb;
-	rc = mdb_get(m->rtxn, m->dbi_rec, &k, &v);
+	rc = mdb_get(m->db.rtxn, m->dbi_rec, &k, &v);
 	if (rc)
 		return meta_db_err(m, rc);
 	if (meta_rec_view(v.mv_data, v.mv_size, true, view)) {
@@ -939,7 +939,7 @@ static int match_ns(struct meta *m, uint32_t tenant, const char *prefix, size_t 
 
 	*out = NULL;
 	*n = 0;
-	rc = mdb_cursor_open(m->rtxn, m->dbi_ns, &cur);
+	rc = mdb_cursor_open(m->db.rtxn, m->dbi_ns, &cur);
 	if (rc)
 		return meta_db_err(m, rc);
 	/* after_ns is inclusive here: its keys after after_key still follow. */
@@ -999,7 +999,7 @@ static int list_ns(struct meta *m, uint32_t tenant, const struct ns_match *ns,
 	MDB_cursor *cur;
 	MDB_val k, v;
 	size_t base = meta_rec_key(kb, tenant, ns->row.id, NULL, 0);
-	int rc = mdb_cursor_open(m->rtxn, m->dbi_rec, &cur);
+	int rc = mdb_cursor_open(m->db.rtxn, m->dbi_rec, &cur);
 
 	if (rc)
 		return rc;
@@ -1092,7 +1092,7 @@ static int build_vec(struct meta *m, uint32_t tenant, const struct ns_match *ns,
 	*out = NULL;
 	if (!x)
 		return -ENOMEM;
-	rc = mdb_cursor_open(m->rtxn, m->dbi_rec, &cur);
+	rc = mdb_cursor_open(m->db.rtxn, m->dbi_rec, &cur);
 	if (rc) {
 		meta_vec_free(x);
 		return meta_db_err(m, rc);
@@ -1190,7 +1190,7 @@ static int search_locked(struct meta *m, uint32_t tenant, const struct ns_match 
 		uint8_t kb[META_REC_KEY_MAX];
 		MDB_val kv = { meta_rec_key(kb, tenant, s->row.id, key, klen), kb }, v;
 
-		if (mdb_get(m->rtxn, m->dbi_rec, &kv, &v) != 0)
+		if (mdb_get(m->db.rtxn, m->dbi_rec, &kv, &v) != 0)
 			continue; /* deleted since the index heard of it */
 		if (meta_rec_view(v.mv_data, v.mv_size, true, &view) || expired(view.expires_ms, now))
 			continue;
@@ -1275,7 +1275,7 @@ static size_t sweep_table(struct meta *m, MDB_dbi dbi, bool ctx, uint64_t now, s
 	size_t n = 0, seen = 0;
 	int rc;
 
-	if (mdb_cursor_open(m->rtxn, dbi, &cur))
+	if (mdb_cursor_open(m->db.rtxn, dbi, &cur))
 		return 0;
 	for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0 && seen < budget;
 	     rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {

@@ -9,7 +9,6 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "meta_internal.h"
 
@@ -389,7 +388,7 @@ static int run_txn(struct meta *m, struct meta_op **ops, size_t n)
 
 		for (size_t i = 0; i < n; i++)
 			op_reset(ops[i]);
-		rc = mdb_txn_begin(m->env, NULL, 0, &t.txn);
+		rc = mdb_txn_begin(m->db.env, NULL, 0, &t.txn);
 		if (rc)
 			return rc;
 		for (size_t i = 0; i < n && rc == 0; i++)
@@ -409,7 +408,7 @@ static int run_txn(struct meta *m, struct meta_op **ops, size_t n)
 			m->next_ns_id = t.next_ns;
 			return 0;
 		}
-		if (rc == MDB_MAP_FULL && meta_grow_map(m) == 0)
+		if (rc == MDB_MAP_FULL && lmdb_env_grow(&m->db) == 0)
 			continue;
 		return rc;
 	}
@@ -458,21 +457,9 @@ static void process(struct meta *m, struct meta_op **ops, size_t n)
 
 static void wait_for_group(struct meta *m)
 {
-	while (!m->stop && m->q_len < META_BATCH_MAX) {
-		uint64_t now = meta_mono_ms(), deadline = m->q_first_ms + m->interval_ms;
-		struct timespec ts;
-
-		if (now >= deadline)
-			break;
-		clock_gettime(CLOCK_MONOTONIC, &ts);
-		ts.tv_sec += (time_t)((deadline - now) / 1000u);
-		ts.tv_nsec += (long)((deadline - now) % 1000u) * 1000000L;
-		if (ts.tv_nsec >= 1000000000L) {
-			ts.tv_sec++;
-			ts.tv_nsec -= 1000000000L;
-		}
-		pthread_cond_timedwait(&m->cv, &m->mu, &ts);
-	}
+	while (!m->stop && m->q_len < META_BATCH_MAX &&
+	       lmdb_committer_wait(&m->cv, &m->mu, m->q_first_ms + m->interval_ms))
+		;
 }
 
 static void *committer_main(void *arg)
@@ -483,7 +470,6 @@ static void *committer_main(void *arg)
 	for (;;) {
 		struct meta_op *first, *last;
 		size_t n = 0, bytes = 0;
-		uint64_t one = 1;
 
 		while (!m->q_head && !m->stop)
 			pthread_cond_wait(&m->cv, &m->mu);
@@ -516,8 +502,7 @@ static void *committer_main(void *arg)
 		pthread_mutex_lock(&m->mu);
 		*m->done_tail = first;
 		m->done_tail = &last->next;
-		while (write(m->efd, &one, sizeof(one)) < 0 && errno == EINTR)
-			;
+		lmdb_notify(m->efd);
 	}
 	pthread_mutex_unlock(&m->mu);
 	return NULL;
@@ -525,7 +510,6 @@ static void *committer_main(void *arg)
 
 int meta_commit_start(struct meta *m)
 {
-	pthread_condattr_t ca;
 	int rc;
 
 	m->q_tail = &m->q_head;
@@ -533,22 +517,15 @@ int meta_commit_start(struct meta *m)
 	m->batch = malloc(META_BATCH_MAX * sizeof(*m->batch));
 	if (!m->batch)
 		return -ENOMEM;
-	if ((rc = pthread_mutex_init(&m->mu, NULL)))
+	if ((rc = lmdb_committer_sync_init(&m->mu, &m->cv)))
 		goto out_batch;
-	pthread_condattr_init(&ca);
-	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-	rc = pthread_cond_init(&m->cv, &ca);
-	pthread_condattr_destroy(&ca);
-	if (rc)
-		goto out_mutex;
 	if ((rc = pthread_create(&m->thread, NULL, committer_main, m)))
-		goto out_cond;
+		goto out_sync;
 	m->started = true;
 	return 0;
 
-out_cond:
+out_sync:
 	pthread_cond_destroy(&m->cv);
-out_mutex:
 	pthread_mutex_destroy(&m->mu);
 out_batch:
 	free(m->batch);
@@ -560,11 +537,7 @@ void meta_commit_stop(struct meta *m)
 {
 	if (!m->started)
 		return;
-	pthread_mutex_lock(&m->mu);
-	m->stop = true;
-	pthread_cond_signal(&m->cv);
-	pthread_mutex_unlock(&m->mu);
-	pthread_join(m->thread, NULL);
+	lmdb_committer_join(&m->mu, &m->cv, &m->stop, m->thread);
 	m->started = false;
 	pthread_cond_destroy(&m->cv);
 	pthread_mutex_destroy(&m->mu);
@@ -587,15 +560,12 @@ void meta_commit_push(struct meta *m, struct meta_op *head, struct meta_op *tail
 
 void meta_commit_finish(struct meta *m, struct meta_op *op)
 {
-	uint64_t one = 1;
-
 	op->next = NULL;
 	pthread_mutex_lock(&m->mu);
 	*m->done_tail = op;
 	m->done_tail = &op->next;
 	pthread_mutex_unlock(&m->mu);
-	while (write(m->efd, &one, sizeof(one)) < 0 && errno == EINTR)
-		;
+	lmdb_notify(m->efd);
 }
 
 struct meta_op *meta_commit_take(struct meta *m)

@@ -1,7 +1,9 @@
 /*
  * meta_db.c - the metadata store's LMDB environment (DIR/meta): opening it, checking
  * or creating its format (magic, version, layout signature), the owner's read
- * transactions, growing the map, and rebuilding the per-tenant counts at open.
+ * transactions, and rebuilding the per-tenant counts at open. The LMDB mechanics
+ * it shares with the NVMe tier's index (the environment, map growth, the read
+ * transaction, the meta table's format checks) are in lmdb_env.c.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -10,30 +12,9 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "meta_internal.h"
-
-#define MAP_DEFAULT ((uint64_t)64 << 20)
-#define MAP_MIN ((uint64_t)64 << 10)
-#define MAP_MAX ((uint64_t)1 << 40)
-
-uint64_t meta_now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_REALTIME, &ts);
-	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
-uint64_t meta_mono_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
 
 int meta_db_err(struct meta *m, int rc)
 {
@@ -59,23 +40,6 @@ int meta_db_err(struct meta *m, int rc)
 	}
 }
 
-int meta_grow_map(struct meta *m)
-{
-	uint64_t want = m->map_size * 2;
-	int rc;
-
-	if (want > MAP_MAX)
-		return MDB_MAP_FULL;
-	pthread_rwlock_wrlock(&m->maplock);
-	rc = mdb_env_set_mapsize(m->env, (size_t)want);
-	pthread_rwlock_unlock(&m->maplock);
-	if (rc == 0) {
-		m->map_size = want;
-		atomic_fetch_add(&m->map_resizes, 1);
-	}
-	return rc;
-}
-
 /* ---- reads ---------------------------------------------------------------------------- */
 
 int meta_read_begin(struct meta *m)
@@ -84,66 +48,21 @@ int meta_read_begin(struct meta *m)
 
 	if (atomic_load(&m->failed))
 		return -EIO;
-	pthread_rwlock_rdlock(&m->maplock);
-	rc = m->rtxn ? mdb_txn_renew(m->rtxn) : mdb_txn_begin(m->env, NULL, MDB_RDONLY, &m->rtxn);
-	if (rc == MDB_MAP_RESIZED) {
-		/* Another process grew the map (only tools do): adopt its size. */
-		pthread_rwlock_unlock(&m->maplock);
-		pthread_rwlock_wrlock(&m->maplock);
-		mdb_env_set_mapsize(m->env, 0);
-		pthread_rwlock_unlock(&m->maplock);
-		pthread_rwlock_rdlock(&m->maplock);
-		rc = m->rtxn ? mdb_txn_renew(m->rtxn)
-			     : mdb_txn_begin(m->env, NULL, MDB_RDONLY, &m->rtxn);
-	}
-	if (rc) {
-		pthread_rwlock_unlock(&m->maplock);
-		return meta_db_err(m, rc);
-	}
-	return 0;
+	rc = lmdb_read_begin(&m->db);
+	return rc ? meta_db_err(m, rc) : 0;
 }
 
 void meta_read_end(struct meta *m)
 {
-	mdb_txn_reset(m->rtxn);
-	pthread_rwlock_unlock(&m->maplock);
+	lmdb_read_end(&m->db);
 }
 
 /* ---- format ----------------------------------------------------------------------------- */
 
-static int kv_get(MDB_txn *txn, MDB_dbi dbi, const char *name, MDB_val *v)
+static struct lmdb_format meta_format(void)
 {
-	MDB_val k = { strlen(name), (void *)name };
-
-	return mdb_get(txn, dbi, &k, v);
-}
-
-static int kv_put(MDB_txn *txn, MDB_dbi dbi, const char *name, const void *data, size_t len)
-{
-	MDB_val k = { strlen(name), (void *)name }, v = { len, (void *)data };
-
-	return mdb_put(txn, dbi, &k, &v, 0);
-}
-
-static int kv_put64(MDB_txn *txn, MDB_dbi dbi, const char *name, uint64_t x)
-{
-	uint8_t b[8];
-
-	meta_wr64(b, x);
-	return kv_put(txn, dbi, name, b, sizeof(b));
-}
-
-static int kv_get64(MDB_txn *txn, MDB_dbi dbi, const char *name, uint64_t *x)
-{
-	MDB_val v;
-	int rc = kv_get(txn, dbi, name, &v);
-
-	if (rc)
-		return rc;
-	if (v.mv_size != 8)
-		return MDB_CORRUPTED;
-	*x = meta_rd64(v.mv_data);
-	return 0;
+	return (struct lmdb_format){ META_MAGIC, META_FORMAT_VERSION, meta_layout_signature(),
+				     meta_layout_string(), META_INCOMPAT_KNOWN };
 }
 
 static int open_tables(struct meta *m, MDB_txn *txn, unsigned flags)
@@ -159,82 +78,89 @@ static int open_tables(struct meta *m, MDB_txn *txn, unsigned flags)
 	return 0;
 }
 
-static int create_store(struct meta *m, MDB_txn *txn)
+struct open_arg {
+	struct meta *m;
+	char *err;
+	size_t errcap;
+};
+
+/* A new store: every table and the meta, in one transaction. */
+static int create_store(void *arg, MDB_txn *txn, MDB_dbi meta)
 {
-	const char *layout = meta_layout_string();
+	struct meta *m = ((struct open_arg *)arg)->m;
+	const struct lmdb_format f = meta_format();
 	int rc;
 
-	if ((rc = mdb_dbi_open(txn, "meta", MDB_CREATE, &m->dbi_meta)) ||
-	    (rc = open_tables(m, txn, MDB_CREATE)))
+	if ((rc = open_tables(m, txn, MDB_CREATE)))
 		return rc;
-	if ((rc = kv_put(txn, m->dbi_meta, "magic", META_MAGIC, strlen(META_MAGIC))) ||
-	    (rc = kv_put64(txn, m->dbi_meta, "version", META_FORMAT_VERSION)) ||
-	    (rc = kv_put64(txn, m->dbi_meta, "layout", meta_layout_signature())) ||
-	    (rc = kv_put(txn, m->dbi_meta, "layout_text", layout, strlen(layout))) ||
-	    (rc = kv_put64(txn, m->dbi_meta, "created_ms", meta_now_ms())) ||
-	    (rc = kv_put64(txn, m->dbi_meta, "incompat", 0)) ||
-	    (rc = kv_put64(txn, m->dbi_meta, "next_ns", 1)))
+	if ((rc = lmdb_format_write(txn, meta, &f)) ||
+	    (rc = lmdb_meta_put64(txn, meta, "created_ms", meta_now_ms())) ||
+	    (rc = lmdb_meta_put64(txn, meta, "incompat", 0)) ||
+	    (rc = lmdb_meta_put64(txn, meta, "next_ns", 1)))
 		return rc;
 	m->next_ns_id = 1;
 	return 0;
 }
 
-/* An existing store: refuse anything this build cannot read, saying what to do. */
-static int check_store(struct meta *m, MDB_txn *txn, char *err, size_t errcap)
+/* An existing store this build cannot read: say what to do. */
+static int refuse_store(void *arg, enum lmdb_format_verdict verdict,
+			const struct lmdb_format_found *f)
 {
-	uint64_t version = 0, layout = 0, incompat = 0, next_ns = 0;
-	MDB_val v;
-	int rc;
+	struct open_arg *a = arg;
 
-	rc = kv_get(txn, m->dbi_meta, "magic", &v);
-	if (rc == MDB_NOTFOUND || (rc == 0 && (v.mv_size != strlen(META_MAGIC) ||
-					       memcmp(v.mv_data, META_MAGIC, v.mv_size) != 0))) {
-		snprintf(err, errcap,
+	switch (verdict) {
+	case LMDB_FORMAT_OK:
+		break;
+	case LMDB_FORMAT_NO_MAGIC:
+		snprintf(a->err, a->errcap,
 			 "%s is not a kvtier metadata store (no kvtier magic in its meta "
 			 "table); point the data directory elsewhere or move meta/ away",
-			 m->path);
-		return -EPROTO;
-	}
-	if (rc)
-		return meta_db_err(m, rc);
-	if (kv_get64(txn, m->dbi_meta, "version", &version) != 0) {
-		snprintf(err, errcap, "%s: no readable format version; the store is damaged: "
-			 "restore it from a backup or move meta/ away (saved contexts and "
-			 "memory records are then lost)", m->path);
-		return -EPROTO;
-	}
-	if (version > META_FORMAT_VERSION) {
-		snprintf(err, errcap,
+			 a->m->path);
+		break;
+	case LMDB_FORMAT_NO_VERSION:
+		snprintf(a->err, a->errcap, "%s: no readable format version; the store is "
+			 "damaged: restore it from a backup or move meta/ away (saved "
+			 "contexts and memory records are then lost)", a->m->path);
+		break;
+	case LMDB_FORMAT_NEWER:
+		snprintf(a->err, a->errcap,
 			 "%s: written by a newer kvtierd (metadata format %llu, this build "
 			 "reads formats 1 to %u); run that kvtierd version or newer",
-			 m->path, (unsigned long long)version, META_FORMAT_VERSION);
-		return -EPROTO;
-	}
-	if (version < 1) {
-		snprintf(err, errcap, "%s: unknown metadata format %llu; run the kvtierd that "
-			 "wrote it", m->path, (unsigned long long)version);
-		return -EPROTO;
-	}
-	/* Format 1 is the only one so far; a later build maps each older version to
-	 * the layout signature it had and reads (or migrates) it. */
-	if (kv_get64(txn, m->dbi_meta, "layout", &layout) != 0 ||
-	    layout != meta_layout_signature()) {
-		snprintf(err, errcap,
+			 a->m->path, (unsigned long long)f->version, META_FORMAT_VERSION);
+		break;
+	case LMDB_FORMAT_UNKNOWN:
+		snprintf(a->err, a->errcap, "%s: unknown metadata format %llu; run the kvtierd "
+			 "that wrote it", a->m->path, (unsigned long long)f->version);
+		break;
+	case LMDB_FORMAT_LAYOUT:
+		snprintf(a->err, a->errcap,
 			 "%s: metadata format %llu but layout signature %016llx, this build "
 			 "has %016llx: written by an incompatible build of the same format "
 			 "version; run the kvtierd that wrote it",
-			 m->path, (unsigned long long)version, (unsigned long long)layout,
+			 a->m->path, (unsigned long long)f->version,
+			 (unsigned long long)f->layout,
 			 (unsigned long long)meta_layout_signature());
-		return -EPROTO;
+		break;
+	case LMDB_FORMAT_INCOMPAT:
+		snprintf(a->err, a->errcap, "%s: the store uses features this build does not "
+			 "know (incompat %#llx); run a newer kvtierd", a->m->path,
+			 (unsigned long long)f->incompat);
+		break;
 	}
-	if (kv_get64(txn, m->dbi_meta, "incompat", &incompat) != 0 ||
-	    (incompat & ~(uint64_t)META_INCOMPAT_KNOWN)) {
-		snprintf(err, errcap, "%s: the store uses features this build does not know "
-			 "(incompat %#llx); run a newer kvtierd", m->path,
-			 (unsigned long long)incompat);
-		return -EPROTO;
-	}
-	if (kv_get64(txn, m->dbi_meta, "next_ns", &next_ns) != 0 || next_ns == 0) {
+	return -EPROTO;
+}
+
+/* An existing store of this format: its own meta values and tables. */
+static int check_store(void *arg, MDB_txn *txn, MDB_dbi meta)
+{
+	struct open_arg *a = arg;
+	struct meta *m = a->m;
+	char *err = a->err;
+	size_t errcap = a->errcap;
+	uint64_t next_ns = 0;
+	int rc;
+
+	if (lmdb_meta_get64(txn, meta, "next_ns", &next_ns) != 0 || next_ns == 0) {
 		snprintf(err, errcap, "%s: the meta table has no valid next_ns; the store is "
 			 "damaged", m->path);
 		return -EPROTO;
@@ -253,48 +179,31 @@ static int check_store(struct meta *m, MDB_txn *txn, char *err, size_t errcap)
 
 static int open_txn(struct meta *m, char *err, size_t errcap)
 {
-	for (;;) {
-		MDB_txn *txn;
-		MDB_dbi main_dbi;
-		MDB_stat st;
-		int rc = mdb_txn_begin(m->env, NULL, 0, &txn);
+	static const struct lmdb_store_ops ops = { create_store, refuse_store, check_store };
+	const struct lmdb_format f = meta_format();
+	struct open_arg a = { m, err, errcap };
+	enum lmdb_open_stage stage;
+	bool created;
+	int rc = lmdb_store_open(&m->db, &m->dbi_meta, &f, &ops, &a, &created, &stage);
 
-		if (rc) {
-			snprintf(err, errcap, "%s: cannot open: %s", m->path, mdb_strerror(rc));
-			return meta_db_err(m, rc);
-		}
-		rc = mdb_dbi_open(txn, "meta", 0, &m->dbi_meta);
-		if (rc == MDB_NOTFOUND) {
-			/* Only an empty environment becomes a new store. */
-			rc = mdb_dbi_open(txn, NULL, 0, &main_dbi);
-			if (!rc)
-				rc = mdb_stat(txn, main_dbi, &st);
-			if (!rc && st.ms_entries != 0) {
-				mdb_txn_abort(txn);
-				snprintf(err, errcap, "%s holds an LMDB environment that is not "
-					 "a kvtier metadata store; point the data directory "
-					 "elsewhere", m->path);
-				return -EPROTO;
-			}
-			if (!rc)
-				rc = create_store(m, txn);
-		} else if (rc == 0) {
-			rc = check_store(m, txn, err, errcap);
-			if (rc) {
-				mdb_txn_abort(txn);
-				return rc;
-			}
-		}
-		if (rc == 0)
-			rc = mdb_txn_commit(txn);
-		else
-			mdb_txn_abort(txn);
-		if (rc == MDB_MAP_FULL && meta_grow_map(m) == 0)
-			continue;
-		if (rc)
-			snprintf(err, errcap, "%s: cannot open: %s", m->path, mdb_strerror(rc));
+	if (rc == 0)
+		return 0;
+	switch (stage) {
+	case LMDB_OPEN_FOREIGN:
+		snprintf(err, errcap, "%s holds an LMDB environment that is not "
+			 "a kvtier metadata store; point the data directory "
+			 "elsewhere", m->path);
+		return -EPROTO;
+	case LMDB_OPEN_REFUSED:
+		return rc;
+	case LMDB_OPEN_READ:
 		return meta_db_err(m, rc);
+	case LMDB_OPEN_BEGIN:
+	case LMDB_OPEN_FAILED:
+		break;
 	}
+	snprintf(err, errcap, "%s: cannot open: %s", m->path, mdb_strerror(rc));
+	return meta_db_err(m, rc);
 }
 
 /* Take DIR/meta/meta.lock: two processes with one store would each keep counts
@@ -330,8 +239,7 @@ static int take_lock(struct meta *m, char *err, size_t errcap)
 
 int meta_db_open(struct meta *m, const struct meta_config *cfg, char *err, size_t errcap)
 {
-	MDB_envinfo info;
-	int rc, dead = 0;
+	int rc;
 
 	if (snprintf(m->path, sizeof(m->path), "%s/meta", cfg->dir) >= (int)sizeof(m->path)) {
 		snprintf(err, errcap, "data directory path too long");
@@ -345,38 +253,22 @@ int meta_db_open(struct meta *m, const struct meta_config *cfg, char *err, size_
 	rc = take_lock(m, err, errcap);
 	if (rc)
 		return rc;
-	m->map_size = cfg->map_size ? cfg->map_size : MAP_DEFAULT;
-	if (m->map_size < MAP_MIN)
-		m->map_size = MAP_MIN;
-	rc = pthread_rwlock_init(&m->maplock, NULL);
+	rc = lmdb_env_create(&m->db, cfg->map_size);
+	if (rc < 0)
+		goto out_lock;
 	if (rc) {
-		rc = -rc;
+		snprintf(err, errcap, "%s: %s", m->path, mdb_strerror(rc));
+		rc = meta_db_err(m, rc);
 		goto out_lock;
 	}
-	rc = mdb_env_create(&m->env);
-	if (rc) {
-		snprintf(err, errcap, "%s: %s", m->path, mdb_strerror(rc));
-		rc = meta_db_err(m, rc);
-		goto out_rwlock;
-	}
-	if ((rc = mdb_env_set_maxdbs(m->env, 8)) ||
-	    (rc = mdb_env_set_mapsize(m->env, (size_t)m->map_size))) {
-		snprintf(err, errcap, "%s: %s", m->path, mdb_strerror(rc));
-		rc = meta_db_err(m, rc);
-		goto out_env;
-	}
-	if ((size_t)mdb_env_get_maxkeysize(m->env) < META_EXP_KEY_MAX) {
+	if ((size_t)mdb_env_get_maxkeysize(m->db.env) < META_EXP_KEY_MAX) {
 		snprintf(err, errcap, "liblmdb allows keys of %d bytes, the metadata store "
 			 "needs %u; use a liblmdb built with the default MDB_MAXKEYSIZE",
-			 mdb_env_get_maxkeysize(m->env), META_EXP_KEY_MAX);
+			 mdb_env_get_maxkeysize(m->db.env), META_EXP_KEY_MAX);
 		rc = -EPROTO;
 		goto out_env;
 	}
-	/* NOTLS: read transactions belong to the owner, not to a thread's slot;
-	 * NORDAHEAD: lookups are random. Synchronous commits (no NOSYNC/NOMETASYNC):
-	 * an acknowledged write must survive power loss, and group commit makes one
-	 * commit serve many writes. */
-	rc = mdb_env_open(m->env, m->path, MDB_NOTLS | MDB_NORDAHEAD, 0600);
+	rc = lmdb_env_open(&m->db, m->path);
 	if (rc) {
 		if (rc == MDB_INVALID || rc == MDB_VERSION_MISMATCH) {
 			snprintf(err, errcap, "%s is not a usable LMDB environment (%s)",
@@ -388,20 +280,13 @@ int meta_db_open(struct meta *m, const struct meta_config *cfg, char *err, size_
 		}
 		goto out_env;
 	}
-	/* Reader slots left by a killed process would pin old pages forever. */
-	(void)mdb_reader_check(m->env, &dead);
-	if (mdb_env_info(m->env, &info) == 0 && info.me_mapsize > m->map_size)
-		m->map_size = info.me_mapsize;
 	rc = open_txn(m, err, errcap);
 	if (rc)
 		goto out_env;
 	return 0;
 
 out_env:
-	mdb_env_close(m->env);
-	m->env = NULL;
-out_rwlock:
-	pthread_rwlock_destroy(&m->maplock);
+	lmdb_env_close(&m->db);
 out_lock:
 	close(m->lockfd);
 	m->lockfd = -1;
@@ -410,14 +295,9 @@ out_lock:
 
 void meta_db_close(struct meta *m)
 {
-	if (!m->env)
+	if (!m->db.env)
 		return;
-	if (m->rtxn)
-		mdb_txn_abort(m->rtxn);
-	m->rtxn = NULL;
-	mdb_env_close(m->env);
-	m->env = NULL;
-	pthread_rwlock_destroy(&m->maplock);
+	lmdb_env_close(&m->db);
 	close(m->lockfd);
 	m->lockfd = -1;
 }
@@ -434,7 +314,7 @@ int meta_db_load_stats(struct meta *m)
 
 	if (rc)
 		return rc;
-	rc = mdb_cursor_open(m->rtxn, m->dbi_ns, &cur);
+	rc = mdb_cursor_open(m->db.rtxn, m->dbi_ns, &cur);
 	while (rc == 0 && (rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) == 0) {
 		struct meta_ns_row r;
 		struct meta_tenant_stats *t;
@@ -455,7 +335,7 @@ int meta_db_load_stats(struct meta *m)
 		mdb_cursor_close(cur);
 	cur = NULL;
 	if (rc == MDB_NOTFOUND)
-		rc = mdb_cursor_open(m->rtxn, m->dbi_ctx, &cur);
+		rc = mdb_cursor_open(m->db.rtxn, m->dbi_ctx, &cur);
 	while (rc == 0 && (rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) == 0) {
 		struct meta_ctx c;
 		struct meta_tenant_stats *t;

@@ -15,6 +15,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "lmdb_env.h"
 #include "meta.h"
 
 /* ---- byte order ------------------------------------------------------------------
@@ -297,14 +298,8 @@ struct meta_pend {
 };
 
 struct meta {
-	MDB_env *env;
+	struct lmdb_env db;        /* environment, map lock, the owner's read txn, map size */
 	MDB_dbi dbi_meta, dbi_ctx, dbi_ctx_exp, dbi_rec, dbi_rec_exp, dbi_ns;
-	/* Readers hold it shared around each read transaction; the committer holds it
-	 * exclusively while it resizes the map (LMDB requires that no transaction be
-	 * active in the process then). */
-	pthread_rwlock_t maplock;
-	MDB_txn *rtxn;             /* the owner's read transaction, reset between uses */
-	uint64_t map_size;         /* committer (and open) only */
 	atomic_int failed;
 	int lockfd, efd;
 	uint32_t value_max;
@@ -323,7 +318,7 @@ struct meta {
 	struct meta_op **batch;    /* the committer's group, META_BATCH_MAX slots */
 	unsigned interval_ms;
 	uint64_t next_ns_id;       /* committer only (after open) */
-	atomic_uint_fast64_t commits, writes, fsyncs, expired, corrupt, map_resizes;
+	atomic_uint_fast64_t commits, writes, fsyncs, expired, corrupt;
 
 	/* Owner only. */
 	size_t inflight;
@@ -346,8 +341,6 @@ void meta_db_close(struct meta *m);
 int meta_db_err(struct meta *m, int rc);
 int meta_read_begin(struct meta *m);
 void meta_read_end(struct meta *m);
-/* Double the map (committer; no transaction of its own open). */
-int meta_grow_map(struct meta *m);
 /* Per-tenant counts from the "ns" and "ctx" tables. */
 int meta_db_load_stats(struct meta *m);
 
@@ -370,7 +363,15 @@ void meta_op_free(struct meta_op *op);
 struct meta_tenant_stats *meta_tenant_get(struct meta_tenants *t, uint32_t tenant);
 void meta_tenants_free(struct meta_tenants *t);
 
-uint64_t meta_now_ms(void);   /* CLOCK_REALTIME */
-uint64_t meta_mono_ms(void);  /* CLOCK_MONOTONIC */
+/* CLOCK_REALTIME and CLOCK_MONOTONIC, ms. */
+static inline uint64_t meta_now_ms(void)
+{
+	return lmdb_now_ms();
+}
+
+static inline uint64_t meta_mono_ms(void)
+{
+	return lmdb_mono_ms();
+}
 
 #endif /* KVT_META_INTERNAL_H */

@@ -201,12 +201,16 @@ static bool seg_serves(const struct t2 *t, uint32_t seg)
 /*
  * The state key will have once every queued op is applied: the pending view
  * first, then the index. A block in a segment being cleaned is already gone.
+ * No key: -EINVAL.
  */
 static int expect(struct t2 *t, const struct t1_key *key, struct t2_entry *e)
 {
-	struct t2_kv *kv = t2_keymap_find(&t->pend, key);
+	struct t2_kv *kv;
 	int rc;
 
+	if (!key)
+		return -EINVAL;
+	kv = t2_keymap_find(&t->pend, key);
 	if (kv) {
 		if (!kv->v.pend.present)
 			return -ENOENT;
@@ -496,6 +500,21 @@ static int reserve_space(struct t2 *t, size_t rec_len, uint32_t *seg, uint64_t *
 static void write_done(struct io_req *io);
 static void piece_done(struct io_req *io);
 
+/* One request for the engine: len bytes of buf at off in fd; done(io) runs from
+ * io_reap with io->arg = arg. */
+static void io_set(struct io_req *io, int fd, bool write, void *buf, size_t len, uint64_t off,
+		   void (*done)(struct io_req *), void *arg)
+{
+	memset(io, 0, sizeof(*io));
+	io->fd = fd;
+	io->write = write;
+	io->buf = buf;
+	io->len = len;
+	io->off = off;
+	io->done = done;
+	io->arg = arg;
+}
+
 static void submit_write(struct t2 *t, struct t2_req *r)
 {
 	struct t2_seg *s = &t->segs[r->seg];
@@ -510,28 +529,14 @@ static void submit_write(struct t2 *t, struct t2_req *r)
 		for (size_t i = 0; i < r->npieces; i++) {
 			struct t2_piece *p = &r->pieces[i];
 
-			memset(&p->io, 0, sizeof(p->io));
-			p->io.fd = s->fd;
-			p->io.write = true;
-			p->io.buf = (void *)p->ptr;
-			p->io.len = p->len;
-			p->io.off = off;
-			p->io.done = piece_done;
-			p->io.arg = p;
+			io_set(&p->io, s->fd, true, (void *)p->ptr, p->len, off, piece_done, p);
 			r->piece_reqs[i] = &p->io;
 			off += p->len;
 		}
 		io_submit(t->io, r->piece_reqs, r->npieces);
 		return;
 	}
-	memset(&r->io, 0, sizeof(r->io));
-	r->io.fd = s->fd;
-	r->io.write = true;
-	r->io.buf = (void *)r->rec;
-	r->io.len = r->rec_len;
-	r->io.off = r->off;
-	r->io.done = write_done;
-	r->io.arg = r;
+	io_set(&r->io, s->fd, true, (void *)r->rec, r->rec_len, r->off, write_done, r);
 	struct io_req *one = &r->io;
 
 	io_submit(t->io, &one, 1);
@@ -680,18 +685,48 @@ static void append_start(struct t2 *t, struct t2_req *r, const uint8_t *head, si
 		fail_append(t, r, rc);
 }
 
-static struct t2_req *append_req(struct t2 *t, const struct t1_key *key, const kvt_key *parent,
-				 size_t rec_len, uint64_t len, const kvt_block_desc *desc,
-				 uint8_t codec, t2_done_fn done, void *arg)
+static struct t2_req *req_alloc(struct t2 *t, enum req_kind kind, t2_done_fn done, void *arg)
 {
 	struct t2_req *r = calloc(1, sizeof(*r));
 
 	if (!r)
 		return NULL;
 	r->t = t;
-	r->kind = REQ_APPEND;
+	r->kind = kind;
 	r->done = done;
 	r->arg = arg;
+	return r;
+}
+
+/* A caller's read or flush, counted in *count until its done runs. NULL when it
+ * is already answered: out of memory, done(-ENOMEM) at once (there is no request
+ * to defer it with); closing, -ECANCELED from the next reap. */
+static struct t2_req *caller_req(struct t2 *t, enum req_kind kind, t2_done_fn done, void *arg,
+				 size_t *count)
+{
+	struct t2_req *r = req_alloc(t, kind, done, arg);
+
+	if (!r) {
+		if (done)
+			done(arg, -ENOMEM);
+		return NULL;
+	}
+	(*count)++;
+	if (t->closing) {
+		complete_later(t, r, -ECANCELED);
+		return NULL;
+	}
+	return r;
+}
+
+static struct t2_req *append_req(struct t2 *t, const struct t1_key *key, const kvt_key *parent,
+				 size_t rec_len, uint64_t len, const kvt_block_desc *desc,
+				 uint8_t codec, t2_done_fn done, void *arg)
+{
+	struct t2_req *r = req_alloc(t, REQ_APPEND, done, arg);
+
+	if (!r)
+		return NULL;
 	r->rec_len = rec_len;
 	r->len = len;
 	r->codec = codec;
@@ -804,24 +839,12 @@ static void read_done(struct io_req *io)
 void t2_read(struct t2 *t, const struct t1_key *key, uint8_t *buf, size_t cap, t2_done_fn done,
 	     void *arg)
 {
-	struct t2_req *r = calloc(1, sizeof(*r));
+	struct t2_req *r = caller_req(t, REQ_READ, done, arg, &t->reads);
 	struct t2_entry e;
 	int rc;
 
-	if (!r) {
-		if (done)
-			done(arg, -ENOMEM);
+	if (!r)
 		return;
-	}
-	r->t = t;
-	r->kind = REQ_READ;
-	r->done = done;
-	r->arg = arg;
-	t->reads++;
-	if (t->closing) {
-		complete_later(t, r, -ECANCELED);
-		return;
-	}
 	if (!key || !buf || ((uintptr_t)buf & (T2_ALIGN - 1))) {
 		complete_later(t, r, -EINVAL);
 		return;
@@ -841,13 +864,7 @@ void t2_read(struct t2 *t, const struct t1_key *key, uint8_t *buf, size_t cap, t
 	r->rec_len = e.loc.rec_len;
 	t->segs[r->seg].readers++;
 	t->reads_in_io++;
-	r->io.fd = t->segs[r->seg].fd;
-	r->io.write = false;
-	r->io.buf = buf;
-	r->io.len = r->rec_len;
-	r->io.off = r->off;
-	r->io.done = read_done;
-	r->io.arg = r;
+	io_set(&r->io, t->segs[r->seg].fd, false, buf, r->rec_len, r->off, read_done, r);
 	struct io_req *one = &r->io;
 
 	io_submit(t->io, &one, 1);
@@ -986,14 +1003,8 @@ static void move_read_done(struct io_req *io)
 		return;
 	}
 	t->writes_in_io++;
-	memset(&r->io, 0, sizeof(r->io));
-	r->io.fd = t->segs[r->to_seg].fd;
-	r->io.write = true;
-	r->io.buf = r->buf;
-	r->io.len = r->rec_len;
-	r->io.off = r->to_off;
-	r->io.done = move_write_done;
-	r->io.arg = r;
+	io_set(&r->io, t->segs[r->to_seg].fd, true, r->buf, r->rec_len, r->to_off, move_write_done,
+	       r);
 	io_submit(t->io, &one, 1);
 }
 
@@ -1033,13 +1044,7 @@ static bool move_start(struct t2 *t, const struct t2_plan_item *item)
 	t->clean.inflight_bytes += r->rec_len;
 	t->segs[seg].readers++;
 	t->reads_in_io++;
-	r->io.fd = t->segs[seg].fd;
-	r->io.write = false;
-	r->io.buf = buf;
-	r->io.len = r->rec_len;
-	r->io.off = r->off;
-	r->io.done = move_read_done;
-	r->io.arg = r;
+	io_set(&r->io, t->segs[seg].fd, false, buf, r->rec_len, r->off, move_read_done, r);
 	one = &r->io;
 	io_submit(t->io, &one, 1);
 	return true;
@@ -1096,8 +1101,6 @@ int t2_lookup(struct t2 *t, const struct t1_key *key, struct t2_info *info)
 	struct t2_entry e;
 	int rc;
 
-	if (!key)
-		return -EINVAL;
 	rc = expect(t, key, &e);
 	if (rc)
 		return rc;
@@ -1140,8 +1143,6 @@ int t2_delete(struct t2 *t, const struct t1_key *key)
 	struct t2_entry e;
 	int rc;
 
-	if (!key)
-		return -EINVAL;
 	rc = expect(t, key, &e);
 	if (rc)
 		return rc;
@@ -1177,8 +1178,6 @@ static int change_refs(struct t2 *t, const struct t1_key *key, int delta)
 	struct t2_entry e, n;
 	int rc;
 
-	if (!key)
-		return -EINVAL;
 	rc = expect(t, key, &e);
 	if (rc)
 		return rc;
@@ -1223,23 +1222,11 @@ size_t t2_children(struct t2 *t, const struct t1_key *key, struct t1_key *out, s
 
 void t2_flush(struct t2 *t, t2_done_fn done, void *arg)
 {
-	struct t2_req *r = calloc(1, sizeof(*r));
+	struct t2_req *r = caller_req(t, REQ_FLUSH, done, arg, &t->flushes);
 	struct t2_op *op;
 
-	if (!r) {
-		if (done)
-			done(arg, -ENOMEM);
+	if (!r)
 		return;
-	}
-	r->t = t;
-	r->kind = REQ_FLUSH;
-	r->done = done;
-	r->arg = arg;
-	t->flushes++;
-	if (t->closing) {
-		complete_later(t, r, -ECANCELED);
-		return;
-	}
 	op = op_new(T2_OP_FLUSH, NULL);
 	if (!op) {
 		complete_later(t, r, -ENOMEM);
@@ -1477,7 +1464,7 @@ void t2_get_stats(const struct t2 *t, struct t2_stats *s)
 	}
 	s->used = (s->segments_total - s->segments_free) * t->seg_size;
 	s->commits = atomic_load(&t->com.commits);
-	s->map_resizes = atomic_load(&t->ix.map_resizes);
+	s->map_resizes = atomic_load(&t->ix.db.map_resizes);
 }
 
 /* ---- open and close ------------------------------------------------------------------ */

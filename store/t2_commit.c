@@ -10,7 +10,6 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "t2_internal.h"
@@ -18,22 +17,6 @@
 /* Most ops in one transaction: keeps LMDB's dirty-page list (MDB_TXN_FULL) and
  * the owner's latency per batch bounded. */
 #define T2_BATCH_MAX 8192u
-
-uint64_t t2_now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_REALTIME, &ts);
-	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
-uint64_t t2_mono_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
 
 int (*t2_fdatasync_fn)(int fd) = fdatasync;
 
@@ -154,7 +137,6 @@ static void *committer_main(void *arg)
 	for (;;) {
 		struct t2_op *ops, **tail;
 		struct t2_batch *b;
-		uint64_t one = 1;
 		size_t n = 0;
 
 		while (!c->q_head && !c->stop)
@@ -163,21 +145,9 @@ static void *committer_main(void *arg)
 			break;
 		/* Group commit: let the group grow until the oldest op has waited
 		 * the interval, unless someone needs it now. */
-		while (!c->urgent && !c->stop && c->q_len < T2_BATCH_MAX) {
-			uint64_t now = t2_mono_ms(), deadline = c->q_first_ms + c->interval_ms;
-			struct timespec ts;
-
-			if (now >= deadline)
-				break;
-			clock_gettime(CLOCK_MONOTONIC, &ts);
-			ts.tv_sec += (time_t)((deadline - now) / 1000u);
-			ts.tv_nsec += (long)((deadline - now) % 1000u) * 1000000L;
-			if (ts.tv_nsec >= 1000000000L) {
-				ts.tv_sec++;
-				ts.tv_nsec -= 1000000000L;
-			}
-			pthread_cond_timedwait(&c->cv, &c->mu, &ts);
-		}
+		while (!c->urgent && !c->stop && c->q_len < T2_BATCH_MAX &&
+		       lmdb_committer_wait(&c->cv, &c->mu, c->q_first_ms + c->interval_ms))
+			;
 		ops = c->q_head;
 		tail = &c->q_head;
 		while (*tail && n < T2_BATCH_MAX) {
@@ -200,8 +170,7 @@ static void *committer_main(void *arg)
 		pthread_mutex_lock(&c->mu);
 		*c->done_tail = b;
 		c->done_tail = &b->next;
-		while (write(c->efd, &one, sizeof(one)) < 0 && errno == EINTR)
-			;
+		lmdb_notify(c->efd);
 	}
 	pthread_mutex_unlock(&c->mu);
 	return NULL;
@@ -210,7 +179,6 @@ static void *committer_main(void *arg)
 int t2_commit_start(struct t2_committer *c, struct t2_index *ix, int efd, unsigned interval_ms,
 		    const struct t2_segrow *rows, size_t nrows)
 {
-	pthread_condattr_t ca;
 	int rc;
 
 	memset(c, 0, sizeof(*c));
@@ -227,28 +195,19 @@ int t2_commit_start(struct t2_committer *c, struct t2_index *ix, int efd, unsign
 		goto out_free;
 	}
 	memcpy(c->rows, rows, nrows * sizeof(*rows));
-	if ((rc = pthread_mutex_init(&c->mu, NULL))) {
+	if ((rc = lmdb_committer_sync_init(&c->mu, &c->cv))) {
 		rc = -rc;
 		goto out_free;
 	}
-	pthread_condattr_init(&ca);
-	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-	rc = pthread_cond_init(&c->cv, &ca);
-	pthread_condattr_destroy(&ca);
-	if (rc) {
-		rc = -rc;
-		goto out_mutex;
-	}
 	if ((rc = pthread_create(&c->thread, NULL, committer_main, c))) {
 		rc = -rc;
-		goto out_cond;
+		goto out_sync;
 	}
 	c->started = true;
 	return 0;
 
-out_cond:
+out_sync:
 	pthread_cond_destroy(&c->cv);
-out_mutex:
 	pthread_mutex_destroy(&c->mu);
 out_free:
 	free(c->rows);
@@ -262,11 +221,7 @@ void t2_commit_stop(struct t2_committer *c)
 {
 	if (!c->started)
 		return;
-	pthread_mutex_lock(&c->mu);
-	c->stop = true;
-	pthread_cond_signal(&c->cv);
-	pthread_mutex_unlock(&c->mu);
-	pthread_join(c->thread, NULL);
+	lmdb_committer_join(&c->mu, &c->cv, &c->stop, c->thread);
 	c->started = false;
 	/* Batches not taken yet stay for t2_commit_take. */
 }

@@ -2,7 +2,8 @@
  * t2_index.c - the NVMe tier's index in LMDB: opening and checking the store's
  * meta (version, layout signature), the row layouts, the owner's reads, and the
  * committer's write transactions (one per group commit), including growing the
- * map on MDB_MAP_FULL. Tables and field offsets: docs/STORAGE.md.
+ * map on MDB_MAP_FULL. The LMDB mechanics it shares with the metadata store are
+ * in lmdb_env.c. Tables and field offsets: docs/STORAGE.md.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -10,10 +11,6 @@
 #include <string.h>
 
 #include "t2_internal.h"
-
-#define MAP_DEFAULT ((uint64_t)64 << 20)
-#define MAP_MIN ((uint64_t)64 << 10)
-#define MAP_MAX ((uint64_t)1 << 40)
 
 /* ---- row layouts --------------------------------------------------------------------- */
 
@@ -99,7 +96,7 @@ int t2_segrow_decode(struct t2_segrow *r, const void *data, size_t len)
 	return 0;
 }
 
-/* ---- errors and the map -------------------------------------------------------------- */
+/* ---- errors -------------------------------------------------------------------------- */
 
 int t2_index_err(struct t2_index *ix, int rc)
 {
@@ -123,60 +120,12 @@ int t2_index_err(struct t2_index *ix, int rc)
 	}
 }
 
-/* Double the map. No transaction of this process may be active: readers are held
- * off by the rwlock; the caller has ended its own write transaction. */
-static int grow_map(struct t2_index *ix)
-{
-	uint64_t want = ix->map_size * 2;
-	int rc;
-
-	if (want > MAP_MAX)
-		return MDB_MAP_FULL;
-	pthread_rwlock_wrlock(&ix->maplock);
-	rc = mdb_env_set_mapsize(ix->env, (size_t)want);
-	pthread_rwlock_unlock(&ix->maplock);
-	if (rc == 0) {
-		ix->map_size = want;
-		atomic_fetch_add(&ix->map_resizes, 1);
-	}
-	return rc;
-}
-
 /* ---- opening ------------------------------------------------------------------------- */
 
-static int meta_get(MDB_txn *txn, MDB_dbi dbi, const char *name, MDB_val *v)
+static struct lmdb_format t2_format(void)
 {
-	MDB_val k = { strlen(name), (void *)name };
-
-	return mdb_get(txn, dbi, &k, v);
-}
-
-static int meta_put(MDB_txn *txn, MDB_dbi dbi, const char *name, const void *data, size_t len)
-{
-	MDB_val k = { strlen(name), (void *)name }, v = { len, (void *)data };
-
-	return mdb_put(txn, dbi, &k, &v, 0);
-}
-
-static int meta_put64(MDB_txn *txn, MDB_dbi dbi, const char *name, uint64_t x)
-{
-	uint8_t b[8];
-
-	t2_put64(b, x);
-	return meta_put(txn, dbi, name, b, sizeof(b));
-}
-
-static int meta_get64(MDB_txn *txn, MDB_dbi dbi, const char *name, uint64_t *x)
-{
-	MDB_val v;
-	int rc = meta_get(txn, dbi, name, &v);
-
-	if (rc)
-		return rc;
-	if (v.mv_size != 8)
-		return MDB_CORRUPTED;
-	*x = t2_get64(v.mv_data);
-	return 0;
+	return (struct lmdb_format){ T2_META_MAGIC, T2_FORMAT_VERSION, t2_layout_signature(),
+				     t2_layout_string(), T2_INCOMPAT_KNOWN };
 }
 
 static int open_dbis(struct t2_index *ix, MDB_txn *txn, unsigned flags)
@@ -191,85 +140,94 @@ static int open_dbis(struct t2_index *ix, MDB_txn *txn, unsigned flags)
 	return 0;
 }
 
+struct open_arg {
+	struct t2_index *ix;
+	uint64_t *segment_size;
+	char *err;
+	size_t errcap;
+};
+
 /* A new store: every table and the meta, in one transaction. */
-static int create_store(struct t2_index *ix, MDB_txn *txn, uint64_t segment_size)
+static int create_store(void *arg, MDB_txn *txn, MDB_dbi meta)
 {
+	struct open_arg *a = arg;
+	const struct lmdb_format f = t2_format();
 	int rc;
 
-	if ((rc = mdb_dbi_open(txn, "meta", MDB_CREATE, &ix->meta)) ||
-	    (rc = open_dbis(ix, txn, MDB_CREATE)))
+	if ((rc = open_dbis(a->ix, txn, MDB_CREATE)))
 		return rc;
-	if ((rc = meta_put(txn, ix->meta, "magic", T2_META_MAGIC, strlen(T2_META_MAGIC))) ||
-	    (rc = meta_put64(txn, ix->meta, "version", T2_FORMAT_VERSION)) ||
-	    (rc = meta_put64(txn, ix->meta, "layout", t2_layout_signature())) ||
-	    (rc = meta_put(txn, ix->meta, "layout_text", t2_layout_string(),
-			   strlen(t2_layout_string()))) ||
-	    (rc = meta_put64(txn, ix->meta, "segment_size", segment_size)) ||
-	    (rc = meta_put64(txn, ix->meta, "created_ms", t2_now_ms())) ||
-	    (rc = meta_put64(txn, ix->meta, "incompat", 0)))
+	if ((rc = lmdb_format_write(txn, meta, &f)) ||
+	    (rc = lmdb_meta_put64(txn, meta, "segment_size", *a->segment_size)) ||
+	    (rc = lmdb_meta_put64(txn, meta, "created_ms", t2_now_ms())) ||
+	    (rc = lmdb_meta_put64(txn, meta, "incompat", 0)))
 		return rc;
 	return 0;
 }
 
-/* An existing store: refuse anything this build cannot read, saying what to do. */
-static int check_store(struct t2_index *ix, MDB_txn *txn, uint64_t *segment_size, char *err,
-		       size_t errcap)
+/* An existing store this build cannot read: say what to do. */
+static int refuse_store(void *arg, enum lmdb_format_verdict verdict,
+			const struct lmdb_format_found *f)
 {
-	uint64_t version = 0, layout = 0, segsz = 0, incompat = 0;
-	MDB_val v;
-	int rc;
+	struct open_arg *a = arg;
 
-	rc = meta_get(txn, ix->meta, "magic", &v);
-	if (rc == MDB_NOTFOUND || (rc == 0 && (v.mv_size != strlen(T2_META_MAGIC) ||
-					       memcmp(v.mv_data, T2_META_MAGIC, v.mv_size) != 0))) {
-		snprintf(err, errcap,
+	switch (verdict) {
+	case LMDB_FORMAT_OK:
+		break;
+	case LMDB_FORMAT_NO_MAGIC:
+		snprintf(a->err, a->errcap,
 			 "%s: index/ is not a kvtier NVMe-tier index (its meta has no kvtier "
 			 "magic); point the data directory elsewhere or move this one away",
-			 ix->dir);
-		return -EPROTO;
-	}
-	if (rc)
-		return t2_index_err(ix, rc);
-	if ((rc = meta_get64(txn, ix->meta, "version", &version)) != 0) {
-		snprintf(err, errcap, "%s: index meta has no readable format version; the store "
-			 "is damaged: move the directory away to start an empty cache", ix->dir);
-		return -EPROTO;
-	}
-	if (version > T2_FORMAT_VERSION) {
-		snprintf(err, errcap,
+			 a->ix->dir);
+		break;
+	case LMDB_FORMAT_NO_VERSION:
+		snprintf(a->err, a->errcap, "%s: index meta has no readable format version; "
+			 "the store is damaged: move the directory away to start an empty "
+			 "cache", a->ix->dir);
+		break;
+	case LMDB_FORMAT_NEWER:
+		snprintf(a->err, a->errcap,
 			 "%s: written by a newer kvtierd (store format %llu, this build reads "
 			 "formats 1 to %u); run that kvtierd version or newer, or move the "
 			 "directory away to start an empty cache",
-			 ix->dir, (unsigned long long)version, T2_FORMAT_VERSION);
-		return -EPROTO;
-	}
-	if (version < 1) {
-		snprintf(err, errcap, "%s: unknown store format %llu; move the directory away to "
-			 "start an empty cache", ix->dir, (unsigned long long)version);
-		return -EPROTO;
-	}
-	/* Format 1 is the only one so far; a later build maps each older version to
-	 * the layout signature it had and reads (or migrates) it. */
-	if (meta_get64(txn, ix->meta, "layout", &layout) != 0 || layout != t2_layout_signature()) {
-		snprintf(err, errcap,
+			 a->ix->dir, (unsigned long long)f->version, T2_FORMAT_VERSION);
+		break;
+	case LMDB_FORMAT_UNKNOWN:
+		snprintf(a->err, a->errcap, "%s: unknown store format %llu; move the directory "
+			 "away to start an empty cache", a->ix->dir,
+			 (unsigned long long)f->version);
+		break;
+	case LMDB_FORMAT_LAYOUT:
+		snprintf(a->err, a->errcap,
 			 "%s: store format %llu but layout signature %016llx, this build has "
 			 "%016llx: the store was written by an incompatible build of the same "
 			 "format version; run the kvtierd that wrote it, or move the directory "
 			 "away to start an empty cache",
-			 ix->dir, (unsigned long long)version, (unsigned long long)layout,
+			 a->ix->dir, (unsigned long long)f->version,
+			 (unsigned long long)f->layout,
 			 (unsigned long long)t2_layout_signature());
-		return -EPROTO;
-	}
-	if (meta_get64(txn, ix->meta, "incompat", &incompat) != 0 ||
-	    (incompat & ~(uint64_t)T2_INCOMPAT_KNOWN)) {
-		snprintf(err, errcap,
+		break;
+	case LMDB_FORMAT_INCOMPAT:
+		snprintf(a->err, a->errcap,
 			 "%s: the store uses features this build does not know (incompat "
 			 "%#llx); run a newer kvtierd, or move the directory away",
-			 ix->dir, (unsigned long long)incompat);
-		return -EPROTO;
+			 a->ix->dir, (unsigned long long)f->incompat);
+		break;
 	}
-	if (meta_get64(txn, ix->meta, "segment_size", &segsz) != 0 || segsz < (1u << 20) ||
-	    segsz % T2_ALIGN || segsz > MAP_MAX) {
+	return -EPROTO;
+}
+
+/* An existing store of this format: its segment size and tables. */
+static int check_store(void *arg, MDB_txn *txn, MDB_dbi meta)
+{
+	struct open_arg *a = arg;
+	struct t2_index *ix = a->ix;
+	char *err = a->err;
+	size_t errcap = a->errcap;
+	uint64_t segsz = 0;
+	int rc;
+
+	if (lmdb_meta_get64(txn, meta, "segment_size", &segsz) != 0 || segsz < (1u << 20) ||
+	    segsz % T2_ALIGN || segsz > LMDB_MAP_MAX) {
 		snprintf(err, errcap, "%s: index meta has an invalid segment size; the store is "
 			 "damaged: move the directory away", ix->dir);
 		return -EPROTO;
@@ -282,58 +240,39 @@ static int check_store(struct t2_index *ix, MDB_txn *txn, uint64_t *segment_size
 	}
 	if (rc)
 		return t2_index_err(ix, rc);
-	*segment_size = segsz;
+	*a->segment_size = segsz;
 	return 0;
 }
 
 static int open_txn(struct t2_index *ix, uint64_t *segment_size, bool *created, char *err,
 		    size_t errcap)
 {
-	MDB_txn *txn;
-	MDB_dbi main_dbi;
-	MDB_stat st;
-	int rc;
+	static const struct lmdb_store_ops ops = { create_store, refuse_store, check_store };
+	const struct lmdb_format f = t2_format();
+	struct open_arg a = { ix, segment_size, err, errcap };
+	enum lmdb_open_stage stage;
+	int rc = lmdb_store_open(&ix->db, &ix->meta, &f, &ops, &a, created, &stage);
 
-	for (;;) {
-		rc = mdb_txn_begin(ix->env, NULL, 0, &txn);
-		if (rc)
-			return t2_index_err(ix, rc);
-		*created = false;
-		rc = mdb_dbi_open(txn, "meta", 0, &ix->meta);
-		if (rc == MDB_NOTFOUND) {
-			/* Only an empty environment becomes a new store. */
-			rc = mdb_dbi_open(txn, NULL, 0, &main_dbi);
-			if (!rc)
-				rc = mdb_stat(txn, main_dbi, &st);
-			if (!rc && st.ms_entries != 0) {
-				mdb_txn_abort(txn);
-				snprintf(err, errcap,
-					 "%s: index/ holds an LMDB environment that is not a "
-					 "kvtier index; point the data directory elsewhere",
-					 ix->dir);
-				return -EPROTO;
-			}
-			if (!rc)
-				rc = create_store(ix, txn, *segment_size);
-			*created = true;
-		} else if (rc == 0) {
-			rc = check_store(ix, txn, segment_size, err, errcap);
-			if (rc) {
-				mdb_txn_abort(txn);
-				return rc;
-			}
-		}
-		if (rc == 0)
-			rc = mdb_txn_commit(txn);
-		else
-			mdb_txn_abort(txn);
-		if (rc == MDB_MAP_FULL && grow_map(ix) == 0)
-			continue;
-		if (rc)
-			snprintf(err, errcap, "%s: cannot open the index: %s", ix->dir,
-				 mdb_strerror(rc));
-		return t2_index_err(ix, rc);
+	if (rc == 0)
+		return 0;
+	switch (stage) {
+	case LMDB_OPEN_BEGIN:
+	case LMDB_OPEN_READ:
+		break;
+	case LMDB_OPEN_FOREIGN:
+		snprintf(err, errcap,
+			 "%s: index/ holds an LMDB environment that is not a "
+			 "kvtier index; point the data directory elsewhere",
+			 ix->dir);
+		return -EPROTO;
+	case LMDB_OPEN_REFUSED:
+		return rc;
+	case LMDB_OPEN_FAILED:
+		snprintf(err, errcap, "%s: cannot open the index: %s", ix->dir,
+			 mdb_strerror(rc));
+		break;
 	}
+	return t2_index_err(ix, rc);
 }
 
 int t2_index_open(struct t2_index *ix, const char *dir, uint64_t map_size,
@@ -346,23 +285,14 @@ int t2_index_open(struct t2_index *ix, const char *dir, uint64_t map_size,
 	ix->dir = dir;
 	if (snprintf(path, sizeof(path), "%s/index", dir) >= (int)sizeof(path))
 		return -ENAMETOOLONG;
-	ix->map_size = map_size ? map_size : MAP_DEFAULT;
-	if (ix->map_size < MAP_MIN)
-		ix->map_size = MAP_MIN;
-	rc = pthread_rwlock_init(&ix->maplock, NULL);
-	if (rc)
-		return -rc;
-	rc = mdb_env_create(&ix->env);
-	if (rc)
-		goto out_lock;
-	if ((rc = mdb_env_set_maxdbs(ix->env, 8)) ||
-	    (rc = mdb_env_set_mapsize(ix->env, (size_t)ix->map_size)))
-		goto out_env;
-	/* NOTLS: read transactions belong to the owner, not to a thread's slot;
-	 * NORDAHEAD: lookups are random, read-ahead only evicts useful pages.
-	 * Full sync on commit: a commit is once per group of records, and an
-	 * indexed record must survive power loss. */
-	rc = mdb_env_open(ix->env, path, MDB_NOTLS | MDB_NORDAHEAD, 0600);
+	rc = lmdb_env_create(&ix->db, map_size);
+	if (rc < 0)
+		return rc;
+	if (rc) {
+		snprintf(err, errcap, "%s: cannot set up the index: %s", dir, mdb_strerror(rc));
+		return rc > 0 ? -rc : -EIO;
+	}
+	rc = lmdb_env_open(&ix->db, path);
 	if (rc) {
 		if (rc == MDB_INVALID || rc == MDB_VERSION_MISMATCH) {
 			snprintf(err, errcap, "%s: index/ is not a usable LMDB environment (%s); "
@@ -374,47 +304,18 @@ int t2_index_open(struct t2_index *ix, const char *dir, uint64_t map_size,
 				 mdb_strerror(rc));
 			rc = rc > 0 ? -rc : -EIO;
 		}
-		mdb_env_close(ix->env);
-		goto out_lock_rc;
-	}
-	{
-		MDB_envinfo info;
-		int dead = 0;
-
-		/* Reader slots left by a process that died (kill -9) would hold old
-		 * pages forever; LMDB clears them only on a first open. */
-		(void)mdb_reader_check(ix->env, &dead);
-		/* LMDB keeps the larger of what we asked and what the file needs. */
-		if (mdb_env_info(ix->env, &info) == 0 && info.me_mapsize > ix->map_size)
-			ix->map_size = info.me_mapsize;
+		lmdb_env_close(&ix->db);
+		return rc;
 	}
 	rc = open_txn(ix, segment_size, created, err, errcap);
-	if (rc) {
-		mdb_env_close(ix->env);
-		goto out_lock_rc;
-	}
-	return 0;
-
-out_env:
-	mdb_env_close(ix->env);
-out_lock:
-	snprintf(err, errcap, "%s: cannot set up the index: %s", dir, mdb_strerror(rc));
-	rc = rc > 0 ? -rc : -EIO;
-out_lock_rc:
-	pthread_rwlock_destroy(&ix->maplock);
-	ix->env = NULL;
+	if (rc)
+		lmdb_env_close(&ix->db);
 	return rc;
 }
 
 void t2_index_close(struct t2_index *ix)
 {
-	if (!ix->env)
-		return;
-	if (ix->rtxn)
-		mdb_txn_abort(ix->rtxn);
-	mdb_env_close(ix->env);
-	pthread_rwlock_destroy(&ix->maplock);
-	ix->env = NULL;
+	lmdb_env_close(&ix->db);
 }
 
 /* ---- the owner's reads --------------------------------------------------------------- */
@@ -427,30 +328,13 @@ static int read_begin(struct t2_index *ix)
 
 	if (atomic_load(&ix->fatal))
 		return T2_EFATAL;
-	pthread_rwlock_rdlock(&ix->maplock);
-	rc = ix->rtxn ? mdb_txn_renew(ix->rtxn)
-		      : mdb_txn_begin(ix->env, NULL, MDB_RDONLY, &ix->rtxn);
-	if (rc == MDB_MAP_RESIZED) {
-		/* Another process grew the map (never in normal use): adopt it. */
-		pthread_rwlock_unlock(&ix->maplock);
-		pthread_rwlock_wrlock(&ix->maplock);
-		mdb_env_set_mapsize(ix->env, 0);
-		pthread_rwlock_unlock(&ix->maplock);
-		pthread_rwlock_rdlock(&ix->maplock);
-		rc = ix->rtxn ? mdb_txn_renew(ix->rtxn)
-			      : mdb_txn_begin(ix->env, NULL, MDB_RDONLY, &ix->rtxn);
-	}
-	if (rc) {
-		pthread_rwlock_unlock(&ix->maplock);
-		return t2_index_err(ix, rc);
-	}
-	return 0;
+	rc = lmdb_read_begin(&ix->db);
+	return rc ? t2_index_err(ix, rc) : 0;
 }
 
 static void read_end(struct t2_index *ix)
 {
-	mdb_txn_reset(ix->rtxn);
-	pthread_rwlock_unlock(&ix->maplock);
+	lmdb_read_end(&ix->db);
 }
 
 int t2_index_get(struct t2_index *ix, const struct t1_key *key, struct t2_entry *e)
@@ -462,7 +346,7 @@ int t2_index_get(struct t2_index *ix, const struct t1_key *key, struct t2_entry 
 	if (rc)
 		return rc;
 	t2_key_encode(kb, key);
-	rc = mdb_get(ix->rtxn, ix->blocks, &k, &v);
+	rc = mdb_get(ix->db.rtxn, ix->blocks, &k, &v);
 	if (rc == 0)
 		rc = t2_entry_decode(e, v.mv_data, v.mv_size) ? -ENOENT : 0;
 	else
@@ -483,7 +367,7 @@ size_t t2_index_children(struct t2_index *ix, const struct t1_key *parent, struc
 	if (cap == 0 || read_begin(ix) != 0)
 		return 0;
 	t2_key_encode(kb, parent);
-	if (mdb_cursor_open(ix->rtxn, ix->children, &cur) == 0) {
+	if (mdb_cursor_open(ix->db.rtxn, ix->children, &cur) == 0) {
 		for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET); rc == 0 && n < cap;
 		     rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT_DUP)) {
 			if (v.mv_size != T2_KEY_BYTES)
@@ -506,7 +390,7 @@ int t2_index_load_segments(struct t2_index *ix, struct t2_segrow *rows, size_t n
 	*max_id = 0;
 	if (rc)
 		return rc;
-	rc = mdb_cursor_open(ix->rtxn, ix->segments, &cur);
+	rc = mdb_cursor_open(ix->db.rtxn, ix->segments, &cur);
 	if (rc == 0) {
 		while ((rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) == 0) {
 			uint32_t id;
@@ -534,7 +418,7 @@ uint64_t t2_index_count(struct t2_index *ix)
 
 	if (read_begin(ix) != 0)
 		return 0;
-	if (mdb_stat(ix->rtxn, ix->blocks, &st) == 0)
+	if (mdb_stat(ix->db.rtxn, ix->blocks, &st) == 0)
 		n = st.ms_entries;
 	read_end(ix);
 	return n;
@@ -975,7 +859,7 @@ int t2_index_apply(struct t2_index *ix, struct t2_op *ops, struct t2_segrow *row
 			if (op->plan)
 				t2_plan_reset(op->plan);
 		}
-		rc = mdb_txn_begin(ix->env, NULL, 0, &a.txn);
+		rc = mdb_txn_begin(ix->db.env, NULL, 0, &a.txn);
 		if (rc)
 			break;
 		for (struct t2_op *op = ops; op && rc == 0; op = op->next) {
@@ -991,7 +875,7 @@ int t2_index_apply(struct t2_index *ix, struct t2_op *ops, struct t2_segrow *row
 			mdb_txn_abort(a.txn);
 		}
 		a.txn = NULL;
-		if (rc == MDB_MAP_FULL && grow_map(ix) == 0)
+		if (rc == MDB_MAP_FULL && lmdb_env_grow(&ix->db) == 0)
 			continue;
 		break;
 	}

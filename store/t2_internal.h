@@ -14,6 +14,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "lmdb_env.h"
 #include "t2.h"
 
 /* ---- byte order ----------------------------------------------------------------
@@ -187,15 +188,8 @@ void t2_desc_decode(kvt_block_desc *d, const uint8_t in[16]);
 #define T2_INCOMPAT_KNOWN 0u
 
 struct t2_index {
-	MDB_env *env;
+	struct lmdb_env db;       /* environment, map lock, the owner's read txn, map size */
 	MDB_dbi meta, blocks, byloc, children, segments;
-	/* Readers hold it shared around each read transaction; the committer holds
-	 * it exclusively while it resizes the map (LMDB requires that no
-	 * transaction be active in the process then). */
-	pthread_rwlock_t maplock;
-	MDB_txn *rtxn;            /* the owner's read transaction, reset between uses */
-	uint64_t map_size;
-	atomic_uint_fast64_t map_resizes;
 	atomic_int fatal;         /* MDB_PANIC or corruption seen: T2_EFATAL from now on */
 	const char *dir;          /* the index directory, for messages */
 };
@@ -444,7 +438,15 @@ struct t2_kv *t2_keymap_find(const struct t2_keymap *m, const struct t1_key *k);
 struct t2_kv *t2_keymap_get(struct t2_keymap *m, const struct t1_key *k);
 void t2_keymap_remove(struct t2_keymap *m, struct t2_kv *kv);
 
-uint64_t t2_now_ms(void);      /* wall clock, for created/last-access times */
-uint64_t t2_mono_ms(void);     /* monotonic, for intervals */
+/* Wall clock, for created/last-access times; monotonic, for intervals. */
+static inline uint64_t t2_now_ms(void)
+{
+	return lmdb_now_ms();
+}
+
+static inline uint64_t t2_mono_ms(void)
+{
+	return lmdb_mono_ms();
+}
 
 #endif /* KVT_T2_INTERNAL_H */

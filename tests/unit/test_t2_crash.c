@@ -40,6 +40,37 @@ struct slot {
 	uint8_t *rec;
 };
 
+/* Append a block of random size and codec under key (tag, sl->idx) from slot sl;
+ * returns the record's length. */
+static size_t slot_append(struct t2 *t, struct codec_ctx *ctx, struct slot *sl, uint32_t tag,
+			  uint64_t *s)
+{
+	struct t1_key k = t2t_key(tag, sl->idx);
+	uint64_t len = len_for(s);
+	kvt_block_desc d = t2t_desc(len);
+	size_t rl;
+
+	sl->rec = t2t_record(ctx, (enum codec_id)(t2t_rand(s) % CODEC_COUNT), &k, len, &rl);
+	sl->busy = true;
+	sl->dn.done = false;
+	t2_append(t, &k, NULL, sl->rec, rl, len, &d, 0, t2t_done_cb, &sl->dn);
+	return rl;
+}
+
+/* Report each finished append on fd (its index, or MARK_FAIL) and free its slot. */
+static void slots_report(struct slot *slots, int fd)
+{
+	for (int i = 0; i < INFLIGHT; i++) {
+		struct slot *sl = &slots[i];
+
+		if (!sl->busy || !sl->dn.done)
+			continue;
+		put_u64(fd, sl->dn.status == 0 ? sl->idx : MARK_FAIL);
+		free(sl->rec);
+		sl->busy = false;
+	}
+}
+
 /* The child: append until killed. Keys are base, base+1, ...; contents from the key. */
 static void writer(const char *dir, enum io_backend b, uint64_t base, uint64_t seed, int fd)
 {
@@ -60,34 +91,16 @@ static void writer(const char *dir, enum io_backend b, uint64_t base, uint64_t s
 	for (;;) {
 		for (int i = 0; i < INFLIGHT; i++) {
 			struct slot *sl = &slots[i];
-			struct t1_key k;
-			kvt_block_desc d;
-			uint64_t len;
-			size_t rl;
 
 			if (sl->busy)
 				continue;
 			/* A new key, or now and then a replacement of an earlier one. */
 			sl->idx = next > base && t2t_rand(&s) % 7 == 0 ? base + t2t_rand(&s) % (next - base)
 								  : next++;
-			k = t2t_key(20, sl->idx);
-			len = len_for(&s);
-			d = t2t_desc(len);
-			sl->rec = t2t_record(ctx, (enum codec_id)(t2t_rand(&s) % CODEC_COUNT), &k, len, &rl);
-			sl->busy = true;
-			sl->dn.done = false;
-			t2_append(t, &k, NULL, sl->rec, rl, len, &d, 0, t2t_done_cb, &sl->dn);
+			slot_append(t, ctx, sl, 20, &s);
 		}
 		t2t_pump(io, t, 1);
-		for (int i = 0; i < INFLIGHT; i++) {
-			struct slot *sl = &slots[i];
-
-			if (!sl->busy || !sl->dn.done)
-				continue;
-			put_u64(fd, sl->dn.status == 0 ? sl->idx : MARK_FAIL);
-			free(sl->rec);
-			sl->busy = false;
-		}
+		slots_report(slots, fd);
 	}
 }
 
@@ -359,33 +372,14 @@ static void late_writer(const char *dir, enum io_backend b, uint64_t seed, int f
 	for (;;) {
 		for (int i = 0; i < INFLIGHT && written < LATE_WRITER_BYTES; i++) {
 			struct slot *sl = &slots[i];
-			struct t1_key k;
-			kvt_block_desc d;
-			uint64_t len;
-			size_t rl;
 
 			if (sl->busy)
 				continue;
 			sl->idx = next++;
-			k = t2t_key(22, sl->idx);
-			len = len_for(&s);
-			d = t2t_desc(len);
-			sl->rec = t2t_record(ctx, (enum codec_id)(t2t_rand(&s) % CODEC_COUNT), &k, len, &rl);
-			written += rl;
-			sl->busy = true;
-			sl->dn.done = false;
-			t2_append(t, &k, NULL, sl->rec, rl, len, &d, 0, t2t_done_cb, &sl->dn);
+			written += slot_append(t, ctx, sl, 22, &s);
 		}
 		t2t_pump(io, t, 1);
-		for (int i = 0; i < INFLIGHT; i++) {
-			struct slot *sl = &slots[i];
-
-			if (!sl->busy || !sl->dn.done)
-				continue;
-			put_u64(fd, sl->dn.status == 0 ? sl->idx : MARK_FAIL);
-			free(sl->rec);
-			sl->busy = false;
-		}
+		slots_report(slots, fd);
 	}
 }
 
