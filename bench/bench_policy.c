@@ -49,6 +49,12 @@
  *                  every 10 x capacity accesses) kept for evicted blocks too
  *   bip            bimodal insertion: a request's new blocks enter at the LRU end
  *                  unless the request is picked (probability 1/8), tail preference
+ *   fitted         ceilings, not policies (see "the ceilings" below): hit density
+ *                  by feature class and age, with each class's statistics taken
+ *                  from the whole trace; observable features, then with hints
+ *                  only an engine could give (output length, request length)
+ *   reuse < 4x     a ceiling: knows whether a block is used again within 4 x
+ *                  capacity accesses (not when), LRU otherwise
  *   belady         evicts the resident block whose next use is furthest (ties:
  *                  the smallest hash id) and bypasses a block whose next use is
  *                  no nearer than every resident's: the clairvoyant reference.
@@ -115,6 +121,18 @@ struct work {
 	uint64_t by_class[NCLASS]; /* accesses by how many times the block was accessed before */
 	size_t parent_conflicts;   /* hash ids seen with different parents */
 	size_t dup_requests;       /* requests naming a hash id twice */
+
+	/* For the ceilings (see "fitted" below): per block access, the accesses until
+	 * the block's next access (NEVER: none) and its class under each feature set;
+	 * per feature set, the gaps of each class sorted, with prefix sums. */
+	uint32_t *gap;
+	struct fit_table {
+		uint32_t ncls;
+		uint16_t *cls;    /* class of each block access */
+		uint32_t *start;  /* ncls + 1 offsets into sgap */
+		uint32_t *sgap;   /* gaps, class by class, ascending (NEVER last) */
+		uint64_t *pre;    /* pre[i] = sum of the finite sgap[0 .. i-1] */
+	} fit[2];
 };
 
 static int cmp_u64(const void *a, const void *b)
@@ -143,6 +161,13 @@ static void work_free(struct work *w)
 	free(w->blk);
 	free(w->parent);
 	free(w->next_req);
+	free(w->gap);
+	for (int k = 0; k < 2; k++) {
+		free(w->fit[k].cls);
+		free(w->fit[k].start);
+		free(w->fit[k].sgap);
+		free(w->fit[k].pre);
+	}
 	memset(w, 0, sizeof(*w));
 }
 
@@ -223,6 +248,118 @@ out:
 	free(seen);
 	if (rc)
 		work_free(w);
+	return rc;
+}
+
+/* ---- the ceilings' statistics --------------------------------------------------------- */
+
+/*
+ * The fitted ceilings rank blocks by classes of features and learn, per class,
+ * the distribution of the gap to the next access from the whole trace, future
+ * included. Two feature sets:
+ *   FIT_OBS   what the daemon can observe: the session's turn (how many earlier
+ *             requests had reached the deepest block of this request seen before,
+ *             0 for a request whose first block is new; capped at 7) and the
+ *             block's own prior accesses (capped at 4)
+ *   FIT_HINT  adds what only an engine could tell: the request's output length
+ *             (< 50, < 150, more tokens), its length (16-block buckets up to 96)
+ *             and the block's quarter of the request; turn capped at 10, prior
+ *             accesses at 5
+ */
+enum { FIT_OBS, FIT_HINT };
+
+#define FIT_OBS_NCLS (8u * 5u)
+#define FIT_HINT_NCLS (11u * 6u * 3u * 7u * 4u)
+
+static int cmp_u32(const void *a, const void *b)
+{
+	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+static int fit_sort(const struct work *w, struct fit_table *f)
+{
+	uint32_t *fill;
+
+	f->start = calloc(f->ncls + 1, sizeof(*f->start));
+	f->sgap = malloc(w->total * sizeof(*f->sgap));
+	f->pre = malloc((w->total + 1) * sizeof(*f->pre));
+	fill = malloc((f->ncls + 1) * sizeof(*fill));
+	if (!f->start || !f->sgap || !f->pre || !fill) {
+		free(fill);
+		return -ENOMEM;
+	}
+	for (uint64_t p = 0; p < w->total; p++)
+		f->start[f->cls[p] + 1]++;
+	for (uint32_t c = 0; c < f->ncls; c++)
+		f->start[c + 1] += f->start[c];
+	memcpy(fill, f->start, (f->ncls + 1) * sizeof(*fill));
+	for (uint64_t p = 0; p < w->total; p++)
+		f->sgap[fill[f->cls[p]]++] = w->gap[p];
+	free(fill);
+	for (uint32_t c = 0; c < f->ncls; c++)
+		qsort(f->sgap + f->start[c], f->start[c + 1] - f->start[c], sizeof(*f->sgap),
+		      cmp_u32);
+	f->pre[0] = 0;
+	for (uint64_t i = 0; i < w->total; i++)
+		f->pre[i + 1] = f->pre[i] + (f->sgap[i] == NEVER ? 0 : f->sgap[i]);
+	return 0;
+}
+
+static int work_build_fit(const struct trace *t, struct work *w)
+{
+	uint32_t *nacc = calloc(w->nblk, sizeof(*nacc));
+	uint32_t *lastpos = malloc(w->nblk * sizeof(*lastpos));
+	int rc = -ENOMEM;
+
+	w->gap = malloc(w->total * sizeof(*w->gap));
+	w->fit[FIT_OBS].ncls = FIT_OBS_NCLS;
+	w->fit[FIT_HINT].ncls = FIT_HINT_NCLS;
+	for (int k = 0; k < 2; k++)
+		w->fit[k].cls = malloc(w->total * sizeof(*w->fit[k].cls));
+	if (!nacc || !lastpos || !w->gap || !w->fit[0].cls || !w->fit[1].cls)
+		goto out;
+	if (w->total >= NEVER) {
+		rc = -E2BIG;
+		goto out;
+	}
+	for (uint32_t i = 0; i < w->nblk; i++)
+		lastpos[i] = NEVER;
+	for (uint64_t p = w->total; p-- > 0;) {
+		uint32_t id = w->blk[p];
+
+		w->gap[p] = lastpos[id] == NEVER ? NEVER : lastpos[id] - (uint32_t)p;
+		lastpos[id] = (uint32_t)p;
+	}
+	for (size_t r = 0; r < t->nreq; r++) {
+		const struct req *q = &t->req[r];
+		const uint32_t *ids = w->blk + q->first;
+		uint32_t j = 0, turn, ob, lb;
+
+		while (j < q->n && nacc[ids[j]])
+			j++;
+		turn = j ? nacc[ids[j - 1]] : 0;
+		ob = q->out_len < 50 ? 0 : q->out_len < 150 ? 1 : 2;
+		lb = q->n / 16 < 6 ? q->n / 16 : 6;
+		for (uint32_t i = 0; i < q->n; i++) {
+			uint32_t prior = nacc[ids[i]]++;
+			uint32_t quarter = (uint32_t)((uint64_t)4 * i / q->n);
+			uint32_t c;
+
+			c = (turn < 7 ? turn : 7) * 5 + (prior < 4 ? prior : 4);
+			w->fit[FIT_OBS].cls[q->first + i] = (uint16_t)c;
+			c = (turn < 10 ? turn : 10) * 6 + (prior < 5 ? prior : 5);
+			c = ((c * 3 + ob) * 7 + lb) * 4 + quarter;
+			w->fit[FIT_HINT].cls[q->first + i] = (uint16_t)c;
+		}
+	}
+	rc = fit_sort(w, &w->fit[FIT_OBS]);
+	if (rc == 0)
+		rc = fit_sort(w, &w->fit[FIT_HINT]);
+out:
+	free(nacc);
+	free(lastpos);
 	return rc;
 }
 
@@ -310,6 +447,7 @@ struct polspec {
 	uint32_t ghost; /* S3-FIFO: ghost FIFO = ghost x capacity */
 	bool exact;     /* W-TinyLFU: exact counters instead of the sketch; kvtier: 2q */
 	bool online;    /* false: knows the future */
+	int fitk;       /* fitted: 1 + FIT_OBS or 1 + FIT_HINT */
 };
 
 /*
@@ -346,6 +484,13 @@ struct sim {
 	int64_t clock, aging;
 	bool mru;
 	struct mt mt;
+
+	uint32_t *bpos;  /* ceilings: each block's position in the flat arrays */
+	uint64_t horizon;
+	double *dens;    /* fitted: density by class and age bucket */
+	uint16_t *bcls;
+	uint32_t *lst, *lidx, fit_b;
+	uint64_t rng;
 
 	struct policy *kp; /* kvtier lru: the real policy */
 	struct policy_node *nodes;
@@ -1036,6 +1181,193 @@ static void bel_insert(struct sim *s, uint32_t id)
 	bel_set(s, id);
 }
 
+/* ---- the ceilings: fitted hit density, and knowing reuse within a horizon ---- */
+
+/*
+ * "fitted": hit density as LHD (Beckmann et al., NSDI'18) defines it, but with
+ * the density of each (class, age) computed from the trace's own gap
+ * distribution rather than learned online: for a block of class c at age a
+ * (accesses since its last access), density = P(next access within (a, a + W]) /
+ * E[time it would still occupy the cache, held until that access or age a + W].
+ * W = FIT_HORIZON x capacity. The victim is the least dense chain tail among
+ * FIT_ASSOC resident blocks drawn at random (fixed seed). No online policy that
+ * ranks blocks by the same features could know these tables better, so the
+ * result is a ceiling for that policy family, not a policy.
+ *
+ * "reuse < 4x": knows whether each block is accessed again within 4 x capacity
+ * accesses (but not when); evicts such blocks only when no other is resident,
+ * LRU with tail preference within each group. How much of Belady's lead comes
+ * from knowing the time of reuse rather than its likelihood.
+ */
+#define FIT_NB 96        /* age buckets */
+#define FIT_BUCKETS_PER_CAP 8u
+#define FIT_HORIZON 4u   /* W, in capacities */
+#define FIT_ASSOC 128
+#define FIT_SEED 0x9e3779b97f4a7c15ull
+
+static uint32_t upper_bound_u32(const uint32_t *a, uint32_t lo, uint32_t hi, uint64_t v)
+{
+	while (lo < hi) {
+		uint32_t mid = lo + (hi - lo) / 2;
+
+		if (a[mid] <= v)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
+static int ceil_setup(struct sim *s)
+{
+	s->bpos = malloc(s->n * sizeof(*s->bpos));
+	s->horizon = (uint64_t)s->cap * FIT_HORIZON;
+	return s->bpos ? 0 : -ENOMEM;
+}
+
+static int fit_setup(struct sim *s)
+{
+	const struct fit_table *f = &s->w->fit[s->ps->fitk - 1];
+
+	if (ceil_setup(s) != 0)
+		return -ENOMEM;
+	s->fit_b = s->cap / FIT_BUCKETS_PER_CAP ? s->cap / FIT_BUCKETS_PER_CAP : 1;
+	s->dens = malloc((size_t)f->ncls * FIT_NB * sizeof(*s->dens));
+	s->bcls = malloc(s->n * sizeof(*s->bcls));
+	s->lst = malloc(s->n * sizeof(*s->lst));
+	s->lidx = malloc(s->n * sizeof(*s->lidx));
+	if (!s->dens || !s->bcls || !s->lst || !s->lidx)
+		return -ENOMEM;
+	s->rng = FIT_SEED;
+	for (uint32_t c = 0; c < f->ncls; c++) {
+		uint32_t b0 = f->start[c], end = f->start[c + 1];
+
+		for (uint32_t b = 0; b < FIT_NB; b++) {
+			uint64_t a = (uint64_t)b * s->fit_b;
+			uint32_t lo = upper_bound_u32(f->sgap, b0, end, a);
+			uint32_t hi = upper_bound_u32(f->sgap, lo, end, a + s->horizon);
+			double hits = hi - lo, life;
+
+			life = (double)(f->pre[hi] - f->pre[lo]) - (double)a * hits +
+			       (double)(end - hi) * (double)s->horizon;
+			s->dens[(size_t)c * FIT_NB + b] = life > 0 ? hits / life : 0;
+		}
+	}
+	return 0;
+}
+
+static void fit_teardown(struct sim *s)
+{
+	free(s->bpos);
+	free(s->dens);
+	free(s->bcls);
+	free(s->lst);
+	free(s->lidx);
+}
+
+/* Where each block of the request sits in the trace's flat arrays. */
+static void ceil_begin(struct sim *s, const uint32_t *ids, uint32_t n, const uint32_t *next)
+{
+	uint32_t first = (uint32_t)(next - s->w->next_req);
+
+	for (uint32_t i = 0; i < n; i++)
+		s->bpos[ids[i]] = first + i;
+}
+
+static void fit_note(struct sim *s, uint32_t id)
+{
+	uint32_t p = s->bpos[id];
+
+	s->bcls[id] = s->w->fit[s->ps->fitk - 1].cls[p];
+	s->h1[id] = p;
+	if (p > s->clock)
+		s->clock = p;
+}
+
+static double fit_density(const struct sim *s, uint32_t id)
+{
+	uint64_t b = (uint64_t)(s->clock - s->h1[id]) / s->fit_b;
+
+	return s->dens[(size_t)s->bcls[id] * FIT_NB + (b < FIT_NB ? b : FIT_NB - 1)];
+}
+
+static uint32_t fit_rand(struct sim *s, uint32_t n) /* xorshift64* */
+{
+	s->rng ^= s->rng >> 12;
+	s->rng ^= s->rng << 25;
+	s->rng ^= s->rng >> 27;
+	return (uint32_t)(((s->rng * 0x2545f4914f6cdd1dull) >> 32) % n);
+}
+
+static uint32_t fit_victim(struct sim *s)
+{
+	uint32_t best = NONE;
+	double bd = 0;
+
+	for (int i = 0; i < FIT_ASSOC; i++) {
+		uint32_t id = s->lst[fit_rand(s, s->nres)];
+		double d;
+
+		if (s->kids[id])
+			continue;
+		d = fit_density(s, id);
+		if (best == NONE || d < bd) {
+			best = id;
+			bd = d;
+		}
+	}
+	for (uint32_t i = 0; best == NONE && i < s->nres; i++)
+		if (!s->kids[s->lst[i]])
+			best = s->lst[i];
+	return best; /* a forest always has a leaf */
+}
+
+static void fit_access(struct sim *s, uint32_t id)
+{
+	fit_note(s, id);
+}
+
+static void fit_insert(struct sim *s, uint32_t id)
+{
+	if (s->bpos[id] > s->clock)
+		s->clock = s->bpos[id];
+	while (s->nres >= s->cap) {
+		uint32_t v = fit_victim(s), last = s->lst[s->nres - 1];
+
+		s->lst[s->lidx[v]] = last;
+		s->lidx[last] = s->lidx[v];
+		res_drop(s, v);
+	}
+	fit_note(s, id);
+	s->lidx[id] = s->nres;
+	s->lst[s->nres] = id;
+	res_add(s, id);
+}
+
+static void reuse_place(struct sim *s, uint32_t id)
+{
+	if (s->where[id])
+		q_del(s, id);
+	q_push(s, s->w->gap[s->bpos[id]] <= s->horizon ? 1 : 2, id);
+}
+
+static void reuse_insert(struct sim *s, uint32_t id)
+{
+	while (s->nres >= s->cap) {
+		uint32_t v = q_pick(s, s->qlen[2] ? 2 : 1);
+
+		q_del(s, v);
+		res_drop(s, v);
+	}
+	reuse_place(s, id);
+	res_add(s, id);
+}
+
+static void reuse_teardown(struct sim *s)
+{
+	free(s->bpos);
+}
+
 static const struct sim_ops kvt_ops = {
 	.setup = kvt_setup, .teardown = kvt_teardown, .access = kvt_access, .insert = kvt_insert,
 };
@@ -1056,9 +1388,15 @@ static const struct sim_ops bip_ops = { .setup = bip_setup, .begin = bip_begin,
 					.access = lru_access, .insert = bip_insert };
 static const struct sim_ops bel_ops = { .begin = bel_begin, .access = bel_access,
 					.insert = bel_insert };
+static const struct sim_ops fit_ops = { .setup = fit_setup, .teardown = fit_teardown,
+					.begin = ceil_begin, .access = fit_access,
+					.insert = fit_insert };
+static const struct sim_ops reuse_ops = { .setup = ceil_setup, .teardown = reuse_teardown,
+					  .begin = ceil_begin, .access = reuse_place,
+					  .insert = reuse_insert };
 
 enum { P_KVT, P_KVT2Q, P_LRU, P_S3, P_S3G10, P_ARC, P_SLRU, P_WTLFU, P_WTLFU_EXACT, P_LRU2, P_LFU, P_BIP,
-       P_BELADY, NPOL };
+       P_FIT_OBS, P_FIT_HINT, P_REUSE, P_BELADY, NPOL };
 
 static const struct polspec pols[NPOL] = {
 	[P_KVT] = { "kvtier lru", "kvt-lru", &kvt_ops, 0, false, true },
@@ -1073,6 +1411,9 @@ static const struct polspec pols[NPOL] = {
 	[P_LRU2] = { "lru-2", "lru-2", &lru2_ops, 0, false, true },
 	[P_LFU] = { "lfu-da", "lfu-da", &lfu_ops, 0, false, true },
 	[P_BIP] = { "bip 1/8", "bip", &bip_ops, 0, false, true },
+	[P_FIT_OBS] = { "fitted: observable", "fit-obs", &fit_ops, 0, false, false, 1 + FIT_OBS },
+	[P_FIT_HINT] = { "fitted: + hints", "fit-hint", &fit_ops, 0, false, false, 1 + FIT_HINT },
+	[P_REUSE] = { "knows reuse < 4x", "reuse-4x", &reuse_ops, 0, false, false },
 	[P_BELADY] = { "belady (bypass)", "belady", &bel_ops, 0, false, false },
 };
 
@@ -1330,6 +1671,11 @@ int main(int argc, char **argv)
 		rc = trace_index(&t, &salt);
 	if (rc == 0)
 		rc = work_build(&t, &w);
+	if (rc == 0) {
+		rc = work_build_fit(&t, &w);
+		if (rc)
+			work_free(&w);
+	}
 	if (rc) {
 		fprintf(stderr, "bench_policy: indexing the trace: %s\n",
 			rc == -ENOMEM ? "out of memory" : "failed");
@@ -1451,6 +1797,22 @@ int main(int argc, char **argv)
 		else
 			bench_printf(&out, " %9s", "-");
 	}
+	for (int p = P_FIT_OBS; p <= P_REUSE; p++) {
+		char name[40];
+
+		snprintf(name, sizeof(name), "gap closed, %s", pols[p].tag);
+		bench_printf(&out, "\n%-22s", name);
+		for (unsigned i = 0; i < nf; i++) {
+			double k = ratio(fr[i].res[P_KVT].hits, w.total);
+			double b = ratio(fr[i].res[P_BELADY].hits, w.total);
+			double o = ratio(fr[i].res[p].hits, w.total);
+
+			if (b > k)
+				bench_printf(&out, " %9.3f", (o - k) / (b - k));
+			else
+				bench_printf(&out, " %9s", "-");
+		}
+	}
 	bench_printf(&out, "\n%-22s", "kvtier lru nontail");
 	for (unsigned i = 0; i < nf; i++)
 		bench_printf(&out, " %9llu", (unsigned long long)fr[i].res[P_KVT].nontail);
@@ -1468,6 +1830,18 @@ int main(int argc, char **argv)
 			     k > 0 ? 100.0 * best_gain / k : 0);
 	}
 
+	bench_printf(&out, "ceilings (not policies; they know the trace, so they are not online):\n"
+		     "  fitted: hit density (LHD's, hits / expected cache time) by (class, age), "
+		     "each class's next-access gap distribution measured over\n"
+		     "  the whole trace, horizon %u x capacity, %u age buckets of capacity / %u, "
+		     "victim = least dense chain tail of %d random resident blocks;\n"
+		     "  observable classes: session turn (prior requests that reached the deepest "
+		     "already-seen block of the request, <= 7) x prior accesses of\n"
+		     "  the block (<= 4); + hints adds the request's output length (< 50, < 150, "
+		     "more), its length (16-block buckets) and the block's quarter\n"
+		     "  of it. knows reuse < 4x: knows whether each block is accessed again within "
+		     "4 x capacity accesses, not when; keeps those, LRU within.\n",
+		     FIT_HORIZON, FIT_NB, FIT_BUCKETS_PER_CAP, FIT_ASSOC);
 	bench_printf(&out, "\n## hits by how many times the block had been accessed before "
 		     "(the two smallest capacities)\n");
 	for (unsigned i = 0; i < nf && i < 2; i++)
