@@ -373,6 +373,11 @@ static void print_ctxmem(const kvt_stats *s, const uint32_t *ids, size_t nt)
 			printf(" (%.1f writes per commit)", (double)writes / (double)commits);
 		printf("  fsyncs %s  expired %s\n", count_of(s, "meta.fsyncs", b1, sizeof(b1)),
 		       count_of(s, "meta.expired", b2, sizeof(b2)));
+		uint64_t dropped = 0, restored = 0;
+		if ((num(s, "meta.refs_dropped", &dropped) && dropped) ||
+		    (num(s, "meta.refs_restored", &restored) && restored))
+			printf("  at start-up, block references fixed to match the manifests: %" PRIu64
+			       " dropped, %" PRIu64 " restored\n", dropped, restored);
 	}
 }
 

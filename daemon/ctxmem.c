@@ -7,11 +7,19 @@
  * NVMe (blocks only in RAM are written first, tier2_persist), a context reference
  * is held on each (so NVMe cleaning never drops them), those references are
  * durable (tier2_flush), and the manifest is committed (meta_ctx_put). A crash at
- * any point before the last step leaves the old manifest (or none) in force, and
- * at worst some extra references that a later save or delete of that name settles.
+ * any point before the last step leaves the old manifest (or none) in force.
+ *
+ * References live in the NVMe index, manifests in the metadata store: two LMDB
+ * environments, so no transaction covers both. A crash between a save's references
+ * and its commit leaves references no manifest accounts for, and one between the
+ * commit of a delete, replacement or expiry and the release of the old manifest's
+ * references leaves them behind too; either would pin blocks on NVMe for good.
+ * So at start-up, before the socket is served, reconcile_refs counts what every
+ * manifest names and sets each block's references to that count.
  */
 #include <errno.h>
 #include <math.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
@@ -150,8 +158,26 @@ static void save_fail(struct ctx_save *cs, int status)
 	save_free(cs);
 }
 
+/*
+ * KVT_TEST_CRASH_POINT=name makes the daemon kill itself with SIGKILL at that
+ * point, so integration tests can check what a restart recovers from the crash
+ * windows above: "ctx_commit" (a save's references are durable, its manifest is
+ * not committed) and "ctx_unref" (a delete, replacement or expiry is committed,
+ * the old manifest's references are not yet dropped).
+ */
+static void crash_point(const char *name)
+{
+	const char *v = getenv("KVT_TEST_CRASH_POINT");
+
+	if (v && strcmp(v, name) == 0) {
+		log_warn("KVT_TEST_CRASH_POINT=%s: killing the daemon here", name);
+		raise(SIGKILL);
+	}
+}
+
 static void unref_manifest(struct server *s, const struct meta_ctx *mc)
 {
+	crash_point("ctx_unref");
 	for (uint32_t i = 0; i < mc->nkeys; i++) {
 		struct t1_key tk = { .tenant = mc->tenant, .key = mc->keys[i] };
 		tier2_unref(s, &tk);
@@ -184,6 +210,7 @@ static void save_flushed(void *arg, int status)
 		save_fail(cs, map_err(status));
 		return;
 	}
+	crash_point("ctx_commit");
 	meta_ctx_put(cs->c->srv->meta, &cs->mc, save_committed, cs);
 }
 
@@ -883,6 +910,191 @@ void ctxmem_dispatch(struct conn *c, const struct kvt_hdr *h, const uint8_t *bod
 
 static char meta_tag;
 
+/* ---- start-up reconciliation of context references ------------------------------- */
+
+struct ref_count {
+	struct t1_key key;
+	uint32_t n;
+};
+
+struct ref_list {
+	struct ref_count *v;
+	size_t n, cap;
+};
+
+static int ref_list_add(struct ref_list *l, const struct t1_key *key, uint32_t n)
+{
+	if (l->n == l->cap) {
+		size_t ncap = l->cap ? l->cap * 2 : 1024;
+		struct ref_count *nv = realloc(l->v, ncap * sizeof(*nv));
+
+		if (!nv)
+			return -ENOMEM;
+		l->v = nv;
+		l->cap = ncap;
+	}
+	l->v[l->n++] = (struct ref_count){ *key, n };
+	return 0;
+}
+
+static int cmp_ref_key(const struct t1_key *a, const struct t1_key *b)
+{
+	if (a->tenant != b->tenant)
+		return a->tenant < b->tenant ? -1 : 1;
+	return memcmp(a->key.b, b->key.b, sizeof(a->key.b));
+}
+
+static int cmp_ref(const void *a, const void *b)
+{
+	return cmp_ref_key(&((const struct ref_count *)a)->key,
+			   &((const struct ref_count *)b)->key);
+}
+
+/* Sort and merge equal keys, adding their counts (saturating). */
+static void ref_list_merge(struct ref_list *l)
+{
+	size_t out = 0;
+
+	if (l->n)
+		qsort(l->v, l->n, sizeof(*l->v), cmp_ref);
+	for (size_t i = 0; i < l->n; i++) {
+		if (out && cmp_ref_key(&l->v[out - 1].key, &l->v[i].key) == 0) {
+			uint32_t *n = &l->v[out - 1].n;
+
+			*n = UINT32_MAX - *n < l->v[i].n ? UINT32_MAX : *n + l->v[i].n;
+		} else {
+			l->v[out++] = l->v[i];
+		}
+	}
+	l->n = out;
+}
+
+static int want_manifest(void *arg, const struct meta_ctx *mc)
+{
+	for (uint32_t i = 0; i < mc->nkeys; i++) {
+		struct t1_key tk = { .tenant = mc->tenant, .key = mc->keys[i] };
+
+		if (ref_list_add(arg, &tk, 1))
+			return -ENOMEM;
+	}
+	return 0;
+}
+
+static int have_ref(void *arg, const struct t1_key *key, uint32_t refs)
+{
+	return ref_list_add(arg, key, refs) ? -ENOMEM : 0;
+}
+
+struct reconcile {
+	uint64_t dropped, restored; /* references */
+	uint64_t blocks_fixed, missing, failed;
+	size_t manifests_corrupt;
+};
+
+/* Bring key's references from have to want. */
+static void reconcile_key(struct server *s, const struct t1_key *key, uint32_t want,
+			  uint32_t have, struct reconcile *r)
+{
+	if (want == have)
+		return;
+	if (want < have && r->manifests_corrupt)
+		return; /* an unreadable manifest may be the one that holds them */
+	if (want > have && tier2_lookup(s, key, NULL) != 0) {
+		r->missing++; /* a manifest names a block the NVMe tier no longer has */
+		return;
+	}
+	r->blocks_fixed++;
+	for (; have > want; have--) {
+		if (tier2_unref(s, key)) {
+			r->failed++;
+			return;
+		}
+		r->dropped++;
+	}
+	for (; have < want; have++) {
+		if (tier2_ref(s, key)) {
+			r->failed++;
+			return;
+		}
+		r->restored++;
+	}
+}
+
+static void reconcile_flushed(void *arg, int status)
+{
+	(void)arg;
+	if (status)
+		log_error("context references reconciled at start-up could not be made durable: "
+			  "%s; they are checked again at the next start", strerror(-status));
+}
+
+/*
+ * Set every block's context references to the number of times the manifests name
+ * it. Runs before the socket is served and before the expiry sweeper's first
+ * tick, so no save, delete or expiry is in flight and both stores are settled.
+ * Cost: one pass over the manifests and one over the NVMe index.
+ */
+static void reconcile_refs(struct server *s)
+{
+	struct ref_list want = { 0 }, have = { 0 };
+	struct reconcile r = { 0 };
+	struct timespec t0, t1;
+	size_t i = 0, j = 0;
+	int rc;
+
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	rc = meta_ctx_foreach(s->meta, want_manifest, &want, &r.manifests_corrupt);
+	if (rc == 0)
+		rc = tier2_foreach_ref(s, have_ref, &have);
+	if (rc) {
+		log_warn("context references were not checked at start-up: %s",
+			 rc == -EBUSY ? "NVMe index operations still queued" : strerror(-rc));
+		goto out;
+	}
+	ref_list_merge(&want);
+	ref_list_merge(&have);
+	while (i < want.n || j < have.n) {
+		int c = i == want.n   ? 1
+			: j == have.n ? -1
+				      : cmp_ref_key(&want.v[i].key, &have.v[j].key);
+
+		if (c < 0) {
+			reconcile_key(s, &want.v[i].key, want.v[i].n, 0, &r);
+			i++;
+		} else if (c > 0) {
+			reconcile_key(s, &have.v[j].key, 0, have.v[j].n, &r);
+			j++;
+		} else {
+			reconcile_key(s, &want.v[i].key, want.v[i].n, have.v[j].n, &r);
+			i++;
+			j++;
+		}
+	}
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	s->ctx_refs_dropped = r.dropped;
+	s->ctx_refs_restored = r.restored;
+	if (r.blocks_fixed || r.failed) {
+		log_warn("context references reconciled with the manifests: %llu blocks fixed, "
+			 "%llu leaked references dropped, %llu missing ones taken%s",
+			 (unsigned long long)r.blocks_fixed, (unsigned long long)r.dropped,
+			 (unsigned long long)r.restored,
+			 r.failed ? " (some changes failed; checked again at the next start)" : "");
+		tier2_flush(s, reconcile_flushed, NULL);
+	}
+	if (r.manifests_corrupt)
+		log_warn("%zu context manifests fail their checksum: references no readable "
+			 "manifest accounts for are kept", r.manifests_corrupt);
+	if (r.missing)
+		log_warn("saved contexts name %llu blocks the NVMe tier does not hold; loading "
+			 "those contexts reports them missing", (unsigned long long)r.missing);
+	log_info("context references checked: %zu blocks named by manifests, %zu with "
+		 "references, in %.1f ms", want.n, have.n,
+		 (double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6);
+out:
+	free(want.v);
+	free(have.v);
+}
+
 static void expired_ctx(void *arg, const struct meta_ctx *mc)
 {
 	unref_manifest(arg, mc);
@@ -904,6 +1116,8 @@ int ctxmem_open(struct server *s)
 	if (err[0])
 		log_warn("metadata store: %s", err);
 	meta_set_expire_hook(s->meta, expired_ctx, s);
+	if (tier2_active(s))
+		reconcile_refs(s);
 	struct epoll_event e = { .events = EPOLLIN, .data.ptr = &meta_tag };
 	if (epoll_ctl(s->epfd, EPOLL_CTL_ADD, meta_eventfd(s->meta), &e) < 0) {
 		rc = -errno;
@@ -982,6 +1196,8 @@ void ctxmem_stats(struct conn *c, struct kvt_stats_writer *w)
 		kvt_stats_writer_u64(w, "meta.writes", ms.writes);
 		kvt_stats_writer_u64(w, "meta.fsyncs", ms.fsyncs);
 		kvt_stats_writer_u64(w, "meta.expired", ms.expired);
+		kvt_stats_writer_u64(w, "meta.refs_dropped", s->ctx_refs_dropped);
+		kvt_stats_writer_u64(w, "meta.refs_restored", s->ctx_refs_restored);
 	}
 	struct tenant_walk tw = { w, c->admin, c->tenant };
 	meta_foreach_tenant(s->meta, tenant_cb, &tw);

@@ -100,6 +100,8 @@ struct server {
 	struct t1 *t1;
 	struct tier2 *tier2; /* NULL when the NVMe tier is off */
 	struct meta *meta;   /* contexts and memory records (ctxmem.c) */
+	uint64_t ctx_refs_dropped;  /* start-up: leaked context references dropped */
+	uint64_t ctx_refs_restored; /* start-up: missing context references taken */
 	struct gpu_state *gpu; /* GPU transfers (gpu.c) */
 	struct t1_report t1_report;
 	struct workers *workers;

@@ -799,6 +799,12 @@ int tier2_unref(struct server *s, const struct t1_key *key)
 	return s->tier2 ? t2_unref(s->tier2->t2, key) : -EOPNOTSUPP;
 }
 
+int tier2_foreach_ref(struct server *s,
+		      int (*fn)(void *arg, const struct t1_key *key, uint32_t refs), void *arg)
+{
+	return s->tier2 ? t2_foreach_ref(s->tier2->t2, fn, arg) : -EOPNOTSUPP;
+}
+
 void tier2_flush(struct server *s, t2_done_fn done, void *arg)
 {
 	if (!s->tier2) {

@@ -108,6 +108,9 @@ void tier2_persist(struct server *s, const struct t1_key *key, tier2_persist_cb 
 int tier2_ref(struct server *s, const struct t1_key *key);
 int tier2_unref(struct server *s, const struct t1_key *key);
 void tier2_flush(struct server *s, t2_done_fn done, void *arg);
+/* t2_foreach_ref on the NVMe tier; -EOPNOTSUPP when it is off. */
+int tier2_foreach_ref(struct server *s,
+		      int (*fn)(void *arg, const struct t1_key *key, uint32_t refs), void *arg);
 
 /* Admin STATS entries for the tier. */
 void tier2_stats(struct server *s, struct kvt_stats_writer *w);

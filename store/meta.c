@@ -617,6 +617,44 @@ int meta_ctx_get(struct meta *m, uint32_t tenant, const char *name, size_t name_
 	return rc;
 }
 
+int meta_ctx_foreach(struct meta *m, int (*fn)(void *arg, const struct meta_ctx *c), void *arg,
+		     size_t *corrupt)
+{
+	MDB_cursor *cur;
+	MDB_val k, v;
+	int rc, stop = 0;
+
+	*corrupt = 0;
+	if ((rc = meta_read_begin(m)))
+		return rc;
+	rc = mdb_cursor_open(m->db.rtxn, m->dbi_ctx, &cur);
+	if (rc == 0) {
+		while (!stop && (rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) == 0) {
+			struct meta_ctx *c;
+			int drc = meta_ctx_decode(k.mv_data, k.mv_size, v.mv_data, v.mv_size, &c);
+
+			if (drc == -EBADMSG) {
+				atomic_fetch_add(&m->corrupt, 1);
+				(*corrupt)++;
+				continue;
+			}
+			if (drc) {
+				rc = ENOMEM;
+				break;
+			}
+			stop = fn(arg, c);
+			meta_ctx_free(c);
+		}
+		mdb_cursor_close(cur);
+	}
+	meta_read_end(m);
+	if (stop)
+		return stop;
+	if (rc == MDB_NOTFOUND)
+		rc = 0;
+	return meta_db_err(m, rc);
+}
+
 /* A growing array of pointers for list and search results. */
 struct plist {
 	void **v;

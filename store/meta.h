@@ -97,6 +97,13 @@ void meta_ctx_delete(struct meta *m, uint32_t tenant, const char *name, size_t n
 int meta_ctx_list(struct meta *m, uint32_t tenant, const char *prefix, size_t prefix_len,
 		  const char *after, size_t after_len, uint32_t limit, struct meta_ctx ***out,
 		  size_t *n, bool *more);
+/* Call fn with every manifest (whole, expired ones included: they hold references
+ * until the sweeper hands them to the expire hook), in (tenant, name) order, inside
+ * one read transaction: fn must not call into meta, and a nonzero return stops the
+ * walk and is returned. Rows that fail their checksum are skipped and counted in
+ * *corrupt. Returns 0, the value fn stopped with, -ENOMEM or -EIO. */
+int meta_ctx_foreach(struct meta *m, int (*fn)(void *arg, const struct meta_ctx *c), void *arg,
+		     size_t *corrupt);
 /* Called by meta_tick for each context that expired and was removed: the owner
  * drops its block references. The manifest is freed after the call. */
 void meta_set_expire_hook(struct meta *m, void (*fn)(void *arg, const struct meta_ctx *c),

@@ -1200,6 +1200,32 @@ int t2_unref(struct t2 *t, const struct t1_key *key)
 	return change_refs(t, key, -1);
 }
 
+struct ref_walk {
+	const struct t2 *t;
+	int (*fn)(void *arg, const struct t1_key *key, uint32_t refs);
+	void *arg;
+};
+
+static int ref_walk_entry(void *arg, const struct t1_key *key, const struct t2_entry *e)
+{
+	struct ref_walk *w = arg;
+
+	if (!e->refs || !seg_serves(w->t, e->loc.seg))
+		return 0;
+	return w->fn(w->arg, key, e->refs);
+}
+
+int t2_foreach_ref(struct t2 *t, int (*fn)(void *arg, const struct t1_key *key, uint32_t refs),
+		   void *arg)
+{
+	struct ref_walk w = { t, fn, arg };
+
+	/* The index alone is the truth only while nothing is queued. */
+	if (t->pend.count)
+		return -EBUSY;
+	return t2_index_foreach(&t->ix, ref_walk_entry, &w);
+}
+
 void t2_touch(struct t2 *t, const struct t1_key *key)
 {
 	struct t2_kv *kv;

@@ -206,6 +206,12 @@ int t2_delete(struct t2 *t, const struct t1_key *key);
  * with the next group commit: t2_flush before committing a manifest that needs it. */
 int t2_ref(struct t2 *t, const struct t1_key *key);
 int t2_unref(struct t2 *t, const struct t1_key *key);
+/* Call fn(arg, key, refs) for every readable block with context references, in
+ * key order; fn must not call into t2, and a nonzero return stops the walk and is
+ * returned. For start-up checks: -EBUSY while any delete or reference change is
+ * still queued. */
+int t2_foreach_ref(struct t2 *t, int (*fn)(void *arg, const struct t1_key *key, uint32_t refs),
+		   void *arg);
 
 /* Record an access (kept in RAM, persisted in batches by t2_tick). */
 void t2_touch(struct t2 *t, const struct t1_key *key);

@@ -411,6 +411,35 @@ int t2_index_load_segments(struct t2_index *ix, struct t2_segrow *rows, size_t n
 	return t2_index_err(ix, rc);
 }
 
+int t2_index_foreach(struct t2_index *ix,
+		     int (*fn)(void *arg, const struct t1_key *key, const struct t2_entry *e),
+		     void *arg)
+{
+	MDB_cursor *cur;
+	MDB_val k, v;
+	int rc = read_begin(ix), stop = 0;
+
+	if (rc)
+		return rc;
+	rc = mdb_cursor_open(ix->db.rtxn, ix->blocks, &cur);
+	if (rc == 0) {
+		while (!stop && (rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) == 0) {
+			struct t1_key key;
+			struct t2_entry e;
+
+			if (k.mv_size != T2_KEY_BYTES || t2_entry_decode(&e, v.mv_data, v.mv_size))
+				continue;
+			t2_key_decode(&key, k.mv_data);
+			stop = fn(arg, &key, &e);
+		}
+		mdb_cursor_close(cur);
+		if (rc == MDB_NOTFOUND)
+			rc = 0;
+	}
+	read_end(ix);
+	return stop ? stop : t2_index_err(ix, rc);
+}
+
 uint64_t t2_index_count(struct t2_index *ix)
 {
 	MDB_stat st;

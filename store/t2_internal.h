@@ -217,6 +217,11 @@ size_t t2_index_children(struct t2_index *ix, const struct t1_key *parent, struc
 int t2_index_load_segments(struct t2_index *ix, struct t2_segrow *rows, size_t n,
 			   uint32_t *max_id);
 uint64_t t2_index_count(struct t2_index *ix);
+/* Call fn for every entry, in key order, inside one read transaction (fn must not
+ * use the index); a nonzero return from fn stops the walk and is returned. */
+int t2_index_foreach(struct t2_index *ix,
+		     int (*fn)(void *arg, const struct t1_key *key, const struct t2_entry *e),
+		     void *arg);
 
 /* ---- operations: from the owner to the committer ------------------------------------- */
 

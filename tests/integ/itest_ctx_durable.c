@@ -500,6 +500,118 @@ TEST(referenced_blocks_outlive_nvme_pressure_until_deleted)
 	kvtd_stop_clean(&d);
 }
 
+/* ---- references after a crash between the two stores --------------------------------- */
+
+/* The per-item DELETE status of block id (the block is deleted if it is 0). */
+static int delete_status(kvt_conn *c, uint64_t id)
+{
+	kvt_key k = blk_key(id);
+	int st = 0;
+	kvt_block_delete(c, &k, 1, &st);
+	return st;
+}
+
+/* Restart with KVT_TEST_CRASH_POINT=point, run the step that reaches it (the daemon
+ * kills itself there: the call fails), then restart normally. */
+static void crash_at(struct kvtd *d, const char *point, int (*step)(kvt_conn *c))
+{
+	kvtd_stop_clean(d);
+	CHECK_RC(setenv("KVT_TEST_CRASH_POINT", point, 1), 0);
+	kvtd_restart(d);
+	CHECK_RC(unsetenv("KVT_TEST_CRASH_POINT"), 0);
+	kvt_conn *c = kvtd_connect(d, 60000);
+	kvt_conn_set_timeout(c, 20000);
+	int rc = step(c);
+	CHECK_MSG(rc != 0, "the step meant to reach %s succeeded", point);
+	for (int i = 0; i < 2000 && kvtd_alive(d); i++)
+		test_sleep_ms(5);
+	CHECK_MSG(!kvtd_alive(d), "the daemon did not stop at %s", point);
+	CHECK(strstr(kvtd_log_text(d), point) != NULL);
+	kvt_conn_close(c);
+	kvtd_kill(d);
+	kvtd_restart(d);
+}
+
+static int delete_gone(kvt_conn *c)
+{
+	return kvt_ctx_delete(c, "gone");
+}
+
+static int save_cut(kvt_conn *c)
+{
+	return save_range(c, "cut", 300, 8, 0);
+}
+
+/*
+ * Manifests live in the metadata store, references in the NVMe index, and no
+ * transaction spans both. A crash after a delete is committed but before its
+ * references are dropped, or after a save's references are durable but before
+ * its manifest is committed, leaves references no manifest accounts for, and
+ * they would pin those blocks on NVMe for good. The restart reconciles: the
+ * blocks can be deleted again, and the references of live contexts stay.
+ */
+TEST(references_left_by_a_crash_between_the_stores_are_reconciled)
+{
+	enum { N = 8 };
+	struct kvtd d;
+	kvtd_start(&d, NVME_CONF "nvme_write = through\nnvme_admission = always\n");
+	d.keep_dir = true;
+	kvt_conn *c = kvtd_connect(&d, 60000);
+	kvt_conn_set_timeout(c, 20000);
+	kvt_region *r = NULL;
+	CHECK_RC(kvt_region_create(c, N * BLK, &r), 0);
+	put_range(c, r, 100, N, BLK, N);
+	put_range(c, r, 200, N, BLK, N);
+	put_range(c, r, 300, N, BLK, N);
+	CHECK_RC(save_range(c, "keep", 100, N, 0), 0);
+	CHECK_RC(save_range(c, "gone", 200, N, 0), 0);
+	CHECK_EQ(delete_status(c, 200), KVT_EREFERENCED);
+	kvt_region_destroy(r);
+	kvt_conn_close(c);
+
+	/* Deleted, then killed before the references went. */
+	crash_at(&d, "ctx_unref", delete_gone);
+	c = kvtd_connect(&d, 60000);
+	kvt_conn_set_timeout(c, 20000);
+	CHECK(strstr(kvtd_log_text(&d), "leaked references dropped") != NULL);
+	CHECK_EQ(kvtd_stat(c, "meta.refs_dropped"), N);
+	CHECK_EQ(kvtd_stat(c, "meta.refs_restored"), 0);
+	CHECK_EQ(check_range(c, "gone", 200, N, BLK, true), KVT_ENOENT);
+	CHECK_EQ(check_range(c, "keep", 100, N, BLK, false), 0);
+	for (uint64_t i = 0; i < N; i++) {
+		CHECK_MSG(delete_status(c, 200 + i) == 0, "block %llu of the deleted context: %s",
+			  (unsigned long long)(200 + i), kvt_errname(delete_status(c, 200 + i)));
+		CHECK_EQ(delete_status(c, 100 + i), KVT_EREFERENCED);
+	}
+	kvt_conn_close(c);
+
+	/* References taken and durable, then killed before the manifest. */
+	crash_at(&d, "ctx_commit", save_cut);
+	c = kvtd_connect(&d, 60000);
+	kvt_conn_set_timeout(c, 20000);
+	CHECK_EQ(kvtd_stat(c, "meta.refs_dropped"), N);
+	CHECK_EQ(check_range(c, "cut", 300, N, BLK, true), KVT_ENOENT);
+	CHECK_EQ(check_range(c, "keep", 100, N, BLK, false), 0);
+	for (uint64_t i = 0; i < N; i++) {
+		CHECK_EQ(delete_status(c, 300 + i), 0);
+		CHECK_EQ(delete_status(c, 100 + i), KVT_EREFERENCED);
+	}
+	kvt_conn_close(c);
+
+	/* A clean restart changes nothing. */
+	kvtd_stop_clean(&d);
+	kvtd_restart(&d);
+	c = kvtd_connect(&d, 60000);
+	CHECK_EQ(kvtd_stat(c, "meta.refs_dropped"), 0);
+	CHECK_EQ(kvtd_stat(c, "meta.refs_restored"), 0);
+	CHECK_EQ(delete_status(c, 100), KVT_EREFERENCED);
+	CHECK_RC(kvt_ctx_delete(c, "keep"), 0);
+	CHECK_EQ(delete_status(c, 100), 0);
+	kvt_conn_close(c);
+	d.keep_dir = false;
+	kvtd_stop_clean(&d);
+}
+
 /* ---- a context larger than the host tier ---------------------------------------------- */
 
 /* GET blocks first..first+n of len bytes in chain order, 4 per request as an engine
@@ -640,5 +752,6 @@ TEST(example_engine_restores_a_saved_context_after_a_restart)
 
 TEST_MAIN(saved_contexts_survive_sigterm_and_kill9_restarts, acknowledged_saves_survive_a_kill9_loop,
 	  a_save_cut_by_kill9_is_all_or_nothing, referenced_blocks_outlive_nvme_pressure_until_deleted,
+	  references_left_by_a_crash_between_the_stores_are_reconciled,
 	  a_context_larger_than_the_host_tier_restores_after_a_restart,
 	  example_engine_restores_a_saved_context_after_a_restart)

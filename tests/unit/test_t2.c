@@ -558,6 +558,24 @@ static int read_row(const char *dir, const struct t1_key *k, struct t2_entry *e)
 	return rc;
 }
 
+
+struct refs_seen {
+	size_t n;
+	struct t1_key key;
+	uint32_t refs;
+	bool stop;
+};
+
+static int note_ref(void *arg, const struct t1_key *key, uint32_t refs)
+{
+	struct refs_seen *rs = arg;
+
+	rs->n++;
+	rs->key = *key;
+	rs->refs = refs;
+	return rs->stop ? 5 : 0;
+}
+
 static void index_ops(const char *dir, enum io_backend b)
 {
 	struct io_engine *io = t2t_io(b);
@@ -606,6 +624,20 @@ static void index_ops(const char *dir, enum io_backend b)
 	CHECK_RC(t2_unref(t, &k3), 0);
 	CHECK_RC(t2_ref(t, &k2), -ENOENT);
 	CHECK_RC(t2_unref(t, &k1), -ENOENT);
+	/* The walk over referenced blocks refuses while changes are queued, then sees
+	 * the committed counts. */
+	{
+		struct refs_seen rs = { 0 };
+
+		CHECK_RC(t2_foreach_ref(t, note_ref, &rs), -EBUSY);
+		flush_wait(io, t);
+		CHECK_RC(t2_foreach_ref(t, note_ref, &rs), 0);
+		CHECK_EQ(rs.n, 1);
+		CHECK(rs.key.tenant == k3.tenant && memcmp(&rs.key.key, &k3.key, 16) == 0);
+		CHECK_EQ(rs.refs, 1);
+		rs.stop = true;
+		CHECK_RC(t2_foreach_ref(t, note_ref, &rs), 5);
+	}
 	/* Replacing a referenced block keeps its references. */
 	CHECK_RC(t2t_append(io, t, ctx, CODEC_RAW, &k3, &k1.key, 50000), 0);
 	CHECK_RC(t2_lookup(t, &k3, &info), 0);
