@@ -373,8 +373,8 @@ static size_t ctx_reply_size(const struct meta_ctx *mc)
 	       kvt_fw_size(mc->metadata_len) + 3 * kvt_fw_size(8);
 }
 
-static void ctx_load_answer(struct conn *c, uint64_t id, const uint8_t *tiers, uint32_t n,
-			    void *arg)
+static void ctx_load_answer(struct conn *c, uint64_t id, uint8_t tier, const uint8_t *tiers,
+			    uint32_t n, void *arg)
 {
 	struct meta_ctx *mc = arg;
 	if (!c->dead) {
@@ -404,7 +404,8 @@ static void ctx_load_answer(struct conn *c, uint64_t id, const uint8_t *tiers, u
 		kvt_fw_end(&w, mark);
 		kvt_fw_bytes(&w, KVT_TAG_TIERS, tiers, n);
 		uint32_t resident = 0;
-		while (resident < n && tiers[resident] == KVT_TIER_HOST)
+		uint8_t want = tier == KVT_TIER_HBM ? KVT_TIER_HBM : KVT_TIER_HOST;
+		while (resident < n && tiers[resident] == want)
 			resident++;
 		kvt_fw_u32(&w, KVT_TAG_RESIDENT, resident);
 		if (mc->ntokens) {
@@ -449,8 +450,8 @@ static int do_ctx_load(struct conn *c, const struct kvt_hdr *h, const struct kvt
 	rc = kvt_fields_u32(f, KVT_TAG_DEADLINE_MS, &deadline);
 	if (rc && rc != KVT_ENOENT)
 		return rc;
-	if (tier == KVT_TIER_HBM || !tier2_active(s))
-		return KVT_EOPNOTSUPP; /* no GPU tier; contexts live on NVMe */
+	if (!tier2_active(s))
+		return KVT_EOPNOTSUPP; /* contexts live on NVMe */
 	if (tier > KVT_TIER_NVME)
 		return KVT_EBADMSG;
 	struct meta_ctx *mc = NULL;

@@ -916,10 +916,12 @@ struct prefetch {
 	uint64_t id;
 	uint64_t deadline_ms;
 	uint32_t count;
-	unsigned pending;  /* fetches not back yet */
+	unsigned pending;  /* fetches and T0 copies not back yet */
 	bool answered;
+	uint8_t tier;      /* the tier asked for */
 	uint8_t *tiers;
 	struct prefetch_item *items;
+	struct t1_key *keys; /* tier 0 only: to look again at the answer */
 	pagein_answer_fn answer; /* builds and sends the reply */
 	void *arg;
 };
@@ -936,6 +938,7 @@ static void prefetch_free_if_done(struct prefetch *pf)
 	struct conn *c = pf->c;
 	free(pf->tiers);
 	free(pf->items);
+	free(pf->keys);
 	free(pf);
 	conn_put(c);
 }
@@ -954,15 +957,29 @@ static void prefetch_answer(struct prefetch *pf)
 	if (pf->next)
 		pf->next->prev = pf->prev;
 	c->inflight--;
-	pf->answer(c, pf->id, pf->tiers, pf->count, pf->arg);
+	/* Tier 0: say where each block is now. A copy another request made may have
+	 * landed, and a small pool may already have evicted one of ours. */
+	for (uint32_t i = 0; pf->keys && i < pf->count; i++) {
+		uint8_t *t = &pf->tiers[i];
+		if (*t != KVT_TIER_HBM && *t != KVT_TIER_HOST)
+			continue;
+		if (gpu_t0_holds(s, &pf->keys[i]))
+			*t = KVT_TIER_HBM;
+		else if (t1_find(s->t1, &pf->keys[i]))
+			*t = KVT_TIER_HOST;
+		else
+			*t = tier2_lookup(s, &pf->keys[i], NULL) == 0 ? KVT_TIER_NVME : KVT_TIER_NONE;
+	}
+	pf->answer(c, pf->id, pf->tier, pf->tiers, pf->count, pf->arg);
 	if (!c->dead)
 		conn_update_events(c);
 }
 
-static void prefetch_reply(struct conn *c, uint64_t id, const uint8_t *tiers, uint32_t count,
-			   void *arg)
+static void prefetch_reply(struct conn *c, uint64_t id, uint8_t tier, const uint8_t *tiers,
+			   uint32_t count, void *arg)
 {
 	(void)arg;
+	(void)tier;
 	if (c->dead)
 		return;
 	size_t len = kvt_prefetch_rep_size(count);
@@ -976,21 +993,48 @@ static void prefetch_reply(struct conn *c, uint64_t id, const uint8_t *tiers, ui
 	}
 }
 
+static void prefetch_item_done(struct prefetch *pf)
+{
+	pf->pending--;
+	if (pf->pending == 0)
+		prefetch_answer(pf);
+	prefetch_free_if_done(pf);
+}
+
+/* A block copied into T0 for a PREFETCH or CTX_LOAD to tier 0 (or not). */
+static void prefetch_t0_cb(void *arg, bool in_t0)
+{
+	struct prefetch_item *it = arg;
+	struct prefetch *pf = it->pf;
+	if (in_t0 && !pf->answered)
+		pf->tiers[it->i] = KVT_TIER_HBM;
+	prefetch_item_done(pf);
+}
+
 static void prefetch_cb(void *arg, int status, struct t1_block *b)
 {
 	struct prefetch_item *it = arg;
 	struct prefetch *pf = it->pf;
 	if (b) {
+		struct server *s = pf->c->srv;
 		if (!pf->answered)
 			pf->tiers[it->i] = KVT_TIER_HOST;
-		t1_block_unref(pf->c->srv->t1, b);
+		/* Up from NVMe; for tier 0, on into T0 (the item stays pending until
+		 * the copy ends; after the answer the copy still goes ahead). */
+		bool onward = false;
+		if (pf->tier == KVT_TIER_HBM) {
+			if (pf->answered)
+				(void)gpu_t0_promote(s, b, NULL, NULL);
+			else
+				onward = gpu_t0_promote(s, b, prefetch_t0_cb, it) == 0;
+		}
+		t1_block_unref(s->t1, b);
+		if (onward)
+			return;
 	} else if (status && !pf->answered) {
 		pf->tiers[it->i] = KVT_TIER_NONE; /* turned out missing or corrupt */
 	}
-	pf->pending--;
-	if (pf->pending == 0)
-		prefetch_answer(pf);
-	prefetch_free_if_done(pf);
+	prefetch_item_done(pf);
 }
 
 void prefetch_answer_all(struct server *s)
@@ -1022,21 +1066,27 @@ int pagein_start(struct conn *c, uint64_t id, const uint8_t *keys, uint32_t n, u
 		 uint32_t deadline_ms, pagein_answer_fn answer, void *arg)
 {
 	struct server *s = c->srv;
+	bool to_t0 = tier == KVT_TIER_HBM;
+	if (to_t0 && !gpu_t0_active(s))
+		return KVT_EOPNOTSUPP; /* no GPU tier (gpu_pool_size, gpu_backend) */
 	struct prefetch *pf = calloc(1, sizeof(*pf));
 	if (pf) {
 		pf->tiers = malloc(n ? n : 1);
 		pf->items = calloc(n ? n : 1, sizeof(*pf->items));
+		pf->keys = to_t0 ? calloc(n ? n : 1, sizeof(*pf->keys)) : NULL;
 	}
-	if (!pf || !pf->tiers || !pf->items) {
+	if (!pf || !pf->tiers || !pf->items || (to_t0 && !pf->keys)) {
 		if (pf) {
 			free(pf->tiers);
 			free(pf->items);
+			free(pf->keys);
 		}
 		free(pf);
 		return KVT_ENOMEM;
 	}
 	pf->c = c;
 	pf->id = id;
+	pf->tier = tier;
 	pf->count = n;
 	pf->answer = answer;
 	pf->arg = arg;
@@ -1046,9 +1096,21 @@ int pagein_start(struct conn *c, uint64_t id, const uint8_t *keys, uint32_t n, u
 	for (uint32_t i = 0; i < n; i++) {
 		struct t1_key tk = { .tenant = c->tenant };
 		kvt_key_decode(keys + (size_t)i * KVT_KEY_SIZE, &tk.key);
+		if (to_t0) {
+			pf->keys[i] = tk;
+			if (gpu_t0_holds(s, &tk)) {
+				pf->tiers[i] = KVT_TIER_HBM;
+				continue;
+			}
+		}
+		pf->items[i] = (struct prefetch_item){ pf, i };
 		struct t1_block *b = t1_find(s->t1, &tk);
 		if (b) {
 			pf->tiers[i] = KVT_TIER_HOST;
+			/* For tier 0: copy it into T0 (no room, or a copy by another
+			 * request under way: it is reported where it is at the answer). */
+			if (to_t0 && gpu_t0_promote(s, b, prefetch_t0_cb, &pf->items[i]) == 0)
+				pf->pending++;
 			continue;
 		}
 		if (tier2_lookup(s, &tk, NULL) < 0) {
@@ -1056,9 +1118,8 @@ int pagein_start(struct conn *c, uint64_t id, const uint8_t *keys, uint32_t n, u
 			continue;
 		}
 		pf->tiers[i] = KVT_TIER_NVME;
-		if (tier != KVT_TIER_HOST)
+		if (tier == KVT_TIER_NVME)
 			continue;
-		pf->items[i] = (struct prefetch_item){ pf, i };
 		pf->pending++;
 		if (tier2_fetch(s, &tk, NULL, prefetch_cb, &pf->items[i]) < 0)
 			pf->pending--; /* no room in the host tier now: it stays on NVMe */
@@ -1080,8 +1141,6 @@ static void do_prefetch(struct conn *c, const struct kvt_hdr *h, const uint8_t *
 	struct kvt_prefetch_params p;
 	struct kvt_batch bt;
 	int rc = kvt_prefetch_req_decode(body, h->body_len, c->srv->cfg->max_batch, &p, &bt);
-	if (!rc && p.tier == KVT_TIER_HBM)
-		rc = KVT_EOPNOTSUPP; /* no GPU tier in this build */
 	if (!rc)
 		rc = pagein_start(c, h->request_id, bt.items, bt.count, p.tier, p.deadline_ms,
 				  prefetch_reply, NULL);

@@ -533,6 +533,8 @@ struct t0_promo {
 	struct t1_block *b; /* referenced for the copy */
 	struct t0_block *z; /* pending */
 	int rc;
+	void (*done)(void *arg, bool in_t0); /* a waiting PREFETCH or CTX_LOAD, or NULL */
+	void *arg;
 };
 
 static void t0_promo_run(struct job *j, size_t i, struct codec_ctx *ctx)
@@ -552,9 +554,12 @@ static void t0_promo_done(struct job *j)
 	struct gpu_state *g = s->gpu;
 	/* Deleted or evicted from the host tier meanwhile: the T0 copy was
 	 * removed with it (gpu_t0_forget, gpu_t0_host_evict), so commit says so. */
+	bool in_t0 = false;
 	if (p->rc == 0 && t1_block_is_committed(p->b)) {
-		if (t0_commit(g->t0, p->z) == 0)
+		if (t0_commit(g->t0, p->z) == 0) {
 			g->t0_promotions++;
+			in_t0 = true;
+		}
 	} else {
 		if (p->rc)
 			g->t0_promote_failures++;
@@ -562,26 +567,35 @@ static void t0_promo_done(struct job *j)
 	}
 	t1_block_unref(s->t1, p->b);
 	g->t0_promoting--;
+	if (p->done)
+		p->done(p->arg, in_t0);
 	free(p);
 }
 
 /* Copy host block b into T0 in the background (loop thread; b is referenced by
- * the caller). Best effort: no room (everything in T0 is being read), already
- * there, or no memory just leaves it in the host tier. */
-static void t0_promote(struct server *s, struct t1_block *b)
+ * the caller); done(arg, in_t0), if given, runs once the copy ends. Best effort:
+ * no room (everything in T0 is being read), already there or being copied, or no
+ * memory just leaves it in the host tier: then -errno and done is not called. */
+static int t0_promote(struct server *s, struct t1_block *b,
+		      void (*done)(void *arg, bool in_t0), void *arg)
 {
 	struct gpu_state *g = s->gpu;
-	if (!g->t0 || s->stopping || !t1_block_is_committed(b))
-		return;
+	if (!g || !g->t0)
+		return -EOPNOTSUPP;
+	if (s->stopping || !t1_block_is_committed(b))
+		return -ECANCELED;
 	struct t0_promo *p = calloc(1, sizeof(*p));
 	if (!p)
-		return;
-	if (t0_reserve(g->t0, t1_block_key(b), t1_block_len(b), &p->z)) {
+		return -ENOMEM;
+	int rc = t0_reserve(g->t0, t1_block_key(b), t1_block_len(b), &p->z);
+	if (rc) {
 		free(p);
-		return;
+		return rc;
 	}
 	p->s = s;
 	p->b = b;
+	p->done = done;
+	p->arg = arg;
 	t1_block_ref(s->t1, b);
 	p->job.segs = NULL;
 	p->job.nsegs = 1;
@@ -590,11 +604,23 @@ static void t0_promote(struct server *s, struct t1_block *b)
 	p->job.arg = p;
 	g->t0_promoting++;
 	workers_submit(s->workers, &p->job);
+	return 0;
+}
+
+bool gpu_t0_active(const struct server *s)
+{
+	return s->gpu && s->gpu->t0;
 }
 
 bool gpu_t0_holds(struct server *s, const struct t1_key *key)
 {
 	return s->gpu && s->gpu->t0 && t0_find(s->gpu->t0, key);
+}
+
+int gpu_t0_promote(struct server *s, struct t1_block *b, void (*done)(void *arg, bool in_t0),
+		   void *arg)
+{
+	return t0_promote(s, b, done, arg);
 }
 
 void gpu_t0_forget(struct server *s, const struct t1_key *key)
@@ -649,7 +675,7 @@ static void gpu_xreq_done(struct job *j)
 				t0_block_unref(g->t0, t->z);
 			} else {
 				if (t->rc == 0 && t->promote)
-					t0_promote(s, t->b);
+					(void)t0_promote(s, t->b, NULL, NULL);
 				t1_block_unref(s->t1, t->b);
 			}
 			x->res[t->item].status = t->rc;

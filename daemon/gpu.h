@@ -130,6 +130,16 @@ void gpu_stats(struct server *s, struct kvt_stats_writer *w);
  * DELETE removes it from T0 too; the host tier evicting a block drops its T0
  * copy (T0 holds only blocks the host tier holds). No-ops without T0. */
 bool gpu_t0_holds(struct server *s, const struct t1_key *key);
+bool gpu_t0_active(const struct server *s);
+/* PREFETCH and CTX_LOAD to tier 0: copy host-tier block b (committed; the caller
+ * holds a reference) into T0 in the background and call done(arg, in_t0) on the
+ * loop thread when the copy ends. Returns 0 (done will be called), or -EEXIST
+ * (already in T0 or being copied there), -ENOSPC / -EFBIG (no room: everything
+ * in T0 is being read, or the block is larger than the pool), -ECANCELED
+ * (stopping, or b is not committed), -ENOMEM, -EOPNOTSUPP (no T0); then done is
+ * never called. */
+int gpu_t0_promote(struct server *s, struct t1_block *b, void (*done)(void *arg, bool in_t0),
+		   void *arg);
 void gpu_t0_forget(struct server *s, const struct t1_key *key);
 void gpu_t0_host_evict(struct server *s, const struct t1_block *b);
 

@@ -171,11 +171,14 @@ uint64_t prefetch_tick(struct server *s);
 /*
  * Bring n blocks (keys: n wire-encoded keys of c's tenant) up to tier, and call
  * answer once: when all are there or at the deadline, with where each one is then
- * (the work goes on after it). Holds an in-flight slot of c until the answer.
- * Returns 0 or KVT_ENOMEM (then answer is never called).
+ * (the work goes on after it). Tier 0 (T0, the GPU pool): blocks are brought to
+ * the host tier first, then copied into T0; a block T0 holds is reported as 0, one
+ * only in the host tier as 1. Holds an in-flight slot of c until the answer.
+ * Returns 0, KVT_EOPNOTSUPP (tier 0 without T0) or KVT_ENOMEM (then answer is
+ * never called).
  */
-typedef void (*pagein_answer_fn)(struct conn *c, uint64_t id, const uint8_t *tiers, uint32_t n,
-				 void *arg);
+typedef void (*pagein_answer_fn)(struct conn *c, uint64_t id, uint8_t tier, const uint8_t *tiers,
+				 uint32_t n, void *arg);
 int pagein_start(struct conn *c, uint64_t id, const uint8_t *keys, uint32_t n, uint8_t tier,
 		 uint32_t deadline_ms, pagein_answer_fn answer, void *arg);
 /* Answer every waiting PREFETCH now (shutdown). */

@@ -365,14 +365,16 @@ int kvt_block_pin(kvt_conn *c, const kvt_key *keys, size_t n, int *status);
 int kvt_block_unpin(kvt_conn *c, const kvt_key *keys, size_t n, int *status);
 
 /*
- * Ask for n blocks to be brought to tier (KVT_TIER_HOST; KVT_TIER_NVME is a no-op
- * that only reports) and wait at most deadline_ms for it (0: do not wait). Blocks
- * on NVMe are read, verified and decoded into the host tier in the background; the
- * reply comes when all are there or at the deadline, whichever is first, and the
- * rest keeps going after it. tiers (n entries, may be NULL) receives where each
- * block is when the daemon answers: KVT_TIER_HOST, KVT_TIER_NVME (not brought up
- * yet, or no room in the host tier), or KVT_TIER_NONE (not stored).
- * Returns 0, KVT_EOPNOTSUPP (tier not available, e.g. HBM without a GPU),
+ * Ask for n blocks to be brought to tier (KVT_TIER_HOST; KVT_TIER_GPU, the
+ * daemon's GPU pool, when it has one; KVT_TIER_NVME is a no-op that only reports)
+ * and wait at most deadline_ms for it (0: do not wait). Blocks on NVMe are read,
+ * verified and decoded into the host tier in the background; for KVT_TIER_GPU they
+ * are then copied into the pool, so a later kvt_gpu_get of them is a device-to-
+ * device copy. The reply comes when all are there or at the deadline, whichever is
+ * first, and the rest keeps going after it. tiers (n entries, may be NULL) receives
+ * where each block is when the daemon answers: KVT_TIER_GPU, KVT_TIER_HOST,
+ * KVT_TIER_NVME (not brought up yet, or no room), or KVT_TIER_NONE (not stored).
+ * Returns 0, KVT_EOPNOTSUPP (tier not available: KVT_TIER_GPU without a GPU pool),
  * KVT_EINVAL, KVT_E2BIG, or a request-level error.
  */
 int kvt_block_prefetch(kvt_conn *c, const kvt_key *keys, size_t n, uint8_t tier,
@@ -430,7 +432,8 @@ typedef struct kvt_ctx_info {
 
 /*
  * Load a context saved by this tenant: returns its manifest and pages its blocks
- * up to tier (KVT_TIER_HOST) in chain order, waiting at most deadline_ms; the reply
+ * up to tier (KVT_TIER_HOST, or KVT_TIER_GPU as for kvt_block_prefetch) in chain
+ * order, waiting at most deadline_ms; the reply
  * says which blocks are resident (info->tiers, info->resident). Works after daemon
  * restarts without the engine re-sending anything. *out owns the result; free it
  * with kvt_ctx_free. Returns 0, KVT_ENOENT (no such context, or it expired),

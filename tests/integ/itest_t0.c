@@ -558,6 +558,133 @@ TEST(delete_removes_from_every_tier)
 	kvtd_stop_clean(&d);
 }
 
+/* PREFETCH of n blocks from first to tier; returns the request's status. */
+static int prefetch(kvt_conn *c, uint32_t first, size_t n, uint8_t tier, uint32_t deadline_ms,
+		    uint8_t *tiers)
+{
+	kvt_key ks[16];
+	CHECK(n <= 16);
+	for (size_t i = 0; i < n; i++)
+		ks[i] = key_n(first + (uint32_t)i);
+	return kvt_block_prefetch(c, ks, n, tier, deadline_ms, tiers);
+}
+
+/*
+ * PREFETCH and CTX_LOAD to tier 0: blocks in the host tier are copied into T0 and
+ * so reported; the first GPU_GET after is served from T0, byte for byte. Blocks
+ * only on NVMe (after a restart) come up through the host tier into T0. Missing
+ * blocks are reported missing; deadline 0 answers at once and the copies go on;
+ * a pool smaller than the request reports where each block is at the answer.
+ */
+TEST(prefetch_and_ctx_load_bring_blocks_into_t0)
+{
+	enum { N = 4 };
+	struct kvtd d;
+	kvtd_start(&d, EMU "gpu_pool_size = 1MiB\nnvme_capacity = 1GiB\n"
+			   "nvme_segment_size = 64MiB\nnvme_write = through\n"
+			   "nvme_admission = always\n");
+	d.keep_dir = true;
+	kvt_conn *c = kvtd_connect(&d, 30000);
+	struct cache b;
+	cache_make(c, &b, 5);
+	kvt_region *src = NULL;
+	CHECK_RC(kvt_region_create(c, BLOCK_BYTES(64), &src), 0);
+	uint8_t *want[2 * N];
+	for (uint32_t i = 0; i < 2 * N; i++) {
+		want[i] = malloc(BLOCK_BYTES(64));
+		CHECK(want[i]);
+		put_block(c, src, i, 64, want[i]);
+	}
+	uint8_t tiers[N + 1];
+
+	/* In the host tier: into T0 by the answer, then served from there. */
+	CHECK_RC(prefetch(c, 0, N, KVT_TIER_GPU, 10000, tiers), 0);
+	for (int i = 0; i < N; i++)
+		CHECK_MSG(tiers[i] == KVT_TIER_GPU, "block %d reported in tier %u", i, tiers[i]);
+	CHECK_EQ(kvtd_stat(c, "t0.promotions"), N);
+	CHECK_EQ(kvtd_stat(c, "t0.blocks"), N);
+	CHECK_EQ(lookup_tier(c, key_n(2)), KVT_TIER_GPU);
+	gpu_get_check(c, &b, 2, 64, want[2]);
+	CHECK_EQ(kvtd_stat(c, "t0.hits"), 1);
+	/* Already there: reported at once, nothing copied again. */
+	CHECK_RC(prefetch(c, 0, N, KVT_TIER_GPU, 10000, tiers), 0);
+	CHECK(tiers[0] == KVT_TIER_GPU && tiers[N - 1] == KVT_TIER_GPU);
+	CHECK_EQ(kvtd_stat(c, "t0.promotions"), N);
+	/* A missing block is reported missing; the others are not held up. */
+	CHECK_RC(prefetch(c, N, 2, KVT_TIER_GPU, 10000, tiers), 0);
+	CHECK_EQ(tiers[0], KVT_TIER_GPU);
+	CHECK_RC(prefetch(c, 900, 1, KVT_TIER_GPU, 10000, tiers), 0);
+	CHECK_EQ(tiers[0], KVT_TIER_NONE);
+	/* Deadline 0: answered at once with where they are; the copies go on. */
+	CHECK_RC(prefetch(c, N + 2, 2, KVT_TIER_GPU, 0, tiers), 0);
+	CHECK(tiers[0] == KVT_TIER_HOST || tiers[0] == KVT_TIER_GPU);
+	settle(c);
+	CHECK_EQ(lookup_tier(c, key_n(N + 2)), KVT_TIER_GPU);
+	CHECK_EQ(lookup_tier(c, key_n(N + 3)), KVT_TIER_GPU);
+	kvt_conn_close(c);
+
+	/* After a restart every block is only on NVMe: CTX_LOAD to tier 0 pages the
+	 * context in through the host tier into T0. */
+	c = kvtd_connect(&d, 30000);
+	{
+		kvt_key ks[N];
+		for (uint32_t i = 0; i < N; i++)
+			ks[i] = key_n(i);
+		kvt_context ctx = { .name = "t0ctx", .keys = ks, .nkeys = N, .token_count = 64 * N };
+		CHECK_RC(kvt_ctx_save(c, &ctx, NULL), 0);
+	}
+	kvt_region_destroy(src);
+	cache_free(&b);
+	kvt_conn_close(c);
+	kvtd_stop_clean(&d);
+	kvtd_restart(&d);
+	c = kvtd_connect(&d, 30000);
+	cache_make(c, &b, 6);
+	CHECK_EQ(lookup_tier(c, key_n(0)), KVT_TIER_NVME);
+	kvt_ctx_info *in = NULL;
+	CHECK_RC(kvt_ctx_load(c, "t0ctx", KVT_TIER_GPU, 10000, &in), 0);
+	CHECK_EQ(in->nkeys, N);
+	CHECK_EQ(in->resident, N);
+	for (int i = 0; i < N; i++)
+		CHECK_MSG(in->tiers[i] == KVT_TIER_GPU, "context block %d in tier %u", i,
+			  in->tiers[i]);
+	kvt_ctx_free(in);
+	CHECK_EQ(kvtd_stat(c, "t0.blocks"), N);
+	for (uint32_t i = 0; i < N; i++)
+		gpu_get_check(c, &b, i, 64, want[i]);
+	CHECK_EQ(kvtd_stat(c, "t0.hits"), N);
+	/* PREFETCH from NVMe to tier 0 too. */
+	CHECK_RC(prefetch(c, N, 2, KVT_TIER_GPU, 10000, tiers), 0);
+	CHECK(tiers[0] == KVT_TIER_GPU && tiers[1] == KVT_TIER_GPU);
+	gpu_get_check(c, &b, N, 64, want[N]);
+	CHECK_EQ(kvtd_stat(c, "t0.hits"), N + 1);
+	cache_free(&b);
+	kvt_conn_close(c);
+	d.keep_dir = false;
+	kvtd_stop_clean(&d);
+
+	/* A pool of two blocks asked for four: the answer says where each one is. */
+	kvtd_start(&d, EMU "gpu_pool_size = 128KiB\n");
+	c = kvtd_connect(&d, 30000);
+	CHECK_RC(kvt_region_create(c, BLOCK_BYTES(64), &src), 0);
+	for (uint32_t i = 0; i < N; i++)
+		put_block(c, src, i, 64, want[i]);
+	CHECK_RC(prefetch(c, 0, N, KVT_TIER_GPU, 10000, tiers), 0);
+	size_t in_t0 = 0;
+	for (uint32_t i = 0; i < N; i++) {
+		CHECK_MSG(tiers[i] == KVT_TIER_GPU || tiers[i] == KVT_TIER_HOST,
+			  "block %u reported in tier %u", i, tiers[i]);
+		CHECK_EQ(lookup_tier(c, key_n(i)), tiers[i]);
+		in_t0 += tiers[i] == KVT_TIER_GPU;
+	}
+	CHECK_MSG(in_t0 >= 1 && in_t0 <= 2, "%zu blocks reported in a two-block pool", in_t0);
+	kvt_region_destroy(src);
+	kvt_conn_close(c);
+	kvtd_stop_clean(&d);
+	for (uint32_t i = 0; i < 2 * N; i++)
+		free(want[i]);
+}
+
 /* gpu_pool_size with no GPU backend: T0 is off and says why; gpu_pool_size = 0
  * with a backend: off, and says that. */
 TEST(pool_without_backend_is_inactive_with_reason)
@@ -570,6 +697,10 @@ TEST(pool_without_backend_is_inactive_with_reason)
 	kvt_conn *c = kvtd_connect(&d, 10000);
 	CHECK_EQ(kvtd_stat(c, "t0.active"), 0);
 	CHECK_EQ(kvtd_stat(c, "t0.capacity_bytes"), 0);
+	{
+		kvt_key k = key_n(0);
+		CHECK_RC(kvt_block_prefetch(c, &k, 1, KVT_TIER_GPU, 100, NULL), KVT_EOPNOTSUPP);
+	}
 	char txt[512];
 	kvtd_stat_text(c, "t0.reason", txt, sizeof(txt));
 	CHECK_MSG(strstr(txt, "gpu_pool_size") && strstr(txt, "needs a GPU backend") &&
@@ -600,4 +731,5 @@ TEST(pool_without_backend_is_inactive_with_reason)
 
 TEST_MAIN(second_read_promotes_then_served_from_t0, small_pool_evicts_by_policy,
 	  three_tiers_under_host_pressure, delete_removes_from_every_tier,
+	  prefetch_and_ctx_load_bring_blocks_into_t0,
 	  pool_without_backend_is_inactive_with_reason)
