@@ -406,6 +406,10 @@ static void print_gpu(const kvt_stats *s)
 		       size_of(s, "gpu.d2d_bytes", b2, sizeof(b2)),
 		       count_of(s, "t0.promotions", b3, sizeof(b3)),
 		       count_of(s, "t0.evictions", b4, sizeof(b4)));
+	uint64_t qe = 0, qr = 0;
+	if ((num(s, "t0.quota_evictions", &qe) && qe) || (num(s, "t0.quota_refusals", &qr) && qr))
+		printf("                T0 tenant shares: %" PRIu64 " evictions of a tenant's own "
+		       "blocks, %" PRIu64 " copies refused\n", qe, qr);
 }
 
 static void print_text(const char *sock, kvt_conn *c, const kvt_stats *s, const struct rates *r)

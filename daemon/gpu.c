@@ -108,6 +108,25 @@ static void size_text(uint64_t v, char *out, size_t cap)
 /* The GPU tier, once the backend runs: a pool of gpu_pool_size bytes, cut into
  * host_chunk chunks, evicted by host_policy. A pool that cannot be had leaves
  * T0 off (the reason says why), not the daemon. */
+/*
+ * A tenant's share of T0 mirrors its share of the host tier: its host quota
+ * scaled by pool size / host capacity (at least one chunk), none without one.
+ */
+static uint64_t t0_quota(void *arg, uint32_t tenant)
+{
+	struct server *s = arg;
+	uint64_t q = t1_tenant_quota(s->t1, tenant);
+	if (!q)
+		return 0;
+	struct t1_stats hs;
+	t1_get_stats(s->t1, &hs);
+	uint64_t pool = s->cfg->gpu_pool_size, chunk = s->cfg->host_chunk;
+	if (!hs.capacity || q >= hs.capacity)
+		return pool;
+	uint64_t share = (uint64_t)((long double)q * (long double)pool / (long double)hs.capacity);
+	return share < chunk ? chunk : share;
+}
+
 static void t0_start(struct server *s)
 {
 	struct gpu_state *g = s->gpu;
@@ -135,6 +154,8 @@ static void t0_start(struct server *s)
 		.evict_scan = 64,
 		.ops = g->b->pool,
 		.arg = g->b,
+		.quota = t0_quota,
+		.quota_arg = s,
 	};
 	int rc = t0_open(&tc, &g->t0);
 	if (rc) {
@@ -220,6 +241,8 @@ void gpu_stats(struct server *s, struct kvt_stats_writer *w)
 	(void)kvt_stats_writer_u64(w, "t0.promotions", g->t0_promotions);
 	(void)kvt_stats_writer_u64(w, "t0.promotions_inflight", g->t0_promoting);
 	(void)kvt_stats_writer_u64(w, "t0.evictions", zs.evictions);
+	(void)kvt_stats_writer_u64(w, "t0.quota_evictions", zs.quota_evictions);
+	(void)kvt_stats_writer_u64(w, "t0.quota_refusals", zs.quota_refusals);
 	(void)kvt_stats_writer_u64(w, "gpu.d2d_bytes", g->d2d_bytes);
 	(void)kvt_stats_writer_text(w, "gpu.backend", g->b ? g->b->name : "off");
 	(void)kvt_stats_writer_text(w, "gpu.device", g->b ? g->b->device : g->why);
@@ -610,6 +633,11 @@ static int t0_promote(struct server *s, struct t1_block *b,
 bool gpu_t0_active(const struct server *s)
 {
 	return s->gpu && s->gpu->t0;
+}
+
+uint64_t gpu_t0_tenant_bytes(const struct server *s, uint32_t tenant)
+{
+	return gpu_t0_active(s) ? t0_tenant_bytes(s->gpu->t0, tenant) : 0;
 }
 
 bool gpu_t0_holds(struct server *s, const struct t1_key *key)

@@ -131,6 +131,8 @@ void gpu_stats(struct server *s, struct kvt_stats_writer *w);
  * copy (T0 holds only blocks the host tier holds). No-ops without T0. */
 bool gpu_t0_holds(struct server *s, const struct t1_key *key);
 bool gpu_t0_active(const struct server *s);
+/* Bytes a tenant holds in T0 (0 without T0). */
+uint64_t gpu_t0_tenant_bytes(const struct server *s, uint32_t tenant);
 /* PREFETCH and CTX_LOAD to tier 0: copy host-tier block b (committed; the caller
  * holds a reference) into T0 in the background and call done(arg, in_t0) on the
  * loop thread when the copy ends. Returns 0 (done will be called), or -EEXIST

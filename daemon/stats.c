@@ -70,6 +70,8 @@ static void add_tenant(struct tenant_walk *tw, uint32_t tenant, uint64_t bytes, 
 	T("misses", tc->misses);
 	T("bytes_in", tc->bytes_in);
 	T("bytes_out", tc->bytes_out);
+	if (gpu_t0_active(tw->s))
+		T("t0_bytes", gpu_t0_tenant_bytes(tw->s, tenant));
 #undef T
 }
 

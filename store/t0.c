@@ -22,6 +22,7 @@
 #include "alloc.h"
 #include "index.h"
 #include "policy.h"
+#include "tenant.h"
 
 #define T0_DEFAULT_CHUNK (64u << 10)
 #define T0_MIN_CHUNK 4096u
@@ -32,6 +33,7 @@ enum zstate { Z_PENDING, Z_COMMITTED, Z_DEAD };
 struct t0_block {
 	struct index_node inode;
 	struct policy_node pnode;
+	struct tenant *tenant;
 	struct t0_block *dead_prev, *dead_next;
 	uint64_t len;
 	uint64_t nchunks;
@@ -55,6 +57,11 @@ struct t0 {
 	struct t0_block *dead;
 	uint64_t evictable; /* chunks of committed, unreferenced blocks */
 	uint64_t blocks, pending, evictions, evicted_bytes;
+	/* Per-tenant bytes (chunk-rounded; tenant.h's fields, in bytes) and quotas. */
+	struct tenant_table tenants;
+	uint64_t (*quota)(void *arg, uint32_t tenant);
+	void *quota_arg;
+	uint64_t quota_evictions, quota_refusals;
 };
 
 static struct t0_block *from_inode(struct index_node *n)
@@ -75,10 +82,13 @@ static bool is_evictable(const struct t0_block *b)
 static void account(struct t0 *t, const struct t0_block *b, bool was)
 {
 	bool now = is_evictable(b);
-	if (now && !was)
+	if (now && !was) {
 		t->evictable += b->nchunks;
-	else if (was && !now)
+		b->tenant->evictable += b->nchunks << t->shift;
+	} else if (was && !now) {
 		t->evictable -= b->nchunks;
+		b->tenant->evictable -= b->nchunks << t->shift;
+	}
 }
 
 int t0_open(const struct t0_config *cfg, struct t0 **out)
@@ -97,6 +107,8 @@ int t0_open(const struct t0_config *cfg, struct t0 **out)
 		return -ENOMEM;
 	t->ops = cfg->ops;
 	t->arg = cfg->arg;
+	t->quota = cfg->quota;
+	t->quota_arg = cfg->quota_arg;
 	t->chunk = chunk;
 	t->shift = (unsigned)__builtin_ctzll(chunk);
 	t->capacity = nchunks * chunk;
@@ -154,6 +166,7 @@ void t0_close(struct t0 *t)
 	index_destroy(&t->index);
 	alloc_runs_free(&t->runs);
 	alloc_destroy(&t->alloc);
+	tenant_table_destroy(&t->tenants);
 	t->ops->free(t->arg, t->base, t->capacity);
 	free(t);
 }
@@ -167,6 +180,10 @@ static void block_free(struct t0 *t, struct t0_block *b)
 		uint64_t n = (b->ext[i].len + t->chunk - 1) >> t->shift;
 		alloc_put(&t->alloc, start, n);
 	}
+	struct tenant *tn = b->tenant;
+	tn->bytes -= b->nchunks << t->shift;
+	tn->users--;
+	tenant_put_if_idle(&t->tenants, tn);
 	free(b);
 }
 
@@ -178,6 +195,7 @@ static void block_unlink(struct t0 *t, struct t0_block *b)
 	if (b->state == Z_COMMITTED) {
 		policy_remove(t->policy, &b->pnode);
 		t->blocks--;
+		b->tenant->blocks--;
 	} else {
 		t->pending--;
 	}
@@ -209,13 +227,57 @@ static void dead_remove(struct t0 *t, struct t0_block *b)
 		b->dead_next->dead_prev = b->dead_prev;
 }
 
+/* arg: NULL, or the only tenant whose blocks may go. */
 static enum policy_class classify(const struct policy_node *n, void *arg)
 {
-	(void)arg;
 	const struct t0_block *b =
 		(const struct t0_block *)((const char *)n - offsetof(struct t0_block, pnode));
+	if (arg && b->tenant != arg)
+		return POLICY_KEEP;
 	/* Every block is also in a lower tier: evicting it costs nothing. */
 	return is_evictable(b) ? POLICY_FREE : POLICY_KEEP;
+}
+
+static bool evict_one(struct t0 *t, struct tenant *only)
+{
+	bool nontail = false;
+	struct policy_node *n = policy_victim(t->policy, classify, only, &nontail);
+	if (!n)
+		return false;
+	struct t0_block *v = from_pnode(n);
+	t->evictions++;
+	t->evicted_bytes += v->nchunks << t->shift;
+	block_unlink(t, v);
+	block_drop(t, v);
+	return true;
+}
+
+/* The tenant's T0 quota in bytes, 0 for none. */
+static uint64_t quota_of(const struct t0 *t, const struct tenant *tn)
+{
+	return t->quota ? t->quota(t->quota_arg, tn->id) : 0;
+}
+
+/* Room for bytes of tn: its own blocks first while it would be over its quota, then
+ * anyone's while the pool is short. Checked before anything is evicted. */
+static int make_room(struct t0 *t, struct tenant *tn, uint64_t nchunks)
+{
+	uint64_t bytes = nchunks << t->shift, q = quota_of(t, tn);
+	if (q && (bytes > q || (tn->bytes + bytes > q && tn->bytes + bytes - q > tn->evictable))) {
+		t->quota_refusals++;
+		return -EDQUOT;
+	}
+	if (alloc_free_chunks(&t->alloc) + t->evictable < nchunks)
+		return -ENOSPC;
+	while (q && tn->bytes + bytes > q) {
+		if (!evict_one(t, tn))
+			return -EDQUOT; /* the counters lied; fail rather than overrun */
+		t->quota_evictions++;
+	}
+	while (alloc_free_chunks(&t->alloc) < nchunks)
+		if (!evict_one(t, NULL))
+			return -ENOSPC;
+	return 0;
 }
 
 /* ---- insert ---------------------------------------------------------------------- */
@@ -227,34 +289,34 @@ int t0_reserve(struct t0 *t, const struct t1_key *key, uint64_t len, struct t0_b
 	if (index_find(&t->index, key))
 		return -EEXIST;
 	uint64_t nchunks = (len + t->chunk - 1) >> t->shift;
-	/* Decided before anything is evicted. */
-	if (alloc_free_chunks(&t->alloc) + t->evictable < nchunks)
-		return -ENOSPC;
-	int rc = index_reserve(&t->index, 1);
+	struct tenant *tn;
+	int rc = tenant_get(&t->tenants, key->tenant, &tn);
 	if (rc < 0)
 		return rc;
-	while (alloc_free_chunks(&t->alloc) < nchunks) {
-		bool nontail = false;
-		struct policy_node *n = policy_victim(t->policy, classify, NULL, &nontail);
-		if (!n)
-			return -ENOSPC; /* the counters lied; fail rather than overrun */
-		struct t0_block *v = from_pnode(n);
-		t->evictions++;
-		t->evicted_bytes += v->nchunks << t->shift;
-		block_unlink(t, v);
-		block_drop(t, v);
-	}
-	rc = alloc_get(&t->alloc, nchunks, &t->runs);
-	if (rc < 0)
-		return rc;
+	tn->users++; /* held while room is made */
+	rc = index_reserve(&t->index, 1);
+	if (rc == 0)
+		rc = make_room(t, tn, nchunks);
+	if (rc == 0)
+		rc = alloc_get(&t->alloc, nchunks, &t->runs);
 	size_t nruns = t->runs.n;
-	struct t0_block *b = malloc(sizeof(*b) + nruns * sizeof(b->ext[0]));
-	if (!b) {
-		for (size_t i = 0; i < nruns; i++)
-			alloc_put(&t->alloc, t->runs.v[i].start, t->runs.v[i].len);
-		return -ENOMEM;
+	struct t0_block *b = NULL;
+	if (rc == 0) {
+		b = malloc(sizeof(*b) + nruns * sizeof(b->ext[0]));
+		if (!b) {
+			for (size_t i = 0; i < nruns; i++)
+				alloc_put(&t->alloc, t->runs.v[i].start, t->runs.v[i].len);
+			rc = -ENOMEM;
+		}
+	}
+	if (rc < 0 || !b) {
+		tn->users--;
+		tenant_put_if_idle(&t->tenants, tn);
+		return rc < 0 ? rc : -ENOMEM;
 	}
 	memset(b, 0, sizeof(*b));
+	b->tenant = tn; /* keeps the hold taken above */
+	tn->bytes += nchunks << t->shift;
 	b->inode.key = *key;
 	b->len = len;
 	b->nchunks = nchunks;
@@ -315,6 +377,7 @@ int t0_commit(struct t0 *t, struct t0_block *b)
 	b->pnode.key = b->inode.hash;
 	t->pending--;
 	t->blocks++;
+	b->tenant->blocks++;
 	policy_insert(t->policy, &b->pnode);
 	t0_block_unref(t, b); /* the filler's reference */
 	return 0;
@@ -405,6 +468,14 @@ void t0_get_stats(const struct t0 *t, struct t0_stats *s)
 	s->evictions = t->evictions;
 	s->evicted_bytes = t->evicted_bytes;
 	s->chunk_size = t->chunk;
+	s->quota_evictions = t->quota_evictions;
+	s->quota_refusals = t->quota_refusals;
+}
+
+uint64_t t0_tenant_bytes(const struct t0 *t, uint32_t tenant)
+{
+	const struct tenant *tn = tenant_find(&t->tenants, tenant);
+	return tn ? tn->bytes : 0;
 }
 
 const char *t0_policy_name(const struct t0 *t)

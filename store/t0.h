@@ -46,6 +46,11 @@ struct t0_config {
 	uint32_t evict_scan;   /* 0: 64 */
 	const struct t0_pool_ops *ops;
 	void *arg;
+	/* Per-tenant quota in bytes (0: none), asked at each reserve; NULL: no quotas.
+	 * A tenant over its quota evicts its own blocks first; other tenants' blocks
+	 * are never evicted to meet it. */
+	uint64_t (*quota)(void *arg, uint32_t tenant);
+	void *quota_arg;
 };
 
 /* Returns 0, -EINVAL (bad config, capacity below one chunk), -ENOMEM, or the
@@ -61,7 +66,8 @@ void t0_close(struct t0 *t);
  * worker) and then commits or aborts. Whether there is room is decided before
  * anything is evicted. Returns 0; -EEXIST (a pending or committed block has the
  * key); -EFBIG (len 0 or over the capacity); -ENOSPC (not enough evictable room);
- * -ENOMEM.
+ * -EDQUOT (the tenant's quota cannot be met: the block is larger than it, or too
+ * little of the tenant's own room is evictable); -ENOMEM.
  */
 int t0_reserve(struct t0 *t, const struct t1_key *key, uint64_t len, struct t0_block **out);
 /* Copy the block's bytes from host memory given as extents (len bytes in all,
@@ -96,8 +102,12 @@ struct t0_stats {
 	uint64_t evictions;
 	uint64_t evicted_bytes;
 	uint64_t chunk_size;
+	uint64_t quota_evictions; /* evictions of a tenant's own blocks for its quota */
+	uint64_t quota_refusals;  /* reserves refused with -EDQUOT */
 };
 void t0_get_stats(const struct t0 *t, struct t0_stats *s);
+/* Chunk-rounded bytes a tenant holds in T0 (pending, committed, dead referenced). */
+uint64_t t0_tenant_bytes(const struct t0 *t, uint32_t tenant);
 const char *t0_policy_name(const struct t0 *t);
 
 #endif /* KVT_T0_H */

@@ -820,6 +820,12 @@ int t1_set_quota(struct t1 *t, uint32_t tenant, uint64_t bytes)
 	return 0;
 }
 
+uint64_t t1_tenant_quota(const struct t1 *t, uint32_t tenant)
+{
+	const struct tenant *tn = tenant_find(&t->tenants, tenant);
+	return tn ? tenant_quota(t, tn) : t->default_quota;
+}
+
 void t1_arena(const struct t1 *t, void **base, size_t *len)
 {
 	*base = t->arena.map;

@@ -166,6 +166,8 @@ bool t1_block_is_committed(const struct t1_block *b);
  * Applies to later reserves (a tenant already over it is brought back under it by the
  * next reserve's evictions). Returns 0 or -ENOMEM. */
 int t1_set_quota(struct t1 *t, uint32_t tenant, uint64_t bytes);
+/* The quota in force for a tenant: its override, else default_quota; 0 = none. */
+uint64_t t1_tenant_quota(const struct t1 *t, uint32_t tenant);
 
 struct t1_stats {
 	uint64_t capacity;

@@ -685,6 +685,42 @@ TEST(prefetch_and_ctx_load_bring_blocks_into_t0)
 		free(want[i]);
 }
 
+/* A tenant's T0 share mirrors its host-tier share: host quota 2 MiB of an 8 MiB
+ * host tier gives a quarter of a 1 MiB pool, 256 KiB (four 64 KiB blocks). Filling
+ * T0 past it evicts the tenant's own blocks, and the pool never holds more of it. */
+TEST(tenant_t0_share_follows_its_host_quota)
+{
+	enum { N = 12 };
+	struct kvtd d;
+	kvtd_start(&d, EMU "gpu_pool_size = 1MiB\nhost_capacity = 8MiB\ntenant_quota = 2MiB\n");
+	kvt_conn *c = kvtd_connect(&d, 30000);
+	kvt_region *src = NULL;
+	CHECK_RC(kvt_region_create(c, BLOCK_BYTES(64), &src), 0);
+	uint8_t *want = malloc(BLOCK_BYTES(64));
+	CHECK(want);
+	for (uint32_t i = 0; i < N; i++)
+		put_block(c, src, i, 64, want);
+	char name[64];
+	snprintf(name, sizeof(name), "tenant.%u.t0_bytes", (unsigned)getuid());
+	uint8_t tiers[4];
+	for (uint32_t i = 0; i < N; i += 4) {
+		CHECK_RC(prefetch(c, i, 4, KVT_TIER_GPU, 10000, tiers), 0);
+		settle(c);
+		CHECK_MSG(kvtd_stat(c, name) <= 256 * KiB, "%s = %llu after blocks %u..%u", name,
+			  (unsigned long long)kvtd_stat(c, name), i, i + 3);
+	}
+	CHECK_EQ(kvtd_stat(c, name), 256 * KiB);
+	CHECK_EQ(kvtd_stat(c, "t0.blocks"), 4);
+	CHECK_EQ(kvtd_stat(c, "t0.quota_evictions"), N - 4);
+	/* The last four asked for are the ones there. */
+	for (uint32_t i = 0; i < N; i++)
+		CHECK_EQ(lookup_tier(c, key_n(i)), i >= N - 4 ? KVT_TIER_GPU : KVT_TIER_HOST);
+	free(want);
+	kvt_region_destroy(src);
+	kvt_conn_close(c);
+	kvtd_stop_clean(&d);
+}
+
 /* gpu_pool_size with no GPU backend: T0 is off and says why; gpu_pool_size = 0
  * with a backend: off, and says that. */
 TEST(pool_without_backend_is_inactive_with_reason)
@@ -731,5 +767,5 @@ TEST(pool_without_backend_is_inactive_with_reason)
 
 TEST_MAIN(second_read_promotes_then_served_from_t0, small_pool_evicts_by_policy,
 	  three_tiers_under_host_pressure, delete_removes_from_every_tier,
-	  prefetch_and_ctx_load_bring_blocks_into_t0,
+	  prefetch_and_ctx_load_bring_blocks_into_t0, tenant_t0_share_follows_its_host_quota,
 	  pool_without_backend_is_inactive_with_reason)

@@ -324,6 +324,90 @@ TEST(delete_committed_referenced_pending)
 	t0_close(t);
 }
 
+/* Tenant 1: two chunks of T0; every other tenant: none. */
+static uint64_t two_chunks_for_1(void *arg, uint32_t tenant)
+{
+	(void)arg;
+	return tenant == 1 ? 2 * CHUNK : 0;
+}
+
+/* A tenant over its quota evicts its own blocks, never another tenant's; a block
+ * larger than the quota, or a quota whose own blocks are all in use, is -EDQUOT;
+ * per-tenant bytes follow reserves, aborts and deletes. */
+TEST(tenant_quota_evicts_own_blocks_only)
+{
+	struct fake_pool p;
+	memset(&p, 0, sizeof(p));
+	struct t0_config cfg = { .capacity = 6 * CHUNK, .chunk_size = CHUNK,
+				 .policy = T1_POLICY_LRU, .ops = &fp_ops, .arg = &p,
+				 .quota = two_chunks_for_1 };
+	struct t0 *t = NULL;
+	CHECK_RC(t0_open(&cfg, &t), 0);
+	uint8_t src[CHUNK];
+	fill_pattern(src, sizeof(src), 3);
+	struct t0_block *a1 = put(t, tkey(1, 1), src, CHUNK);
+	put(t, tkey(1, 2), src, CHUNK);
+	put(t, tkey(2, 1), src, CHUNK);
+	put(t, tkey(2, 2), src, CHUNK);
+	CHECK_EQ(t0_tenant_bytes(t, 1), 2 * CHUNK);
+	CHECK_EQ(t0_tenant_bytes(t, 2), 2 * CHUNK);
+	CHECK_EQ(t0_tenant_bytes(t, 3), 0);
+	(void)a1;
+
+	/* Room in the pool, none in the quota: tenant 1's coldest block goes. */
+	put(t, tkey(1, 3), src, CHUNK);
+	struct t0_stats st;
+	t0_get_stats(t, &st);
+	CHECK_EQ(st.quota_evictions, 1);
+	CHECK_EQ(st.evictions, 1);
+	CHECK(t0_find(t, &(struct t1_key){ 0 }) == NULL);
+	struct t1_key k11 = tkey(1, 1), k12 = tkey(1, 2), k13 = tkey(1, 3);
+	CHECK(t0_find(t, &k11) == NULL);
+	CHECK(t0_find(t, &k12) != NULL && t0_find(t, &k13) != NULL);
+	struct t1_key k21 = tkey(2, 1), k22 = tkey(2, 2);
+	CHECK(t0_find(t, &k21) != NULL && t0_find(t, &k22) != NULL);
+	CHECK_EQ(t0_tenant_bytes(t, 1), 2 * CHUNK);
+
+	/* Larger than the quota. */
+	struct t0_block *b = NULL;
+	struct t1_key k14 = tkey(1, 4);
+	CHECK_RC(t0_reserve(t, &k14, 3 * CHUNK, &b), -EDQUOT);
+	/* Both of tenant 1's blocks in use: nothing of its own can go. */
+	struct t0_block *b12 = t0_find(t, &k12), *b13 = t0_find(t, &k13);
+	t0_block_ref(t, b12);
+	t0_block_ref(t, b13);
+	CHECK_RC(t0_reserve(t, &k14, CHUNK, &b), -EDQUOT);
+	t0_get_stats(t, &st);
+	CHECK_EQ(st.quota_refusals, 2);
+	CHECK_EQ(st.evictions, 1); /* tenant 2 was never touched */
+	CHECK_EQ(t0_tenant_bytes(t, 1), 2 * CHUNK);
+	t0_block_unref(t, b12);
+	t0_block_unref(t, b13);
+
+	/* A tenant with no quota fills the pool from everyone, itself included. */
+	put(t, tkey(3, 1), src, CHUNK);
+	put(t, tkey(3, 2), src, CHUNK);
+	put(t, tkey(3, 3), src, CHUNK);
+	CHECK_EQ(t0_tenant_bytes(t, 3), 3 * CHUNK);
+	t0_get_stats(t, &st);
+	CHECK_EQ(st.used, 6 * CHUNK);
+
+	/* Aborts and deletes give the bytes back. */
+	uint64_t before = t0_tenant_bytes(t, 1);
+	CHECK_RC(t0_reserve(t, &k14, CHUNK, &b), 0);
+	CHECK(t0_tenant_bytes(t, 1) > 0 && t0_tenant_bytes(t, 1) <= 2 * CHUNK);
+	t0_abort(t, b);
+	CHECK(t0_tenant_bytes(t, 1) <= before);
+	for (uint64_t id = 1; id <= 4; id++) {
+		struct t1_key k = tkey(1, id);
+		(void)t0_delete(t, &k);
+	}
+	CHECK_EQ(t0_tenant_bytes(t, 1), 0);
+	t0_close(t);
+	CHECK_EQ(p.frees, 1);
+}
+
 TEST_MAIN(open_checks_config_and_pool_ops, fill_commit_find_bytes_identical,
 	  fill_across_fragmented_extents, eviction_by_policy_spares_referenced,
-	  eviction_2q_keeps_reused_blocks, delete_committed_referenced_pending)
+	  eviction_2q_keeps_reused_blocks, delete_committed_referenced_pending,
+	  tenant_quota_evicts_own_blocks_only)
