@@ -116,6 +116,7 @@ struct tier2 {
 	/* counters */
 	uint64_t promotions, demotions, demote_failures, fetch_failures, corrupt;
 	uint64_t dropped_unwritten, readahead, hits;
+	uint64_t orphans; /* host blocks found with their parent in no tier */
 	char io_tag, t2_tag;
 };
 
@@ -575,6 +576,8 @@ static void encode_done(struct job *j)
 
 static bool admitted(const struct server *s, const struct t1_block *b)
 {
+	if (t1_block_flags(b) & T1F_ORPHAN)
+		return false;
 	if (s->cfg->nvme_write == 1) /* write-through writes every block */
 		return true;
 	switch (s->cfg->nvme_admission) {
@@ -657,6 +660,30 @@ static bool demote_start(struct server *s, struct t1_block *b)
 	return demote_start_ex(s, b, false) != NULL;
 }
 
+/*
+ * Whether b's parent is in no tier, or is in RAM marked as such itself: then no
+ * LOOKUP reaches b (a lookup counts the leading present blocks of a chain), and
+ * writing it to NVMe would spend the disk on a block nobody can find. Checked
+ * once per block, when write-back gets to it (cheap next to the write it saves);
+ * marked, it classifies as free to evict. Write-back meets a chain head first
+ * (it is the coldest), so a whole cut-off chain is marked in one pass.
+ */
+static bool orphaned(struct server *s, struct t1_block *b)
+{
+	static const kvt_key zero;
+	const kvt_key *p = t1_block_parent(b);
+	if (!p || memcmp(p, &zero, sizeof(zero)) == 0)
+		return false;
+	struct t1_key pk = { .tenant = t1_block_key(b)->tenant, .key = *p };
+	struct t1_block *pb = t1_find(s->t1, &pk);
+	if (pb ? !(t1_block_flags(pb) & T1F_ORPHAN)
+	       : t1_contains(s->t1, &pk) || t2_lookup(s->tier2->t2, &pk, NULL) == 0)
+		return false;
+	t1_block_set_flags(b, t1_block_flags(b) | T1F_ORPHAN);
+	s->tier2->orphans++;
+	return true;
+}
+
 /* Write cold dirty blocks until the free target is met (force: as many as staging
  * memory allows, for a store that is waiting for room). */
 static void pump_ex(struct server *s, bool force)
@@ -679,7 +706,7 @@ static void pump_ex(struct server *s, bool force)
 		if (fl & (T1F_IN_T2 | T1F_DEMOTING)) {
 			ready += t1_block_len(b);
 		} else if (admitted(s, b)) {
-			if (!demote_start(s, b))
+			if (!orphaned(s, b) && !demote_start(s, b))
 				return;
 			ready += t1_block_len(b);
 		}
@@ -973,6 +1000,7 @@ void tier2_stats(struct server *s, struct kvt_stats_writer *w)
 	kvt_stats_writer_u64(w, "t2.staging_bytes", t->staging_used);
 	kvt_stats_writer_u64(w, "t2.direct_write_bytes", t->direct_used);
 	kvt_stats_writer_u64(w, "t1.dropped_unwritten", t->dropped_unwritten);
+	kvt_stats_writer_u64(w, "t1.orphans", t->orphans);
 }
 
 void tier2_count_hit(struct server *s)

@@ -26,6 +26,9 @@ enum nvme_admission {
 /* Host-block flags (t1_block_flags) owned by this module. */
 #define T1F_IN_T2 T1_FLAG_BACKED /* a durable, indexed copy is on NVMe: eviction loses nothing */
 #define T1F_DEMOTING 2u /* being written to NVMe now */
+/* Its parent is in no tier any more (deleted, or dropped by NVMe cleaning): no
+ * LOOKUP can reach it, so it is evicted without being written to NVMe. */
+#define T1F_ORPHAN 8u
 
 /* Open the I/O engine and the NVMe store if nvme_capacity > 0, and register their
  * event sources with the loop. Returns 0 (also when the tier is off) or -errno. */

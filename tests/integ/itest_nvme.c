@@ -411,6 +411,56 @@ TEST(child_of_a_block_on_nvme_is_stored)
 	kvtd_stop_clean(&d);
 }
 
+/*
+ * A chain cut off from its head (the head deleted) is unreachable by LOOKUP, so
+ * write-back does not spend the disk on it: under pressure its blocks leave RAM
+ * without being written (t1.orphans counts them), while an intact chain written
+ * beside it reaches NVMe whole.
+ */
+TEST(cut_off_chain_is_evicted_without_being_written)
+{
+	enum { CHAIN = 16, MORE = 96 };
+	const uint32_t ns = 10, ns2 = 11, ns3 = 12;
+	const size_t len = 1 * MiB;
+	char conf[512];
+	conf_for(conf, sizeof(conf), "uring",
+		 "nvme_write = back\nnvme_admission = always\nhost_policy = lru\n");
+	struct kvtd d;
+	kvtd_start(&d, conf);
+	kvt_conn *c = kvtd_connect(&d, 30000);
+	kvt_region *src = kvtd_region(c, len);
+	for (uint64_t i = 0; i < CHAIN; i++) {
+		kvt_key p = blk_key(ns, i - 1), q = blk_key(ns2, i - 1);
+		CHECK_RC(put_blk(c, src, 0, ns, i, len, i ? &p : NULL), 0);
+		CHECK_RC(put_blk(c, src, 0, ns2, i, len, i ? &q : NULL), 0);
+	}
+	CHECK_EQ(kvtd_stat(c, "t2.demotions"), 0);
+	kvt_key head = blk_key(ns, 0);
+	int st = 0;
+	CHECK_RC(kvt_block_delete(c, &head, 1, &st), 0);
+
+	/* Twice the host tier of unrelated blocks. */
+	for (uint64_t i = 0; i < MORE; i++)
+		CHECK_RC(put_blk(c, src, 0, ns3, i, len, NULL), 0);
+	wait_stat_ge(c, "t1.orphans", CHAIN - 1);
+	for (uint64_t i = 1; i < CHAIN; i++)
+		CHECK_MSG(lookup_tier(c, blk_key(ns, i)) != KVT_TIER_NVME,
+			  "block %llu of the cut-off chain was written to NVMe",
+			  (unsigned long long)i);
+	CHECK_EQ(kvtd_stat(c, "t1.orphans"), CHAIN - 1);
+	/* The intact chain: all on NVMe now, found from its head. */
+	kvt_key chain[CHAIN];
+	for (uint64_t i = 0; i < CHAIN; i++)
+		chain[i] = blk_key(ns2, i);
+	size_t found = 0;
+	uint8_t tiers[CHAIN];
+	CHECK_RC(kvt_block_lookup(c, chain, CHAIN, &found, tiers), 0);
+	CHECK_EQ(found, CHAIN);
+	CHECK_RC(kvt_region_destroy(src), 0);
+	kvt_conn_close(c);
+	kvtd_stop_clean(&d);
+}
+
 /* ---- write-through ---------------------------------------------------------------- */
 
 /*
@@ -618,4 +668,5 @@ TEST_MAIN(uring_roundtrip_raw, uring_roundtrip_zstd, uring_roundtrip_bf16, threa
 	  threads_write_through_writes_every_put, auto_backend_falls_back_to_threads_and_says_why,
 	  memstat_shows_the_nvme_tier, uring_chain_put_waits_in_order_and_loses_no_child,
 	  threads_chain_put_waits_in_order_and_loses_no_child, child_of_a_block_on_nvme_is_stored,
-	  chain_split_over_two_pipelined_puts_loses_no_child)
+	  chain_split_over_two_pipelined_puts_loses_no_child,
+	  cut_off_chain_is_evicted_without_being_written)
