@@ -990,6 +990,7 @@ struct reconcile {
 	uint64_t dropped, restored; /* references */
 	uint64_t blocks_fixed, missing, failed;
 	size_t manifests_corrupt;
+	bool keep_extra; /* drop nothing (see reconcile_refs) */
 };
 
 /* Bring key's references from have to want. */
@@ -998,8 +999,8 @@ static void reconcile_key(struct server *s, const struct t1_key *key, uint32_t w
 {
 	if (want == have)
 		return;
-	if (want < have && r->manifests_corrupt)
-		return; /* an unreadable manifest may be the one that holds them */
+	if (want < have && r->keep_extra)
+		return;
 	if (want > have && tier2_lookup(s, key, NULL) != 0) {
 		r->missing++; /* a manifest names a block the NVMe tier no longer has */
 		return;
@@ -1054,6 +1055,17 @@ static void reconcile_refs(struct server *s)
 	}
 	ref_list_merge(&want);
 	ref_list_merge(&have);
+	/* Drop nothing when an unreadable manifest may be the one holding the
+	 * references, or when the metadata store was created just now while the NVMe
+	 * index holds references: more likely a store moved away or a volume not
+	 * mounted than every context gone. */
+	bool fresh = meta_was_created(s->meta) && have.n > 0;
+	r.keep_extra = r.manifests_corrupt > 0 || fresh;
+	if (fresh)
+		log_error("the metadata store %s/meta was created at this start, but %zu NVMe "
+			  "blocks hold context references: they are kept, not reconciled (was "
+			  "meta/ moved, deleted or not mounted?); the next start reconciles them",
+			  s->cfg->data_dir, have.n);
 	while (i < want.n || j < have.n) {
 		int c = i == want.n   ? 1
 			: j == have.n ? -1

@@ -921,7 +921,7 @@ struct prefetch {
 	uint8_t tier;      /* the tier asked for */
 	uint8_t *tiers;
 	struct prefetch_item *items;
-	struct t1_key *keys; /* tier 0 only: to look again at the answer */
+	struct t1_key *keys; /* the blocks asked for */
 	pagein_answer_fn answer; /* builds and sends the reply */
 	void *arg;
 };
@@ -959,7 +959,7 @@ static void prefetch_answer(struct prefetch *pf)
 	c->inflight--;
 	/* Tier 0: say where each block is now. A copy another request made may have
 	 * landed, and a small pool may already have evicted one of ours. */
-	for (uint32_t i = 0; pf->keys && i < pf->count; i++) {
+	for (uint32_t i = 0; pf->tier == KVT_TIER_HBM && i < pf->count; i++) {
 		uint8_t *t = &pf->tiers[i];
 		if (*t != KVT_TIER_HBM && *t != KVT_TIER_HOST)
 			continue;
@@ -1032,7 +1032,10 @@ static void prefetch_cb(void *arg, int status, struct t1_block *b)
 		if (onward)
 			return;
 	} else if (status && !pf->answered) {
-		pf->tiers[it->i] = KVT_TIER_NONE; /* turned out missing or corrupt */
+		/* Missing or corrupt after all, or still on NVMe (no memory, no room). */
+		struct server *s = pf->c->srv;
+		pf->tiers[it->i] = tier2_lookup(s, &pf->keys[it->i], NULL) == 0 ? KVT_TIER_NVME
+										 : KVT_TIER_NONE;
 	}
 	prefetch_item_done(pf);
 }
@@ -1073,9 +1076,9 @@ int pagein_start(struct conn *c, uint64_t id, const uint8_t *keys, uint32_t n, u
 	if (pf) {
 		pf->tiers = malloc(n ? n : 1);
 		pf->items = calloc(n ? n : 1, sizeof(*pf->items));
-		pf->keys = to_t0 ? calloc(n ? n : 1, sizeof(*pf->keys)) : NULL;
+		pf->keys = calloc(n ? n : 1, sizeof(*pf->keys));
 	}
-	if (!pf || !pf->tiers || !pf->items || (to_t0 && !pf->keys)) {
+	if (!pf || !pf->tiers || !pf->items || !pf->keys) {
 		if (pf) {
 			free(pf->tiers);
 			free(pf->items);
@@ -1093,15 +1096,18 @@ int pagein_start(struct conn *c, uint64_t id, const uint8_t *keys, uint32_t n, u
 	pf->deadline_ms = now_ms() + deadline_ms;
 	c->refs++;
 	c->inflight++;
+	/* The loop's own hold: a fetch may complete inside tier2_fetch (no memory),
+	 * and must not answer and free pf while the loop still uses it. */
+	pf->pending = 1;
 	for (uint32_t i = 0; i < n; i++) {
 		struct t1_key tk = { .tenant = c->tenant };
 		kvt_key_decode(keys + (size_t)i * KVT_KEY_SIZE, &tk.key);
-		if (to_t0) {
-			pf->keys[i] = tk;
-			if (gpu_t0_holds(s, &tk)) {
-				pf->tiers[i] = KVT_TIER_HBM;
-				continue;
-			}
+		pf->keys[i] = tk;
+		/* Already in T0: an access, so this request's own copies do not push
+		 * it out as the coldest block. */
+		if (to_t0 && gpu_t0_touch(s, &tk)) {
+			pf->tiers[i] = KVT_TIER_HBM;
+			continue;
 		}
 		pf->items[i] = (struct prefetch_item){ pf, i };
 		struct t1_block *b = t1_find(s->t1, &tk);
@@ -1124,6 +1130,7 @@ int pagein_start(struct conn *c, uint64_t id, const uint8_t *keys, uint32_t n, u
 		if (tier2_fetch(s, &tk, NULL, prefetch_cb, &pf->items[i]) < 0)
 			pf->pending--; /* no room in the host tier now: it stays on NVMe */
 	}
+	pf->pending--;
 	if (pf->pending == 0 || deadline_ms == 0) {
 		prefetch_answer(pf);
 		prefetch_free_if_done(pf);

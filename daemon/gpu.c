@@ -645,6 +645,14 @@ bool gpu_t0_holds(struct server *s, const struct t1_key *key)
 	return s->gpu && s->gpu->t0 && t0_find(s->gpu->t0, key);
 }
 
+bool gpu_t0_touch(struct server *s, const struct t1_key *key)
+{
+	struct t0_block *z = s->gpu && s->gpu->t0 ? t0_find(s->gpu->t0, key) : NULL;
+	if (z)
+		t0_touch(s->gpu->t0, z);
+	return z != NULL;
+}
+
 int gpu_t0_promote(struct server *s, struct t1_block *b, void (*done)(void *arg, bool in_t0),
 		   void *arg)
 {

@@ -131,6 +131,8 @@ void gpu_stats(struct server *s, struct kvt_stats_writer *w);
  * copy (T0 holds only blocks the host tier holds). No-ops without T0. */
 bool gpu_t0_holds(struct server *s, const struct t1_key *key);
 bool gpu_t0_active(const struct server *s);
+/* As gpu_t0_holds, and the block counts as accessed (PREFETCH to tier 0). */
+bool gpu_t0_touch(struct server *s, const struct t1_key *key);
 /* Bytes a tenant holds in T0 (0 without T0). */
 uint64_t gpu_t0_tenant_bytes(const struct server *s, uint32_t tenant);
 /* PREFETCH and CTX_LOAD to tier 0: copy host-tier block b (committed; the caller
@@ -138,8 +140,9 @@ uint64_t gpu_t0_tenant_bytes(const struct server *s, uint32_t tenant);
  * loop thread when the copy ends. Returns 0 (done will be called), or -EEXIST
  * (already in T0 or being copied there), -ENOSPC / -EFBIG (no room: everything
  * in T0 is being read, or the block is larger than the pool), -ECANCELED
- * (stopping, or b is not committed), -ENOMEM, -EOPNOTSUPP (no T0); then done is
- * never called. */
+ * (stopping, or b is not committed), -EDQUOT (over the tenant's T0 share, none of
+ * its own blocks free to go), -ENOMEM, -EOPNOTSUPP (no T0); then done is never
+ * called. */
 int gpu_t0_promote(struct server *s, struct t1_block *b, void (*done)(void *arg, bool in_t0),
 		   void *arg);
 void gpu_t0_forget(struct server *s, const struct t1_key *key);

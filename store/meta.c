@@ -617,6 +617,11 @@ int meta_ctx_get(struct meta *m, uint32_t tenant, const char *name, size_t name_
 	return rc;
 }
 
+bool meta_was_created(const struct meta *m)
+{
+	return m->created;
+}
+
 int meta_ctx_foreach(struct meta *m, int (*fn)(void *arg, const struct meta_ctx *c), void *arg,
 		     size_t *corrupt)
 {

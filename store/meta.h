@@ -104,6 +104,8 @@ int meta_ctx_list(struct meta *m, uint32_t tenant, const char *prefix, size_t pr
  * *corrupt. Returns 0, the value fn stopped with, -ENOMEM or -EIO. */
 int meta_ctx_foreach(struct meta *m, int (*fn)(void *arg, const struct meta_ctx *c), void *arg,
 		     size_t *corrupt);
+/* true if meta_open created the store (there was none in the directory). */
+bool meta_was_created(const struct meta *m);
 /* Called by meta_tick for each context that expired and was removed: the owner
  * drops its block references. The manifest is freed after the call. */
 void meta_set_expire_hook(struct meta *m, void (*fn)(void *arg, const struct meta_ctx *c),

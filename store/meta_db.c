@@ -183,11 +183,13 @@ static int open_txn(struct meta *m, char *err, size_t errcap)
 	const struct lmdb_format f = meta_format();
 	struct open_arg a = { m, err, errcap };
 	enum lmdb_open_stage stage;
-	bool created;
+	bool created = false;
 	int rc = lmdb_store_open(&m->db, &m->dbi_meta, &f, &ops, &a, &created, &stage);
 
-	if (rc == 0)
+	if (rc == 0) {
+		m->created = created;
 		return 0;
+	}
 	switch (stage) {
 	case LMDB_OPEN_FOREIGN:
 		snprintf(err, errcap, "%s holds an LMDB environment that is not "

@@ -303,6 +303,7 @@ struct meta {
 	atomic_int failed;
 	int lockfd, efd;
 	uint32_t value_max;
+	bool created;              /* this open created the store */
 	char path[4096];           /* DIR/meta, for messages */
 
 	/* Committer. */

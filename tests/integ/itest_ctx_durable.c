@@ -605,6 +605,31 @@ TEST(references_left_by_a_crash_between_the_stores_are_reconciled)
 	CHECK_EQ(kvtd_stat(c, "meta.refs_dropped"), 0);
 	CHECK_EQ(kvtd_stat(c, "meta.refs_restored"), 0);
 	CHECK_EQ(delete_status(c, 100), KVT_EREFERENCED);
+	kvt_conn_close(c);
+
+	/* The metadata store gone (moved away, a volume not mounted): a new empty one
+	 * is made, and the references are kept, not dropped; with the store back,
+	 * "keep" is whole and still protected. */
+	kvtd_stop_clean(&d);
+	char meta[512], aside[512], cmd[1100 + 2 * 512];
+	snprintf(meta, sizeof(meta), "%s/data/meta", d.dir);
+	snprintf(aside, sizeof(aside), "%s/meta.aside", d.dir);
+	CHECK_RC(rename(meta, aside), 0);
+	kvtd_restart(&d);
+	c = kvtd_connect(&d, 60000);
+	CHECK_MSG(strstr(kvtd_log_text(&d), "was created at this start"), "log:\n%s",
+		  kvtd_log_text(&d));
+	CHECK_EQ(kvtd_stat(c, "meta.refs_dropped"), 0);
+	CHECK_EQ(delete_status(c, 101), KVT_EREFERENCED);
+	kvt_conn_close(c);
+	kvtd_stop_clean(&d);
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s' && mv '%s' '%s'", meta, aside, meta);
+	CHECK_RC(system(cmd), 0);
+	kvtd_restart(&d);
+	c = kvtd_connect(&d, 60000);
+	CHECK_EQ(kvtd_stat(c, "meta.refs_dropped"), 0);
+	CHECK_EQ(check_range(c, "keep", 100, N, BLK, false), 0);
+	CHECK_EQ(delete_status(c, 100), KVT_EREFERENCED);
 	CHECK_RC(kvt_ctx_delete(c, "keep"), 0);
 	CHECK_EQ(delete_status(c, 100), 0);
 	kvt_conn_close(c);

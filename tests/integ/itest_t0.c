@@ -681,6 +681,25 @@ TEST(prefetch_and_ctx_load_bring_blocks_into_t0)
 	kvt_region_destroy(src);
 	kvt_conn_close(c);
 	kvtd_stop_clean(&d);
+
+	/* A full pool of four, block 0 the coldest: a PREFETCH naming 0 and a new
+	 * block keeps 0 (it counts as accessed) and pushes out another one. */
+	kvtd_start(&d, EMU "gpu_pool_size = 256KiB\n");
+	c = kvtd_connect(&d, 30000);
+	CHECK_RC(kvt_region_create(c, BLOCK_BYTES(64), &src), 0);
+	for (uint32_t i = 0; i < 2 * N; i++)
+		put_block(c, src, i, 64, want[i]);
+	CHECK_RC(prefetch(c, 0, 1, KVT_TIER_GPU, 10000, tiers), 0);
+	CHECK_RC(prefetch(c, N, 3, KVT_TIER_GPU, 10000, tiers), 0);
+	CHECK_EQ(kvtd_stat(c, "t0.blocks"), 4);
+	CHECK_RC(prefetch(c, 0, 2, KVT_TIER_GPU, 10000, tiers), 0);
+	CHECK_MSG(tiers[0] == KVT_TIER_GPU && tiers[1] == KVT_TIER_GPU, "tiers %u %u", tiers[0],
+		  tiers[1]);
+	CHECK_EQ(lookup_tier(c, key_n(0)), KVT_TIER_GPU);
+	CHECK_EQ(kvtd_stat(c, "t0.blocks"), 4);
+	kvt_region_destroy(src);
+	kvt_conn_close(c);
+	kvtd_stop_clean(&d);
 	for (uint32_t i = 0; i < 2 * N; i++)
 		free(want[i]);
 }
