@@ -79,6 +79,10 @@ struct demote {
 	bool direct;
 	struct t2_span *out;
 	size_t nout;
+	/* A compressed record of several frames: they are encoded in parallel, one
+	 * task each (fo, frc: per frame), then packed by one more task. */
+	struct t2_frame_out *fo;
+	int *frc;
 	int rc;
 	struct job job;
 };
@@ -522,6 +526,8 @@ static void demote_finish(struct demote *d, int status)
 	}
 	free(d->spans);
 	free(d->out);
+	free(d->fo);
+	free(d->frc);
 	free(d);
 	if (t->flushing)
 		pump_ex(s, true);
@@ -554,6 +560,41 @@ static void encode_task(struct job *j, size_t i, struct codec_ctx *ctx)
 					       d->spans, d->nspans, d->len, d->buf, d->cap,
 					       &d->rec_len)
 			    : -ENOMEM;
+}
+
+/* One frame of a compressed record (the frames' tasks run on every worker). */
+static void encode_frame_task(struct job *j, size_t i, struct codec_ctx *ctx)
+{
+	struct demote *d = j->arg;
+	d->frc[i] = ctx ? t2_record_encode_frame(ctx, (enum codec_id)d->codec, d->spans, d->nspans,
+						 d->len, i, d->buf, d->cap, &d->fo[i])
+			: -ENOMEM;
+}
+
+static void encode_pack_task(struct job *j, size_t i, struct codec_ctx *ctx)
+{
+	struct demote *d = j->arg;
+	(void)i;
+	(void)ctx;
+	d->rc = t2_record_encode_finish(&d->key, &d->desc, (enum codec_id)d->codec, d->len, d->buf,
+					d->cap, d->fo, &d->rec_len);
+}
+
+static void encode_done(struct job *j);
+
+/* Every frame encoded: pack them into the record on a worker (a memmove of up to
+ * the block's size, kept off the loop thread). */
+static void encode_frames_done(struct job *j)
+{
+	struct demote *d = j->arg;
+	uint64_t n = t2_record_frames(d->len);
+	for (uint64_t i = 0; i < n; i++)
+		if (d->frc[i]) {
+			demote_finish(d, d->frc[i]);
+			return;
+		}
+	d->job = (struct job){ .nsegs = 1, .run = encode_pack_task, .done = encode_done, .arg = d };
+	workers_submit(d->s->workers, &d->job);
 }
 
 static void encode_done(struct job *j)
@@ -651,6 +692,16 @@ static struct demote *demote_start_ex(struct server *s, struct t1_block *b, bool
 	d->next_active = t->active_demotes;
 	t->active_demotes = d;
 	d->job = (struct job){ .nsegs = 1, .run = encode_task, .done = encode_done, .arg = d };
+	/* A compressed record of several frames: one task per frame, so a large
+	 * block is compressed by every worker at once. */
+	uint64_t nframes = t2_record_frames(len);
+	if (!d->direct && d->codec != CODEC_RAW && nframes > 1) {
+		d->fo = calloc(nframes, sizeof(*d->fo));
+		d->frc = calloc(nframes, sizeof(*d->frc));
+		if (d->fo && d->frc)
+			d->job = (struct job){ .nsegs = nframes, .run = encode_frame_task,
+					       .done = encode_frames_done, .arg = d };
+	}
 	workers_submit(s->workers, &d->job);
 	return d;
 }

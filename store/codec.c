@@ -90,6 +90,8 @@ struct codec_ctx {
 	ZSTD_DCtx *dctx;
 	int level;
 	uint8_t *planes; /* CODEC_FRAME_SIZE bytes: high plane, then low plane */
+	uint8_t *work;   /* codec_ctx_work's buffer */
+	size_t work_cap;
 };
 
 /* ---- little-endian helpers ---------------------------------------------------- */
@@ -119,6 +121,18 @@ static uint32_t get_le32(const uint8_t *p)
 }
 
 /* ---- context ------------------------------------------------------------------- */
+
+void *codec_ctx_work(struct codec_ctx *ctx, size_t len)
+{
+	if (len > ctx->work_cap) {
+		void *p = realloc(ctx->work, len);
+		if (!p)
+			return NULL;
+		ctx->work = p;
+		ctx->work_cap = len;
+	}
+	return ctx->work;
+}
 
 int codec_ctx_new(int level, struct codec_ctx **out)
 {
@@ -157,6 +171,7 @@ void codec_ctx_free(struct codec_ctx *ctx)
 	ZSTD_freeCCtx(ctx->cctx);
 	ZSTD_freeDCtx(ctx->dctx);
 	free(ctx->planes);
+	free(ctx->work);
 	free(ctx);
 }
 

@@ -38,6 +38,9 @@ struct codec_ctx;
  * of range), -ENOMEM. */
 int codec_ctx_new(int level, struct codec_ctx **out);
 void codec_ctx_free(struct codec_ctx *ctx); /* NULL-safe */
+/* Scratch memory of at least len bytes owned by ctx (for its thread's use, valid
+ * until the next call or codec_ctx_free), or NULL. */
+void *codec_ctx_work(struct codec_ctx *ctx, size_t len);
 
 /* Name ("raw", "zstd", "bf16") or NULL for an unknown id. */
 const char *codec_name(enum codec_id id);

@@ -114,6 +114,27 @@ int t2_record_encode(struct codec_ctx *ctx, enum codec_id codec, const struct t1
  * The bytes written equal what t2_record_encode builds with CODEC_RAW. Returns 0,
  * -EINVAL, -ENOBUFS, -EIO.
  */
+/*
+ * The same record as t2_record_encode, byte for byte, with its frames encoded in
+ * parallel: t2_record_encode_frame encodes frame i (0 .. t2_record_frames(len) - 1)
+ * into its slot of buf (any thread, any order, one ctx per thread; cap as for
+ * t2_record_encode) and describes it in *fo; once all are done,
+ * t2_record_encode_finish packs them and writes the header. Same errors as
+ * t2_record_encode.
+ */
+struct t2_frame_out {
+	uint32_t stored, logical;
+	uint8_t codec;
+	uint64_t csum;
+};
+uint64_t t2_record_frames(uint64_t len);
+int t2_record_encode_frame(struct codec_ctx *ctx, enum codec_id codec, const struct t2_span *src,
+			   size_t nsrc, uint64_t len, uint64_t i, uint8_t *buf, size_t cap,
+			   struct t2_frame_out *fo);
+int t2_record_encode_finish(const struct t1_key *key, const kvt_block_desc *desc,
+			    enum codec_id codec, uint64_t len, uint8_t *buf, size_t cap,
+			    const struct t2_frame_out *fo, size_t *record_len);
+
 size_t t2_record_raw_head_bound(uint64_t len);
 int t2_record_raw_plan(const struct t1_key *key, const kvt_block_desc *desc,
 		       const struct t2_span *src, size_t nsrc, uint64_t len, uint8_t *hdr,

@@ -319,6 +319,101 @@ out:
 	return rc;
 }
 
+/* ---- the same record, its frames encoded in parallel ---------------------------------- */
+
+uint64_t t2_record_frames(uint64_t len)
+{
+	return len > T2_MAX_BLOCK ? 0 : frames_for(len);
+}
+
+/* Where frame i sits before packing: its place in the raw layout. */
+static uint64_t frame_slot(uint64_t len, uint64_t i)
+{
+	return t2_align_up(t2_record_header_len(len)) + i * CODEC_FRAME_SIZE;
+}
+
+int t2_record_encode_frame(struct codec_ctx *ctx, enum codec_id codec, const struct t2_span *src,
+			   size_t nsrc, uint64_t len, uint64_t i, uint8_t *buf, size_t cap,
+			   struct t2_frame_out *fo)
+{
+	uint64_t loff = i * CODEC_FRAME_SIZE, slot = frame_slot(len, i), flen;
+	enum codec_id used = CODEC_RAW;
+	long stored;
+
+	if (!buf || !fo || (nsrc && !src) || (unsigned)codec >= CODEC_COUNT ||
+	    len > T2_MAX_BLOCK || i >= frames_for(len) || cap < t2_record_bound(len))
+		return -EINVAL;
+	if (codec != CODEC_RAW && !ctx)
+		return -EINVAL;
+	flen = len - loff < CODEC_FRAME_SIZE ? len - loff : CODEC_FRAME_SIZE;
+	if (codec == CODEC_RAW) {
+		gather(src, nsrc, loff, buf + slot, flen);
+		stored = (long)flen;
+	} else {
+		/* The codec wants its whole working bound as room, which would run into
+		 * the next frame's slot (another thread's): encode aside, then copy. */
+		size_t bound = codec_frame_bound((size_t)flen);
+		uint8_t *work = codec_ctx_work(ctx, bound + CODEC_FRAME_SIZE);
+		const uint8_t *in;
+
+		if (!work)
+			return -ENOMEM;
+		in = contiguous(src, nsrc, loff, flen);
+		if (!in) {
+			gather(src, nsrc, loff, work + bound, flen);
+			in = work + bound;
+		}
+		stored = codec_encode_frame(ctx, codec, in, (size_t)flen, work, bound, &used);
+		if (stored < 0)
+			return (int)stored;
+		if ((uint64_t)stored > flen || (unsigned)used >= CODEC_COUNT ||
+		    (used == CODEC_RAW && (uint64_t)stored != flen))
+			return -EIO; /* the codec broke its contract */
+		memcpy(buf + slot, work, (size_t)stored);
+	}
+	fo->stored = (uint32_t)stored;
+	fo->logical = (uint32_t)flen;
+	fo->codec = (uint8_t)used;
+	fo->csum = XXH3_64bits(buf + slot, (size_t)stored);
+	return 0;
+}
+
+int t2_record_encode_finish(const struct t1_key *key, const kvt_block_desc *desc,
+			    enum codec_id codec, uint64_t len, uint8_t *buf, size_t cap,
+			    const struct t2_frame_out *fo, size_t *record_len)
+{
+	uint64_t nframes, pos;
+
+	if (!key || !desc || !buf || !fo || !record_len || len > T2_MAX_BLOCK ||
+	    cap < t2_record_bound(len))
+		return -EINVAL;
+	nframes = frames_for(len);
+	pos = t2_align_up(t2_record_header_len(len));
+	memset(buf, 0, (size_t)pos);
+	for (uint64_t i = 0; i < nframes; i++) {
+		uint8_t *ent = buf + H_FRAMES + i * T2_HDR_FRAME;
+
+		if (fo[i].stored > CODEC_FRAME_SIZE)
+			return -EINVAL;
+		/* Frames only shrink, so each moves down (or stays). */
+		memmove(buf + pos, buf + frame_slot(len, i), fo[i].stored);
+		t2_put64(ent + F_STORED_OFF, pos);
+		t2_put32(ent + F_STORED_LEN, fo[i].stored);
+		t2_put32(ent + F_LOGICAL_LEN, fo[i].logical);
+		ent[F_CODEC] = fo[i].codec;
+		t2_put64(ent + F_CSUM, fo[i].csum);
+		pos += fo[i].stored;
+	}
+	{
+		uint64_t end = t2_align_up(pos);
+
+		memset(buf + pos, 0, (size_t)(end - pos));
+		fill_header(buf, key, desc, len, codec, end);
+		*record_len = (size_t)end;
+	}
+	return 0;
+}
+
 /*
  * A raw record written straight from the block's memory: the record is the header
  * (padded to T2_ALIGN), the block's bytes as they are, and the block's last partial
