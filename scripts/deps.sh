@@ -4,7 +4,7 @@
 set -eu
 
 PKGS="build-essential pkg-config libxxhash-dev liburing-dev liblmdb-dev libzstd-dev
-libsystemd-dev systemd redis-server libhiredis-dev fio gnuplot-nox strace"
+libsystemd-dev systemd redis-server libhiredis-dev fio gnuplot-nox strace libfuse3-dev fuse3"
 
 missing=""
 for p in $PKGS; do

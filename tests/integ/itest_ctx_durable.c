@@ -11,11 +11,17 @@
  * Env: KVT_CTX_KILL_LOOPS=N kill -9 cycles for the acknowledged-save loop
  * (default 4), KVT_CTX_CRASH_LOOPS=N for the mid-save loop (default 6).
  */
+#include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -637,6 +643,200 @@ TEST(references_left_by_a_crash_between_the_stores_are_reconciled)
 	kvtd_stop_clean(&d);
 }
 
+/* ---- a power cut (tests/tools/pcfs) ----------------------------------------------- */
+
+/*
+ * pcfs mounts a backing directory through FUSE and, when unmounted after --cut,
+ * rolls every file back to its last fsync/fdatasync: what a power cut leaves of
+ * the data. Skipped where FUSE cannot be mounted.
+ */
+struct pcut {
+	char base[256], backing[320], mnt[320], log[320];
+	pid_t pid;
+};
+
+static const char *pcfs_bin(void)
+{
+	static char path[512];
+	snprintf(path, sizeof(path), "%s/../tests/tools/pcfs", kvtd_bin(""));
+	return path;
+}
+
+static bool is_mounted(const char *mnt)
+{
+	struct stat a, b;
+	char parent[400];
+	snprintf(parent, sizeof(parent), "%s/..", mnt);
+	return stat(mnt, &a) == 0 && stat(parent, &b) == 0 && a.st_dev != b.st_dev;
+}
+
+/* Mount; false if FUSE is not available here (then the case is skipped). */
+static bool pcut_mount(struct pcut *p)
+{
+	p->pid = fork();
+	CHECK(p->pid >= 0);
+	if (p->pid == 0) {
+		/* Gone with the case, whatever ends it (it unmounts on SIGTERM); and
+		 * holding none of the case's descriptors (its output pipe above all). */
+		prctl(PR_SET_PDEATHSIG, SIGTERM);
+		int fd = open(p->log, O_WRONLY | O_CREAT | O_APPEND, 0644);
+		if (fd >= 0) {
+			dup2(fd, 1);
+			dup2(fd, 2);
+		}
+		close_range(3, ~0u, 0);
+		execl(pcfs_bin(), "pcfs", "--cut", p->backing, p->mnt, "-f", (char *)NULL);
+		_exit(127);
+	}
+	for (int i = 0; i < 1000; i++) {
+		if (is_mounted(p->mnt))
+			return true;
+		int st;
+		if (waitpid(p->pid, &st, WNOHANG) == p->pid) {
+			p->pid = -1;
+			return false;
+		}
+		test_sleep_ms(10);
+	}
+	return false;
+}
+
+/* The cut: unmount, and pcfs rolls back what was never synced. Detached, since a
+ * process killed with I/O in flight (io_uring) can keep files open a moment after
+ * it is gone: the file system goes, and pcfs rolls back, once those writes have
+ * landed, as they may on a real disk before the power fails. */
+static void pcut_cut(struct pcut *p)
+{
+	int st = 0;
+	CHECK_MSG(umount2(p->mnt, MNT_DETACH) == 0, "umount %s: %s", p->mnt, strerror(errno));
+	pid_t r = 0;
+	for (int i = 0; i < 6000 && (r = waitpid(p->pid, &st, WNOHANG)) == 0; i++)
+		test_sleep_ms(10);
+	CHECK_MSG(r == p->pid, "pcfs did not exit within 60 s of the unmount");
+	CHECK_MSG(WIFEXITED(st) && WEXITSTATUS(st) == 0, "pcfs ended with status %#x", st);
+	p->pid = -1;
+}
+
+static void *pcut_saver(void *arg)
+{
+	struct saver *s = arg;
+	kvt_conn *c = NULL;
+	s->rc = kvt_conn_open(s->sock, &c);
+	if (s->rc)
+		return NULL;
+	kvt_conn_set_timeout(c, 60000);
+	kvt_region *r = NULL;
+	s->rc = kvt_region_create(c, 8 * BLK, &r);
+	/* Contexts of 8 fresh blocks each, then a memory record naming it, until the
+	 * daemon is gone; s->n counts the acknowledged ones. */
+	for (uint64_t k = 0; s->rc == 0; k++) {
+		uint64_t first = s->first + k * 8;
+		char name[32], val[64];
+		for (uint64_t i = 0; i < 8 && s->rc == 0; i++) {
+			kvt_put_item it = { .key = blk_key(first + i), .region = r,
+					    .offset = i * BLK, .length = BLK, .desc = blk_desc };
+			if (i)
+				it.parent = blk_key(first + i - 1);
+			id_fill((uint8_t *)kvt_region_base(r) + i * BLK, BLK, first + i);
+			s->rc = kvt_block_put(c, &it, 1);
+		}
+		snprintf(name, sizeof(name), "pc/%llu", (unsigned long long)k);
+		if (s->rc == 0)
+			s->rc = save_range(c, name, first, 8, 0);
+		snprintf(val, sizeof(val), "context pc/%llu from %llu", (unsigned long long)k,
+			 (unsigned long long)first);
+		kvt_mem_record rec = { .ns = "pc", .key = name, .value = val,
+				       .value_len = strlen(val) };
+		if (s->rc == 0)
+			s->rc = kvt_mem_put(c, &rec);
+		if (s->rc == 0)
+			s->n = (size_t)k + 1;
+	}
+	if (r)
+		kvt_region_destroy(r);
+	kvt_conn_close(c);
+	return NULL;
+}
+
+/*
+ * Power cut: while contexts and memory records are being saved, the daemon is
+ * killed and the file system loses everything not yet synced. After a restart
+ * every acknowledged context loads whole and byte-identical with its record,
+ * and the one cut mid-save is whole or absent. KVT_POWERCUT_LOOPS=N cycles
+ * (default 3).
+ */
+TEST(acknowledged_saves_survive_a_power_cut)
+{
+	unsigned loops = env_loops("KVT_POWERCUT_LOOPS", 3);
+	struct pcut p = { .pid = -1 };
+	if (access("/dev/fuse", R_OK | W_OK) != 0 || access(pcfs_bin(), X_OK) != 0) {
+		test_skip("no /dev/fuse or no %s: cannot simulate a power cut", pcfs_bin());
+		return;
+	}
+	snprintf(p.base, sizeof(p.base), "/var/tmp/kvt-pcut-XXXXXX");
+	CHECK(mkdtemp(p.base) != NULL);
+	snprintf(p.backing, sizeof(p.backing), "%s/backing", p.base);
+	snprintf(p.mnt, sizeof(p.mnt), "%s/mnt", p.base);
+	snprintf(p.log, sizeof(p.log), "%s/pcfs.log", p.base);
+	CHECK_RC(mkdir(p.backing, 0755), 0);
+	CHECK_RC(mkdir(p.mnt, 0755), 0);
+	if (!pcut_mount(&p)) {
+		char cmd[700];
+		snprintf(cmd, sizeof(cmd), "rm -rf '%s'", p.base);
+		CHECK_RC(system(cmd), 0);
+		test_skip("pcfs could not mount (FUSE not usable here)");
+		return;
+	}
+	char conf[900];
+	snprintf(conf, sizeof(conf), "data_dir = %s/data\nhost_capacity = 128MiB\n" NVME_CONF
+		 "nvme_write = back\n", p.mnt);
+	struct kvtd d;
+	kvtd_start(&d, conf);
+	d.keep_dir = true;
+	uint64_t seed = (uint64_t)time(NULL);
+	test_log("seed %llu", (unsigned long long)seed);
+	size_t acked_total = 0;
+	for (unsigned loop = 0; loop < loops; loop++) {
+		struct saver sv = { d.sock, NULL, 1000000 + (uint64_t)loop * 100000, 0, 0 };
+		pthread_t th;
+		CHECK(pthread_create(&th, NULL, pcut_saver, &sv) == 0);
+		test_sleep_ms(300 + (int)(mix64(seed + loop) % 1200));
+		kvtd_kill(&d);
+		pthread_join(th, NULL);
+		pcut_cut(&p);
+		CHECK(pcut_mount(&p));
+		kvtd_restart(&d);
+		kvt_conn *c = kvtd_connect(&d, 60000);
+		kvt_conn_set_timeout(c, 60000);
+		/* Every acknowledged one, and the one that may have been cut. */
+		for (size_t k = 0; k <= sv.n; k++) {
+			char name[32];
+			snprintf(name, sizeof(name), "pc/%zu", k);
+			int rc = check_range(c, name, sv.first + k * 8, 8, BLK, k == sv.n);
+			kvt_mem_item *it = NULL;
+			int mrc = kvt_mem_get(c, "pc", name, &it);
+			if (k < sv.n)
+				CHECK_MSG(rc == 0 && mrc == 0, "loop %u: acknowledged %s lost after the "
+					  "cut (context %s, record %s)", loop, name, kvt_errname(rc),
+					  kvt_errname(mrc));
+			kvt_mem_item_free(it);
+			if (rc == 0)
+				CHECK_RC(kvt_ctx_delete(c, name), 0);
+		}
+		test_log("loop %u: %zu contexts acknowledged before the cut, all whole after it",
+			 loop, sv.n);
+		acked_total += sv.n;
+		kvt_conn_close(c);
+	}
+	CHECK_MSG(acked_total > 0, "no save was acknowledged in %u loops", loops);
+	d.keep_dir = false;
+	kvtd_stop_clean(&d);
+	pcut_cut(&p);
+	char cmd[700];
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", p.base);
+	CHECK_RC(system(cmd), 0);
+}
+
 /* ---- a context larger than the host tier ---------------------------------------------- */
 
 /* GET blocks first..first+n of len bytes in chain order, 4 per request as an engine
@@ -778,5 +978,6 @@ TEST(example_engine_restores_a_saved_context_after_a_restart)
 TEST_MAIN(saved_contexts_survive_sigterm_and_kill9_restarts, acknowledged_saves_survive_a_kill9_loop,
 	  a_save_cut_by_kill9_is_all_or_nothing, referenced_blocks_outlive_nvme_pressure_until_deleted,
 	  references_left_by_a_crash_between_the_stores_are_reconciled,
+	  acknowledged_saves_survive_a_power_cut,
 	  a_context_larger_than_the_host_tier_restores_after_a_restart,
 	  example_engine_restores_a_saved_context_after_a_restart)
