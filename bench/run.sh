@@ -218,7 +218,7 @@ other_results() {
 		name=$(basename "$f")
 		case $name in
 		README.md | lookup.txt | transfer.txt | transfer.dat | transfer.png | engine.txt | kvtierd.log) ;;
-		t2.txt | t2.dat | t2.png | policy.txt | gpu-kernels.txt | gpu-transfer.txt) ;;
+		t2.txt | t2.dat | t2.png | policy.txt | gpu-kernels.txt | gpu-transfer.txt | gpu-batch.txt) ;;
 		*) printf '| `%s` | not written by bench/run.sh: from a benchmark run on its own (the file says how and when) |\n' "$name" ;;
 		esac
 	done
@@ -249,7 +249,7 @@ configuration, on a socket and data directory in a temporary directory; its log
 | \`t2.txt\` | \`bench_t2\`: the NVMe tier through kvtierds of its own (write-through, 1 GiB host tier): sequential write (PUT until every block is durable) and read (restart, GET in chain order with read-ahead) of the engine's 4 GiB Llama-3-8B context with the raw and bf16 codecs, and the cold page-in of an 8 GiB context (PREFETCH ahead of the GETs, and GET + read-ahead alone), beside fio (io_uring, O_DIRECT, same directory, block size and queue depth); medians, ratios, the >= 0.95x goal, device bytes and the daemon's counters |
 | \`t2.dat\` | the numbers behind \`t2.png\`: test, fio, kvtier raw, kvtier bf16 (GB/s, medians; kvtier in logical bytes) |
 | \`t2.png\` | those GB/s as clustered bars (drawn when gnuplot is installed) |
-| \`gpu-kernels.txt\`, \`gpu-transfer.txt\` | \`bench_gpu_kernels\` (paged gather/scatter GB/s beside device-to-device cudaMemcpy) and \`bench_gpu_transfer\` (GPU_PUT/GPU_GET through the daemon and a long-context page-in, beside pinned cudaMemcpyAsync); written only on a machine with a CUDA device |
+| \`gpu-kernels.txt\`, \`gpu-transfer.txt\`, \`gpu-batch.txt\` | \`bench_gpu_kernels\` (paged gather/scatter GB/s beside device-to-device cudaMemcpy), \`bench_gpu_transfer\` (GPU_PUT/GPU_GET through the daemon and a long-context page-in, beside pinned cudaMemcpyAsync) and \`bench_gpu_batch\` (a block's extents copied one cudaMemcpyAsync each vs one cudaMemcpyBatchAsync); written only on a machine with a CUDA device |
 | \`policy.txt\` | \`bench_policy\`: the host tier's eviction policy (store/policy_lru.c, driven through its interface) beside plain LRU, S3-FIFO, ARC, SLRU, W-TinyLFU, LRU-2, LFU with dynamic aging, BIP and clairvoyant Belady, simulated on the Mooncake trace at 5% to 50% of its unique blocks: prefix hit ratios, the share of the Belady gap the best online policy closes, and where Belady's extra hits come from |
 $(other_results)
 
