@@ -495,6 +495,7 @@ bool put_already_stored(struct conn *c, const kvt_key *key)
 	if (!b)
 		return false;
 	t1_touch(s->t1, b);
+	tier2_block_reached(b);
 	return true;
 }
 
@@ -823,9 +824,13 @@ static void do_lookup(struct conn *c, const struct kvt_hdr *h, const uint8_t *bo
 	while (found < bt.count) {
 		struct t1_key tk = { .tenant = c->tenant };
 		kvt_key_decode(bt.items + (size_t)found * KVT_KEY_SIZE, &tk.key);
+		struct t1_block *b = t1_find(c->srv->t1, &tk);
+		/* Found right after its parent: reachable, so no orphan. */
+		if (b && found > 0)
+			tier2_block_reached(b);
 		if (gpu_t0_holds(c->srv, &tk))
 			tiers[found] = KVT_TIER_GPU;
-		else if (t1_find(c->srv->t1, &tk))
+		else if (b)
 			tiers[found] = KVT_TIER_HOST;
 		else if (tier2_lookup(c->srv, &tk, NULL) == 0)
 			tiers[found] = KVT_TIER_NVME;

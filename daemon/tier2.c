@@ -719,6 +719,13 @@ static bool demote_start(struct server *s, struct t1_block *b)
  * marked, it classifies as free to evict. Write-back meets a chain head first
  * (it is the coldest), so a whole cut-off chain is marked in one pass.
  */
+void tier2_block_reached(struct t1_block *b)
+{
+	uint32_t fl = t1_block_flags(b);
+	if (fl & T1F_ORPHAN)
+		t1_block_set_flags(b, fl & ~T1F_ORPHAN);
+}
+
 static bool orphaned(struct server *s, struct t1_block *b)
 {
 	static const kvt_key zero;
@@ -728,8 +735,8 @@ static bool orphaned(struct server *s, struct t1_block *b)
 	struct t1_key pk = { .tenant = t1_block_key(b)->tenant, .key = *p };
 	struct t1_block *pb = t1_find(s->t1, &pk);
 	if (pb ? !(t1_block_flags(pb) & T1F_ORPHAN)
-	       : t1_contains(s->t1, &pk) || t2_lookup(s->tier2->t2, &pk, NULL) == 0)
-		return false;
+	       : t1_contains(s->t1, &pk) || t2_lookup(s->tier2->t2, &pk, NULL) != -ENOENT)
+		return false; /* present, or not known to be absent (an index error) */
 	t1_block_set_flags(b, t1_block_flags(b) | T1F_ORPHAN);
 	s->tier2->orphans++;
 	return true;

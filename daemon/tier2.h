@@ -29,6 +29,9 @@ enum nvme_admission {
 /* Its parent is in no tier any more (deleted, or dropped by NVMe cleaning): no
  * LOOKUP can reach it, so it is evicted without being written to NVMe. */
 #define T1F_ORPHAN 8u
+/* b was reached through its chain (a LOOKUP found it after its parent) or stored
+ * again: it is no orphan now, whatever write-back found before. */
+void tier2_block_reached(struct t1_block *b);
 
 /* Open the I/O engine and the NVMe store if nvme_capacity > 0, and register their
  * event sources with the loop. Returns 0 (also when the tier is off) or -errno. */

@@ -340,8 +340,12 @@ int t2_record_encode_frame(struct codec_ctx *ctx, enum codec_id codec, const str
 	enum codec_id used = CODEC_RAW;
 	long stored;
 
+	uint64_t total;
+
 	if (!buf || !fo || (nsrc && !src) || (unsigned)codec >= CODEC_COUNT ||
 	    len > T2_MAX_BLOCK || i >= frames_for(len) || cap < t2_record_bound(len))
+		return -EINVAL;
+	if (spans_total(src, nsrc, &total) < 0 || total != len)
 		return -EINVAL;
 	if (codec != CODEC_RAW && !ctx)
 		return -EINVAL;

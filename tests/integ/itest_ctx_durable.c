@@ -670,15 +670,19 @@ static bool is_mounted(const char *mnt)
 	return stat(mnt, &a) == 0 && stat(parent, &b) == 0 && a.st_dev != b.st_dev;
 }
 
-/* Mount; false if FUSE is not available here (then the case is skipped). */
+/* Mount; false if pcfs exits at once (FUSE not usable here: the case is skipped).
+ * A mount that does not appear in time fails the case. */
 static bool pcut_mount(struct pcut *p)
 {
+	pid_t parent = getpid();
 	p->pid = fork();
 	CHECK(p->pid >= 0);
 	if (p->pid == 0) {
 		/* Gone with the case, whatever ends it (it unmounts on SIGTERM); and
 		 * holding none of the case's descriptors (its output pipe above all). */
 		prctl(PR_SET_PDEATHSIG, SIGTERM);
+		if (getppid() != parent)
+			_exit(127);
 		int fd = open(p->log, O_WRONLY | O_CREAT | O_APPEND, 0644);
 		if (fd >= 0) {
 			dup2(fd, 1);
@@ -688,7 +692,7 @@ static bool pcut_mount(struct pcut *p)
 		execl(pcfs_bin(), "pcfs", "--cut", p->backing, p->mnt, "-f", (char *)NULL);
 		_exit(127);
 	}
-	for (int i = 0; i < 1000; i++) {
+	for (int i = 0; i < 3000; i++) {
 		if (is_mounted(p->mnt))
 			return true;
 		int st;
@@ -698,6 +702,10 @@ static bool pcut_mount(struct pcut *p)
 		}
 		test_sleep_ms(10);
 	}
+	kill(p->pid, SIGKILL);
+	waitpid(p->pid, NULL, 0);
+	p->pid = -1;
+	CHECK_MSG(false, "pcfs did not mount %s within 30 s (log %s)", p->mnt, p->log);
 	return false;
 }
 
@@ -717,6 +725,13 @@ static void pcut_cut(struct pcut *p)
 	p->pid = -1;
 }
 
+/* Memory record k of a round whose blocks start at first: names the context. */
+static void pcut_value(char *out, size_t cap, uint64_t first, uint64_t k)
+{
+	snprintf(out, cap, "context pc/%llu of blocks from %llu", (unsigned long long)k,
+		 (unsigned long long)(first + k * 8));
+}
+
 static void *pcut_saver(void *arg)
 {
 	struct saver *s = arg;
@@ -731,7 +746,7 @@ static void *pcut_saver(void *arg)
 	 * daemon is gone; s->n counts the acknowledged ones. */
 	for (uint64_t k = 0; s->rc == 0; k++) {
 		uint64_t first = s->first + k * 8;
-		char name[32], val[64];
+		char name[32], val[96];
 		for (uint64_t i = 0; i < 8 && s->rc == 0; i++) {
 			kvt_put_item it = { .key = blk_key(first + i), .region = r,
 					    .offset = i * BLK, .length = BLK, .desc = blk_desc };
@@ -743,9 +758,10 @@ static void *pcut_saver(void *arg)
 		snprintf(name, sizeof(name), "pc/%llu", (unsigned long long)k);
 		if (s->rc == 0)
 			s->rc = save_range(c, name, first, 8, 0);
-		snprintf(val, sizeof(val), "context pc/%llu from %llu", (unsigned long long)k,
-			 (unsigned long long)first);
-		kvt_mem_record rec = { .ns = "pc", .key = name, .value = val,
+		pcut_value(val, sizeof(val), s->first, k);
+		char ns[32];
+		snprintf(ns, sizeof(ns), "pc%llu", (unsigned long long)s->first);
+		kvt_mem_record rec = { .ns = ns, .key = name, .value = val,
 				       .value_len = strlen(val) };
 		if (s->rc == 0)
 			s->rc = kvt_mem_put(c, &rec);
@@ -813,12 +829,22 @@ TEST(acknowledged_saves_survive_a_power_cut)
 			char name[32];
 			snprintf(name, sizeof(name), "pc/%zu", k);
 			int rc = check_range(c, name, sv.first + k * 8, 8, BLK, k == sv.n);
+			char ns[32], want[96];
+			snprintf(ns, sizeof(ns), "pc%llu", (unsigned long long)sv.first);
+			pcut_value(want, sizeof(want), sv.first, k);
 			kvt_mem_item *it = NULL;
-			int mrc = kvt_mem_get(c, "pc", name, &it);
+			int mrc = kvt_mem_get(c, ns, name, &it);
 			if (k < sv.n)
 				CHECK_MSG(rc == 0 && mrc == 0, "loop %u: acknowledged %s lost after the "
 					  "cut (context %s, record %s)", loop, name, kvt_errname(rc),
 					  kvt_errname(mrc));
+			if (mrc == 0) {
+				CHECK_MSG(it->value_len == strlen(want) &&
+						  memcmp(it->value, want, it->value_len) == 0,
+					  "loop %u: record %s/%s holds '%.*s'", loop, ns, name,
+					  (int)it->value_len, (const char *)it->value);
+				CHECK_RC(kvt_mem_delete(c, ns, name), 0);
+			}
 			kvt_mem_item_free(it);
 			if (rc == 0)
 				CHECK_RC(kvt_ctx_delete(c, name), 0);

@@ -456,6 +456,59 @@ TEST(cut_off_chain_is_evicted_without_being_written)
 	uint8_t tiers[CHAIN];
 	CHECK_RC(kvt_block_lookup(c, chain, CHAIN, &found, tiers), 0);
 	CHECK_EQ(found, CHAIN);
+
+	CHECK_RC(kvt_region_destroy(src), 0);
+	kvt_conn_close(c);
+	kvtd_stop_clean(&d);
+}
+
+/*
+ * A cut-off chain whose blocks write-back has marked while they are still in RAM,
+ * then stored again with its head: it is reachable again, so it is written back
+ * like any other chain and survives the pressure that follows, whole.
+ */
+TEST(cut_off_chain_stored_again_is_written_back)
+{
+	enum { CHAIN = 16, FILL = 46, MORE = 128 }; /* 15 + 46 of a 64 MiB host tier */
+	const uint32_t ns = 13, ns3 = 14;
+	const size_t len = 1 * MiB;
+	char conf[512];
+	conf_for(conf, sizeof(conf), "uring",
+		 "nvme_write = back\nnvme_admission = always\nhost_policy = lru\n");
+	struct kvtd d;
+	kvtd_start(&d, conf);
+	kvt_conn *c = kvtd_connect(&d, 30000);
+	kvt_region *src = kvtd_region(c, len);
+	kvt_key chain[CHAIN];
+	for (uint64_t i = 0; i < CHAIN; i++) {
+		kvt_key p = blk_key(ns, i - 1);
+		CHECK_RC(put_blk(c, src, 0, ns, i, len, i ? &p : NULL), 0);
+		chain[i] = blk_key(ns, i);
+	}
+	kvt_key head = blk_key(ns, 0);
+	int st = 0;
+	CHECK_RC(kvt_block_delete(c, &head, 1, &st), 0);
+	/* The host tier past its free target, not past full: write-back runs and
+	 * marks some of the cut-off blocks, nothing is evicted yet. */
+	for (uint64_t i = 0; i < FILL; i++)
+		CHECK_RC(put_blk(c, src, 0, ns3, i, len, NULL), 0);
+	wait_stat_ge(c, "t1.orphans", 1);
+	CHECK_EQ(kvtd_stat(c, "t1.evictions"), 0);
+	/* Stored again, head first: the whole chain is there. */
+	for (uint64_t i = 0; i < CHAIN; i++) {
+		kvt_key p = blk_key(ns, i - 1);
+		CHECK_RC(put_blk(c, src, 0, ns, i, len, i ? &p : NULL), 0);
+	}
+	size_t found = 0;
+	uint8_t tiers[CHAIN];
+	CHECK_RC(kvt_block_lookup(c, chain, CHAIN, &found, tiers), 0);
+	CHECK_EQ(found, CHAIN);
+	/* Twice the host tier more: the chain goes to NVMe, all of it. */
+	for (uint64_t i = 1000; i < 1000 + MORE; i++)
+		CHECK_RC(put_blk(c, src, 0, ns3, i, len, NULL), 0);
+	CHECK_RC(kvt_block_lookup(c, chain, CHAIN, &found, tiers), 0);
+	CHECK_MSG(found == CHAIN, "the chain stored again: %zu of %d blocks found after the "
+		  "pressure", found, CHAIN);
 	CHECK_RC(kvt_region_destroy(src), 0);
 	kvt_conn_close(c);
 	kvtd_stop_clean(&d);
@@ -669,4 +722,4 @@ TEST_MAIN(uring_roundtrip_raw, uring_roundtrip_zstd, uring_roundtrip_bf16, threa
 	  memstat_shows_the_nvme_tier, uring_chain_put_waits_in_order_and_loses_no_child,
 	  threads_chain_put_waits_in_order_and_loses_no_child, child_of_a_block_on_nvme_is_stored,
 	  chain_split_over_two_pipelined_puts_loses_no_child,
-	  cut_off_chain_is_evicted_without_being_written)
+	  cut_off_chain_is_evicted_without_being_written, cut_off_chain_stored_again_is_written_back)

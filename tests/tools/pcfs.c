@@ -43,6 +43,7 @@
 /* What one write (or truncate) replaced, in the order it happened. */
 struct undo {
 	struct undo *next;
+	uint64_t seq; /* order of the writes, across files */
 	off_t off;
 	size_t len;
 	uint8_t data[];
@@ -62,7 +63,9 @@ static struct {
 	bool cut;
 	pthread_mutex_t mu;
 	struct pfile *files;
+	uint64_t seq;
 	uint64_t writes, syncs, bytes_kept;
+	unsigned rollback_failures;
 } g = { .mu = PTHREAD_MUTEX_INITIALIZER };
 
 /* BACKING_DIR + path (a path too long is cut, and then not found). */
@@ -116,17 +119,21 @@ static void pfile_drop(const char *path)
 		}
 }
 
-/* Remember what [off, off + len) of the file holds now, where it lies below the
- * synced size (bytes past it are cut off by the final truncate). Lock held. */
+/* Remember what [off, off + len) of the file holds now, as far as the file
+ * reaches (bytes past the synced size are cut off by the final truncate anyway,
+ * but a sync racing this write may move the synced size past them). Lock held. */
 static int remember(int fd, const char *path, off_t off, size_t len)
 {
 	struct pfile *f = pfile_find(path, true, fd);
+	struct stat st;
 	if (!f)
 		return -ENOMEM;
-	if (off >= f->synced_size)
+	if (fstat(fd, &st) < 0)
+		return -errno;
+	if (off >= st.st_size)
 		return 0;
-	if ((off_t)len > f->synced_size - off)
-		len = (size_t)(f->synced_size - off);
+	if ((off_t)len > st.st_size - off)
+		len = (size_t)(st.st_size - off);
 	struct undo *u = malloc(sizeof(*u) + len);
 	if (!u)
 		return -ENOMEM;
@@ -138,6 +145,7 @@ static int remember(int fd, const char *path, off_t off, size_t len)
 	}
 	/* A hole or a file shorter than synced_size reads short: zeros were there. */
 	memset(u->data + n, 0, len - (size_t)n);
+	u->seq = ++g.seq;
 	u->off = off;
 	u->len = len;
 	u->next = f->undo;
@@ -174,13 +182,20 @@ static void pc_destroy(void *arg)
 			char p[PATH_MAX];
 			full(p, f->path);
 			int fd = open(p, O_WRONLY);
-			if (fd >= 0) {
-				for (struct undo *u = f->undo; u; u = u->next)
-					if (pwrite(fd, u->data, u->len, u->off) == (ssize_t)u->len)
-						restored += u->len;
-				if (ftruncate(fd, f->synced_size) == 0 && fsync(fd) == 0)
-					files++;
+			bool ok = fd >= 0;
+			for (struct undo *u = f->undo; ok && u; u = u->next) {
+				ok = pwrite(fd, u->data, u->len, u->off) == (ssize_t)u->len;
+				restored += ok ? u->len : 0;
+			}
+			ok = ok && ftruncate(fd, f->synced_size) == 0 && fsync(fd) == 0;
+			if (fd >= 0)
 				close(fd);
+			if (ok) {
+				files++;
+			} else {
+				g.rollback_failures++;
+				fprintf(stderr, "pcfs: cut: %s could not be rolled back: %s\n",
+					f->path, strerror(errno));
 			}
 		}
 		pfile_clear(f);
@@ -264,9 +279,18 @@ static int pc_rename(const char *from, const char *to, unsigned int flags)
 		return -errno;
 	pthread_mutex_lock(&g.mu);
 	pfile_drop(to);
-	for (struct pfile *f = g.files; f; f = f->next)
-		if (strcmp(f->path, from) == 0)
+	/* The file itself, or everything under a directory renamed. */
+	size_t fl = strlen(from);
+	for (struct pfile *f = g.files; f; f = f->next) {
+		if (strcmp(f->path, from) == 0) {
 			snprintf(f->path, sizeof(f->path), "%s", to);
+		} else if (strncmp(f->path, from, fl) == 0 && f->path[fl] == '/') {
+			char moved[PATH_MAX];
+			int n = snprintf(moved, sizeof(moved), "%s%s", to, f->path + fl);
+			if (n > 0 && n < (int)sizeof(moved))
+				memcpy(f->path, moved, (size_t)n + 1);
+		}
+	}
 	pthread_mutex_unlock(&g.mu);
 	return 0;
 }
@@ -298,12 +322,25 @@ static int pc_open(const char *path, struct fuse_file_info *fi)
 	char p[PATH_MAX];
 	full(p, path);
 	int fl = open_flags(fi->flags);
-	/* Writes must be readable first (the undo copy). */
+	/* Writes must be readable first (the undo copy); a truncating open is a
+	 * truncate, remembered like one. */
 	if ((fl & O_ACCMODE) == O_WRONLY)
 		fl = (fl & ~O_ACCMODE) | O_RDWR;
-	int fd = open(p, fl);
+	int fd = open(p, fl & ~O_TRUNC);
 	if (fd < 0)
 		return -errno;
+	if (fl & O_TRUNC) {
+		struct stat st;
+		pthread_mutex_lock(&g.mu);
+		int rc = fstat(fd, &st) < 0 ? -errno : remember(fd, path, 0, (size_t)st.st_size);
+		if (!rc && ftruncate(fd, 0) < 0)
+			rc = -errno;
+		pthread_mutex_unlock(&g.mu);
+		if (rc) {
+			close(fd);
+			return rc;
+		}
+	}
 	fi->fh = (uint64_t)fd;
 	return 0;
 }
@@ -376,19 +413,34 @@ static int pc_fallocate(const char *path, int mode, off_t off, off_t len,
 	return rc;
 }
 
+/* What a sync covers: the writes done before it started. Writes racing it (the
+ * file's other users go on writing) keep their undo copies. */
 static int pc_fsync(const char *path, int datasync, struct fuse_file_info *fi)
 {
 	int fd = (int)fi->fh;
-	int r = datasync ? fdatasync(fd) : fsync(fd);
-	if (r < 0)
+	struct stat st;
+	pthread_mutex_lock(&g.mu);
+	uint64_t mark = g.seq;
+	int rc = fstat(fd, &st) < 0 ? -errno : 0;
+	pthread_mutex_unlock(&g.mu);
+	if (rc)
+		return rc;
+	if ((datasync ? fdatasync(fd) : fsync(fd)) < 0)
 		return -errno;
 	pthread_mutex_lock(&g.mu);
 	struct pfile *f = pfile_find(path, false, fd);
 	if (f) {
-		struct stat st;
-		pfile_clear(f);
-		if (fstat(fd, &st) == 0)
-			f->synced_size = st.st_size;
+		/* Drop the entries no newer than the mark (the list is newest first). */
+		struct undo **pp = &f->undo;
+		while (*pp && (*pp)->seq > mark)
+			pp = &(*pp)->next;
+		while (*pp) {
+			struct undo *u = *pp;
+			*pp = u->next;
+			f->undo_bytes -= u->len;
+			free(u);
+		}
+		f->synced_size = st.st_size;
 	}
 	g.syncs++;
 	pthread_mutex_unlock(&g.mu);
@@ -457,5 +509,7 @@ int main(int argc, char **argv)
 	}
 	/* fuse_main gets the program name, the mount point and the rest. */
 	argv[a] = argv[0];
-	return fuse_main(argc - a, argv + a, &ops, NULL);
+	int rc = fuse_main(argc - a, argv + a, &ops, NULL);
+	/* A cut that could not roll everything back must not pass for one. */
+	return rc ? rc : g.rollback_failures ? 3 : 0;
 }
