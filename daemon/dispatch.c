@@ -807,6 +807,22 @@ static void do_get(struct conn *c, const struct kvt_hdr *h, const uint8_t *body)
 
 /* ---- LOOKUP, DELETE, PIN, UNPIN ------------------------------------------ */
 
+/* Where a block is now, as LOOKUP and PREFETCH report it: T0 (when t0 counts: a
+ * T0 block is in the host tier too), the host tier, NVMe, or KVT_TIER_NONE. *hb,
+ * if not NULL, receives its host-tier block (or NULL). */
+static uint8_t block_tier(struct server *s, const struct t1_key *key, bool t0,
+			  struct t1_block **hb)
+{
+	struct t1_block *b = t1_find(s->t1, key);
+	if (hb)
+		*hb = b;
+	if (t0 && b && gpu_t0_holds(s, key))
+		return KVT_TIER_GPU;
+	if (b)
+		return KVT_TIER_HOST;
+	return tier2_lookup(s, key, NULL) == 0 ? KVT_TIER_NVME : KVT_TIER_NONE;
+}
+
 static void do_lookup(struct conn *c, const struct kvt_hdr *h, const uint8_t *body)
 {
 	struct kvt_batch bt;
@@ -824,19 +840,14 @@ static void do_lookup(struct conn *c, const struct kvt_hdr *h, const uint8_t *bo
 	while (found < bt.count) {
 		struct t1_key tk = { .tenant = c->tenant };
 		kvt_key_decode(bt.items + (size_t)found * KVT_KEY_SIZE, &tk.key);
-		struct t1_block *b = t1_find(c->srv->t1, &tk);
+		struct t1_block *b;
+		uint8_t t = block_tier(c->srv, &tk, true, &b);
+		if (t == KVT_TIER_NONE)
+			break;
 		/* Found right after its parent: reachable, so no orphan. */
 		if (b && found > 0)
 			tier2_block_reached(b);
-		if (gpu_t0_holds(c->srv, &tk))
-			tiers[found] = KVT_TIER_GPU;
-		else if (b)
-			tiers[found] = KVT_TIER_HOST;
-		else if (tier2_lookup(c->srv, &tk, NULL) == 0)
-			tiers[found] = KVT_TIER_NVME;
-		else
-			break;
-		found++;
+		tiers[found++] = t;
 	}
 	size_t len = kvt_lookup_rep_size(found);
 	uint8_t *buf = malloc(len);
@@ -964,17 +975,9 @@ static void prefetch_answer(struct prefetch *pf)
 	c->inflight--;
 	/* Tier 0: say where each block is now. A copy another request made may have
 	 * landed, and a small pool may already have evicted one of ours. */
-	for (uint32_t i = 0; pf->tier == KVT_TIER_HBM && i < pf->count; i++) {
-		uint8_t *t = &pf->tiers[i];
-		if (*t != KVT_TIER_HBM && *t != KVT_TIER_HOST)
-			continue;
-		if (gpu_t0_holds(s, &pf->keys[i]))
-			*t = KVT_TIER_HBM;
-		else if (t1_find(s->t1, &pf->keys[i]))
-			*t = KVT_TIER_HOST;
-		else
-			*t = tier2_lookup(s, &pf->keys[i], NULL) == 0 ? KVT_TIER_NVME : KVT_TIER_NONE;
-	}
+	for (uint32_t i = 0; pf->tier == KVT_TIER_HBM && i < pf->count; i++)
+		if (pf->tiers[i] == KVT_TIER_HBM || pf->tiers[i] == KVT_TIER_HOST)
+			pf->tiers[i] = block_tier(s, &pf->keys[i], true, NULL);
 	pf->answer(c, pf->id, pf->tier, pf->tiers, pf->count, pf->arg);
 	if (!c->dead)
 		conn_update_events(c);
@@ -1038,9 +1041,7 @@ static void prefetch_cb(void *arg, int status, struct t1_block *b)
 			return;
 	} else if (status && !pf->answered) {
 		/* Missing or corrupt after all, or still on NVMe (no memory, no room). */
-		struct server *s = pf->c->srv;
-		pf->tiers[it->i] = tier2_lookup(s, &pf->keys[it->i], NULL) == 0 ? KVT_TIER_NVME
-										 : KVT_TIER_NONE;
+		pf->tiers[it->i] = block_tier(pf->c->srv, &pf->keys[it->i], false, NULL);
 	}
 	prefetch_item_done(pf);
 }

@@ -88,6 +88,15 @@ static void put_range(kvt_conn *c, kvt_region *r, uint64_t first, size_t n, size
 	}
 }
 
+/* The per-item DELETE status of block id (the block is deleted if it is 0). */
+static int delete_status(kvt_conn *c, uint64_t id)
+{
+	kvt_key k = blk_key(id);
+	int st = 0;
+	kvt_block_delete(c, &k, 1, &st);
+	return st;
+}
+
 /* GET blocks ids[0..n) of len bytes and compare every byte. */
 static void check_ids(kvt_conn *c, const kvt_key *keys, const uint64_t *ids, size_t n, size_t len)
 {
@@ -441,19 +450,12 @@ TEST(referenced_blocks_outlive_nvme_pressure_until_deleted)
 	/* A block of a saved context cannot be deleted from under it: the item says
 	 * why, and the block stays in every tier. */
 	{
-		kvt_key k = blk_key(1 + CTX / 2);
-		int st = 0;
-		int rc = kvt_block_delete(c, &k, 1, &st);
-		CHECK_MSG(st == KVT_EREFERENCED, "DELETE of a referenced block: %s (request %s)",
-			  kvt_errname(st), kvt_errname(rc));
+		CHECK_EQ(delete_status(c, 1 + CTX / 2), KVT_EREFERENCED);
 		size_t nv = 0;
 		CHECK_EQ(count_found(c, 1 + CTX / 2, 1, &nv), 1);
 	}
-	for (size_t i = 0; i < COMPANIONS; i++) {
-		kvt_key k = blk_key(5000 + i);
-		int st = 0;
-		kvt_block_delete(c, &k, 1, &st);
-	}
+	for (size_t i = 0; i < COMPANIONS; i++)
+		(void)delete_status(c, 5000 + i);
 	uint64_t dropped0 = kvtd_stat(c, "t2.dropped_blocks");
 	uint64_t cleaned0 = kvtd_stat(c, "t2.cleaned_segments");
 
@@ -508,18 +510,11 @@ TEST(referenced_blocks_outlive_nvme_pressure_until_deleted)
 
 /* ---- references after a crash between the two stores --------------------------------- */
 
-/* The per-item DELETE status of block id (the block is deleted if it is 0). */
-static int delete_status(kvt_conn *c, uint64_t id)
-{
-	kvt_key k = blk_key(id);
-	int st = 0;
-	kvt_block_delete(c, &k, 1, &st);
-	return st;
-}
-
 /* Restart with KVT_TEST_CRASH_POINT=point, run the step that reaches it (the daemon
- * kills itself there: the call fails), then restart normally. */
-static void crash_at(struct kvtd *d, const char *point, int (*step)(kvt_conn *c))
+ * kills itself there: the call fails), call between (if not NULL) on the stopped
+ * daemon's directory, then restart normally. */
+static void crash_at(struct kvtd *d, const char *point, int (*step)(kvt_conn *c),
+		     void (*between)(struct kvtd *d))
 {
 	kvtd_stop_clean(d);
 	CHECK_RC(setenv("KVT_TEST_CRASH_POINT", point, 1), 0);
@@ -535,6 +530,8 @@ static void crash_at(struct kvtd *d, const char *point, int (*step)(kvt_conn *c)
 	CHECK(strstr(kvtd_log_text(d), point) != NULL);
 	kvt_conn_close(c);
 	kvtd_kill(d);
+	if (between)
+		between(d);
 	kvtd_restart(d);
 }
 
@@ -546,6 +543,38 @@ static int delete_gone(kvt_conn *c)
 static int save_cut(kvt_conn *c)
 {
 	return save_range(c, "cut", 300, 8, 0);
+}
+
+static int delete_gone2(kvt_conn *c)
+{
+	return kvt_ctx_delete(c, "gone2");
+}
+
+#define PROBE_NAME "probe-manifest-to-corrupt"
+
+/* Flip a byte of PROBE_NAME's manifest row in the metadata store's file: the row
+ * follows its key (tenant + name) in its LMDB leaf node, and past its 72-byte
+ * header come the block keys, which the row checksum covers. Every copy is hit
+ * (LMDB keeps older ones in free pages). */
+static void corrupt_probe(struct kvtd *d)
+{
+	char path[512];
+	snprintf(path, sizeof(path), "%s/data/meta/data.mdb", d->dir);
+	FILE *f = fopen(path, "r+b");
+	CHECK_MSG(f != NULL, "%s: %s", path, strerror(errno));
+	static uint8_t buf[64 << 20];
+	size_t n = fread(buf, 1, sizeof(buf), f);
+	size_t nl = strlen(PROBE_NAME), hits = 0;
+	for (size_t i = 0; i + nl + 80 < n; i++) {
+		if (memcmp(buf + i, PROBE_NAME, nl) != 0)
+			continue;
+		buf[i + nl + 72 + 5] ^= 0x40;
+		hits++;
+	}
+	CHECK_MSG(hits > 0, "%s: no manifest row named %s", path, PROBE_NAME);
+	CHECK_RC(fseek(f, 0, SEEK_SET), 0);
+	CHECK_EQ(fwrite(buf, 1, n, f), n);
+	CHECK_RC(fclose(f), 0);
 }
 
 /*
@@ -576,7 +605,7 @@ TEST(references_left_by_a_crash_between_the_stores_are_reconciled)
 	kvt_conn_close(c);
 
 	/* Deleted, then killed before the references went. */
-	crash_at(&d, "ctx_unref", delete_gone);
+	crash_at(&d, "ctx_unref", delete_gone, NULL);
 	c = kvtd_connect(&d, 60000);
 	kvt_conn_set_timeout(c, 20000);
 	CHECK(strstr(kvtd_log_text(&d), "leaked references dropped") != NULL);
@@ -592,7 +621,7 @@ TEST(references_left_by_a_crash_between_the_stores_are_reconciled)
 	kvt_conn_close(c);
 
 	/* References taken and durable, then killed before the manifest. */
-	crash_at(&d, "ctx_commit", save_cut);
+	crash_at(&d, "ctx_commit", save_cut, NULL);
 	c = kvtd_connect(&d, 60000);
 	kvt_conn_set_timeout(c, 20000);
 	CHECK_EQ(kvtd_stat(c, "meta.refs_dropped"), N);
@@ -636,6 +665,28 @@ TEST(references_left_by_a_crash_between_the_stores_are_reconciled)
 	CHECK_EQ(kvtd_stat(c, "meta.refs_dropped"), 0);
 	CHECK_EQ(check_range(c, "keep", 100, N, BLK, false), 0);
 	CHECK_EQ(delete_status(c, 100), KVT_EREFERENCED);
+
+	/* A manifest that fails its checksum while another left references behind:
+	 * nothing is dropped, since the unreadable one may be what holds them. */
+	CHECK_RC(kvt_region_create(c, N * BLK, &r), 0);
+	put_range(c, r, 400, N, BLK, N);
+	put_range(c, r, 500, N, BLK, N);
+	kvt_region_destroy(r);
+	CHECK_RC(save_range(c, PROBE_NAME, 400, N, 0), 0);
+	CHECK_RC(save_range(c, "gone2", 500, N, 0), 0);
+	kvt_conn_close(c);
+	crash_at(&d, "ctx_unref", delete_gone2, corrupt_probe);
+	c = kvtd_connect(&d, 60000);
+	CHECK_MSG(strstr(kvtd_log_text(&d), "fail their checksum"), "log:\n%s",
+		  kvtd_log_text(&d));
+	CHECK_EQ(kvtd_stat(c, "meta.refs_dropped"), 0);
+	CHECK_EQ(delete_status(c, 500), KVT_EREFERENCED);
+	CHECK_EQ(delete_status(c, 400), KVT_EREFERENCED);
+	{
+		kvt_ctx_info *in = NULL;
+		CHECK_RC(kvt_ctx_load(c, PROBE_NAME, KVT_TIER_HOST, 0, &in), KVT_EIO);
+	}
+
 	CHECK_RC(kvt_ctx_delete(c, "keep"), 0);
 	CHECK_EQ(delete_status(c, 100), 0);
 	kvt_conn_close(c);

@@ -429,11 +429,9 @@ TEST(cut_off_chain_is_evicted_without_being_written)
 	kvtd_start(&d, conf);
 	kvt_conn *c = kvtd_connect(&d, 30000);
 	kvt_region *src = kvtd_region(c, len);
-	for (uint64_t i = 0; i < CHAIN; i++) {
-		kvt_key p = blk_key(ns, i - 1), q = blk_key(ns2, i - 1);
-		CHECK_RC(put_blk(c, src, 0, ns, i, len, i ? &p : NULL), 0);
-		CHECK_RC(put_blk(c, src, 0, ns2, i, len, i ? &q : NULL), 0);
-	}
+	kvt_key chain[CHAIN];
+	put_chain(c, src, ns, CHAIN, len, NULL);
+	put_chain(c, src, ns2, CHAIN, len, chain);
 	CHECK_EQ(kvtd_stat(c, "t2.demotions"), 0);
 	kvt_key head = blk_key(ns, 0);
 	int st = 0;
@@ -449,9 +447,6 @@ TEST(cut_off_chain_is_evicted_without_being_written)
 			  (unsigned long long)i);
 	CHECK_EQ(kvtd_stat(c, "t1.orphans"), CHAIN - 1);
 	/* The intact chain: all on NVMe now, found from its head. */
-	kvt_key chain[CHAIN];
-	for (uint64_t i = 0; i < CHAIN; i++)
-		chain[i] = blk_key(ns2, i);
 	size_t found = 0;
 	uint8_t tiers[CHAIN];
 	CHECK_RC(kvt_block_lookup(c, chain, CHAIN, &found, tiers), 0);
@@ -480,11 +475,7 @@ TEST(cut_off_chain_stored_again_is_written_back)
 	kvt_conn *c = kvtd_connect(&d, 30000);
 	kvt_region *src = kvtd_region(c, len);
 	kvt_key chain[CHAIN];
-	for (uint64_t i = 0; i < CHAIN; i++) {
-		kvt_key p = blk_key(ns, i - 1);
-		CHECK_RC(put_blk(c, src, 0, ns, i, len, i ? &p : NULL), 0);
-		chain[i] = blk_key(ns, i);
-	}
+	put_chain(c, src, ns, CHAIN, len, chain);
 	kvt_key head = blk_key(ns, 0);
 	int st = 0;
 	CHECK_RC(kvt_block_delete(c, &head, 1, &st), 0);
@@ -495,10 +486,7 @@ TEST(cut_off_chain_stored_again_is_written_back)
 	wait_stat_ge(c, "t1.orphans", 1);
 	CHECK_EQ(kvtd_stat(c, "t1.evictions"), 0);
 	/* Stored again, head first: the whole chain is there. */
-	for (uint64_t i = 0; i < CHAIN; i++) {
-		kvt_key p = blk_key(ns, i - 1);
-		CHECK_RC(put_blk(c, src, 0, ns, i, len, i ? &p : NULL), 0);
-	}
+	put_chain(c, src, ns, CHAIN, len, NULL);
 	size_t found = 0;
 	uint8_t tiers[CHAIN];
 	CHECK_RC(kvt_block_lookup(c, chain, CHAIN, &found, tiers), 0);

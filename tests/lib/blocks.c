@@ -112,6 +112,16 @@ void put_blks(kvt_conn *c, kvt_region *r, uint32_t ns, uint64_t from, uint64_t t
 		CHECK_RC(put_blk(c, r, 0, ns, i, blk_len(ns, i, lo, hi), NULL), 0);
 }
 
+void put_chain(kvt_conn *c, kvt_region *r, uint32_t ns, uint64_t n, size_t len, kvt_key *keys)
+{
+	for (uint64_t i = 0; i < n; i++) {
+		kvt_key p = blk_key(ns, i - 1);
+		CHECK_RC(put_blk(c, r, 0, ns, i, len, i ? &p : NULL), 0);
+		if (keys)
+			keys[i] = blk_key(ns, i);
+	}
+}
+
 void get_blks(kvt_conn *c, kvt_region *dst, uint32_t ns, uint64_t from, uint64_t to, size_t lo,
 	      size_t hi, uint8_t *want)
 {

@@ -48,6 +48,11 @@ int get_blk(kvt_conn *c, kvt_region *dst, uint32_t ns, uint64_t n, size_t len, u
 void put_blks(kvt_conn *c, kvt_region *r, uint32_t ns, uint64_t from, uint64_t to, size_t lo,
 	      size_t hi);
 
+/* PUT blocks (ns, 0..n-1) of len bytes as one chain (each the parent of the next)
+ * through r at offset 0; each must succeed. keys (n entries, may be NULL) receives
+ * their keys, head first. */
+void put_chain(kvt_conn *c, kvt_region *r, uint32_t ns, uint64_t n, size_t len, kvt_key *keys);
+
 /* GET blocks (ns, from..to-1) as get_blk does (lengths as put_blks); each must
  * come back, exactly. */
 void get_blks(kvt_conn *c, kvt_region *dst, uint32_t ns, uint64_t from, uint64_t to, size_t lo,
