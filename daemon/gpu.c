@@ -118,12 +118,13 @@ static uint64_t t0_quota(void *arg, uint32_t tenant)
 	uint64_t q = t1_tenant_quota(s->t1, tenant);
 	if (!q)
 		return 0;
-	struct t1_stats hs;
-	t1_get_stats(s->t1, &hs);
+	/* Asked at every T0 reserve: t1_capacity, not t1_get_stats (which scans the
+	 * allocator for its largest free run). */
+	uint64_t host = t1_capacity(s->t1);
 	uint64_t pool = s->cfg->gpu_pool_size, chunk = s->cfg->host_chunk;
-	if (!hs.capacity || q >= hs.capacity)
+	if (!host || q >= host)
 		return pool;
-	uint64_t share = (uint64_t)((long double)q * (long double)pool / (long double)hs.capacity);
+	uint64_t share = (uint64_t)((long double)q * (long double)pool / (long double)host);
 	return share < chunk ? chunk : share;
 }
 

@@ -820,6 +820,11 @@ int t1_set_quota(struct t1 *t, uint32_t tenant, uint64_t bytes)
 	return 0;
 }
 
+uint64_t t1_capacity(const struct t1 *t)
+{
+	return t->capacity;
+}
+
 uint64_t t1_tenant_quota(const struct t1 *t, uint32_t tenant)
 {
 	const struct tenant *tn = tenant_find(&t->tenants, tenant);
