@@ -749,12 +749,10 @@ static void pump_ex(struct server *s, bool force)
 	struct tier2 *t = s->tier2;
 	if (!t || (s->stopping && !t->flushing) || t2_has_failed(t->t2))
 		return;
-	struct t1_stats st;
-	t1_get_stats(s->t1, &st);
 	/* write-through, or a store waiting: every admitted dirty block */
 	bool all = force || s->cfg->nvme_write == 1;
-	uint64_t want = st.capacity / 100 * s->cfg->nvme_free_target;
-	uint64_t ready = st.capacity > st.used ? st.capacity - st.used : 0;
+	uint64_t want = t1_capacity(s->t1) / 100 * s->cfg->nvme_free_target;
+	uint64_t ready = t1_free_bytes(s->t1);
 	if (!all && ready >= want)
 		return;
 	struct t1_block *b = t1_cold_next(s->t1, NULL);

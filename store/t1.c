@@ -825,6 +825,11 @@ uint64_t t1_capacity(const struct t1 *t)
 	return t->capacity;
 }
 
+uint64_t t1_free_bytes(const struct t1 *t)
+{
+	return alloc_free_chunks(&t->alloc) << t->chunk_shift;
+}
+
 uint64_t t1_tenant_quota(const struct t1 *t, uint32_t tenant)
 {
 	const struct tenant *tn = tenant_find(&t->tenants, tenant);

@@ -168,8 +168,10 @@ bool t1_block_is_committed(const struct t1_block *b);
 int t1_set_quota(struct t1 *t, uint32_t tenant, uint64_t bytes);
 /* The quota in force for a tenant: its override, else default_quota; 0 = none. */
 uint64_t t1_tenant_quota(const struct t1 *t, uint32_t tenant);
-/* The tier's capacity in bytes (whole chunks); O(1), unlike t1_get_stats. */
+/* The tier's capacity in bytes (whole chunks), and its free bytes (whole free
+ * chunks); O(1), unlike t1_get_stats. */
 uint64_t t1_capacity(const struct t1 *t);
+uint64_t t1_free_bytes(const struct t1 *t);
 
 struct t1_stats {
 	uint64_t capacity;
