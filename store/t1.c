@@ -21,6 +21,7 @@
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "alloc.h"
 #include "arena.h"
@@ -68,6 +69,8 @@ struct t1_block {
 	uint32_t accesses; /* t1_touch calls since it was reserved */
 	uint32_t uflags;   /* the owner's (t1_block_flags) */
 	enum blk_state state;
+	enum t1_hint hint;     /* the engine's eviction hint (t1_set_hint) */
+	uint64_t retain_until; /* T1_HINT_RETAIN: t1 clock milliseconds */
 	size_t nextents;
 	struct t1_extent ext[];
 };
@@ -83,6 +86,17 @@ struct t1 {
 	struct alloc_runs runs; /* scratch for alloc_get */
 	struct index index;
 	struct policy *policy;
+	/* Blocks with an eviction hint live outside the policy, in two lists with
+	 * policy_node links (sentinels; next = first to go): released ones, in the
+	 * order they were released, go before anything the policy holds; retained
+	 * ones, by deadline, go after it. */
+	struct policy_node released, retained;
+	uint32_t scan;
+	uint64_t (*clock_ms)(void);
+	uint64_t retain_max;    /* bytes that may hold RETAIN at once */
+	uint64_t retained_bytes; /* chunk-rounded */
+	uint64_t retained_blocks, released_blocks;
+	uint64_t retain_expired, retain_capped, retain_evicted;
 	struct tenant_table tenants;
 	struct t1_block *dead;
 	uint64_t chunk;
@@ -130,9 +144,14 @@ static uint64_t tenant_quota(const struct t1 *t, const struct tenant *tn)
 /* Pinned blocks are taken out of the policy while pinned: pins are held for as long
  * as a connection likes, and victim searches should not walk over them every time.
  * Unpinning puts the block back as the most recent (it was in use until then). */
-static bool in_policy(const struct t1_block *b)
+static bool linked(const struct t1_block *b)
 {
 	return b->state == BLK_COMMITTED && b->pins == 0;
+}
+
+static bool in_policy(const struct t1_block *b)
+{
+	return linked(b) && b->hint == T1_HINT_NONE;
 }
 
 static bool is_evictable(const struct t1_block *b)
@@ -154,6 +173,177 @@ static void account(struct t1 *t, struct t1_block *b, bool was)
 		t->evictable -= bytes;
 		b->tenant->evictable -= bytes;
 	}
+}
+
+/* ---- eviction hints ------------------------------------------------------------ */
+
+/*
+ * An engine knows what no eviction rule can see: that a session is finished, or
+ * that it will be back shortly (a tool call in flight). t1_set_hint takes that
+ * as a block's hint. A RELEASED block goes before any block the policy holds; a
+ * RETAINED one only after all of them, until its deadline, when it returns to the
+ * policy as a new block. Pinning a block, like reading a released one, ends its
+ * hint: it is in use. Hinted blocks leave the policy, as pinned ones do, and
+ * sit in t1's own two lists; victim searches take the lists and the policy in
+ * order, under the same classify rules (chain tails, tenant scope, free room).
+ * At most retain_max bytes hold RETAIN at once: past that, the retained blocks
+ * with the nearest deadlines lose it first. So a client that retains everything
+ * gets LRU-like behaviour among its own blocks, never an unevictable tier.
+ */
+
+static uint64_t clock_monotonic_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+static void node_unlink(struct policy_node *n)
+{
+	n->prev->next = n->next;
+	n->next->prev = n->prev;
+	n->prev = n->next = NULL;
+}
+
+static void node_insert_before(struct policy_node *at, struct policy_node *n)
+{
+	n->next = at;
+	n->prev = at->prev;
+	at->prev->next = n;
+	at->prev = n;
+}
+
+/* Retained blocks by deadline, nearest first. Deadlines mostly arrive in order
+ * (one duration per client), so the walk from the far end is short. */
+static void retained_insert(struct t1 *t, struct t1_block *b)
+{
+	struct policy_node *at = &t->retained;
+	while (at->prev != &t->retained &&
+	       from_pnode(at->prev)->retain_until > b->retain_until)
+		at = at->prev;
+	node_insert_before(at, &b->pnode);
+}
+
+/* b is linked (committed, unpinned): put it where its hint says. */
+static void list_enter(struct t1 *t, struct t1_block *b)
+{
+	switch (b->hint) {
+	case T1_HINT_NONE:
+		policy_insert(t->policy, &b->pnode);
+		break;
+	case T1_HINT_RELEASE:
+		node_insert_before(&t->released, &b->pnode);
+		break;
+	case T1_HINT_RETAIN:
+		retained_insert(t, b);
+		break;
+	}
+}
+
+static void list_leave(struct t1 *t, struct t1_block *b)
+{
+	if (b->hint == T1_HINT_NONE)
+		policy_remove(t->policy, &b->pnode);
+	else
+		node_unlink(&b->pnode);
+}
+
+/* Set b's hint in the counters (b committed); the lists are the caller's. */
+static void hint_count(struct t1 *t, struct t1_block *b, enum t1_hint h)
+{
+	uint64_t bytes = block_bytes(t, b);
+	if (b->hint == T1_HINT_RETAIN) {
+		t->retained_blocks--;
+		t->retained_bytes -= bytes;
+	} else if (b->hint == T1_HINT_RELEASE) {
+		t->released_blocks--;
+	}
+	if (h == T1_HINT_RETAIN) {
+		t->retained_blocks++;
+		t->retained_bytes += bytes;
+	} else if (h == T1_HINT_RELEASE) {
+		t->released_blocks++;
+	}
+	b->hint = h;
+}
+
+/* Change a committed block's hint, moving it between the lists if it is in one. */
+static void hint_move(struct t1 *t, struct t1_block *b, enum t1_hint h)
+{
+	bool in = linked(b);
+	if (in)
+		list_leave(t, b);
+	hint_count(t, b, h);
+	if (in)
+		list_enter(t, b);
+}
+
+/* Retained blocks past their deadline go back to the policy. */
+static void retain_expire(struct t1 *t)
+{
+	if (t->retained.next == &t->retained)
+		return;
+	uint64_t now = t->clock_ms();
+	while (t->retained.next != &t->retained) {
+		struct t1_block *b = from_pnode_mut(t->retained.next);
+		if (b->retain_until > now)
+			break;
+		hint_move(t, b, T1_HINT_NONE);
+		t->retain_expired++;
+	}
+}
+
+/* Over retain_max: the nearest deadlines lose RETAIN first. */
+static void retain_cap(struct t1 *t)
+{
+	while (t->retained_bytes > t->retain_max && t->retained.next != &t->retained) {
+		hint_move(t, from_pnode_mut(t->retained.next), T1_HINT_NONE);
+		t->retain_capped++;
+	}
+}
+
+int t1_set_hint(struct t1 *t, struct t1_block *b, enum t1_hint hint, uint64_t duration_ms)
+{
+	if (b->state != BLK_COMMITTED)
+		return -ENOENT;
+	if (hint > T1_HINT_RELEASE)
+		return -EINVAL;
+	if (hint == T1_HINT_RETAIN && duration_ms == 0)
+		hint = T1_HINT_NONE;
+	if (hint != T1_HINT_RETAIN) {
+		if (b->hint != hint)
+			hint_move(t, b, hint);
+		return 0;
+	}
+	uint64_t now = t->clock_ms();
+	bool in = linked(b);
+	if (in)
+		list_leave(t, b);
+	hint_count(t, b, T1_HINT_RETAIN);
+	b->retain_until = duration_ms > UINT64_MAX - now ? UINT64_MAX : now + duration_ms;
+	if (in)
+		list_enter(t, b);
+	retain_cap(t);
+	return 0;
+}
+
+enum t1_hint t1_block_hint(const struct t1_block *b)
+{
+	return b->hint;
+}
+
+/* A victim: released blocks, then the policy's, then retained ones (nearest
+ * deadline first). */
+static struct policy_node *victim(struct t1 *t, policy_classify_fn classify, void *arg,
+				  bool *nontail)
+{
+	retain_expire(t);
+	struct policy_node *n = policy_list_search(&t->released, t->scan, classify, arg, nontail);
+	if (!n)
+		n = policy_victim(t->policy, classify, arg, nontail);
+	if (!n)
+		n = policy_list_search(&t->retained, t->scan, classify, arg, nontail);
+	return n;
 }
 
 /* ---- chains ------------------------------------------------------------------ */
@@ -280,9 +470,10 @@ static void block_unlink(struct t1 *t, struct t1_block *b)
 {
 	bool was = is_evictable(b);
 	index_remove(&t->index, &b->inode);
-	if (in_policy(b))
-		policy_remove(t->policy, &b->pnode);
+	if (linked(b))
+		list_leave(t, b);
 	if (b->state == BLK_COMMITTED) {
+		hint_count(t, b, T1_HINT_NONE);
 		t->blocks--;
 		b->tenant->blocks--;
 	} else {
@@ -372,7 +563,7 @@ static enum policy_class classify_tenant(const struct policy_node *n, void *arg)
 static bool evict_one(struct t1 *t, policy_classify_fn classify, void *arg)
 {
 	bool nontail = false;
-	struct policy_node *n = policy_victim(t->policy, classify, arg, &nontail);
+	struct policy_node *n = victim(t, classify, arg, &nontail);
 	if (!n)
 		return false;
 	struct t1_block *b = from_pnode_mut(n);
@@ -385,7 +576,8 @@ static bool evict_one(struct t1 *t, policy_classify_fn classify, void *arg)
 	if (nontail) {
 		struct t1_block *best = b;
 		for (struct t1_block *x = b->first_child; x; x = x->first_child)
-			if (in_policy(x) && classify(&x->pnode, arg) != POLICY_KEEP)
+			if (linked(x) && x->hint == b->hint &&
+			    classify(&x->pnode, arg) != POLICY_KEEP)
 				best = x;
 		if (best != b) {
 			b = best;
@@ -396,6 +588,8 @@ static bool evict_one(struct t1 *t, policy_classify_fn classify, void *arg)
 	t->evicted_bytes += block_bytes(t, b);
 	if (nontail)
 		t->evict_nontail++;
+	if (b->hint == T1_HINT_RETAIN)
+		t->retain_evicted++;
 	if (t->on_evict)
 		t->on_evict(b, t->evict_arg);
 	block_unlink(t, b);
@@ -479,6 +673,12 @@ int t1_open(const struct t1_config *cfg, struct t1 **out, struct t1_report *rep)
 	t->on_evict = cfg->on_evict;
 	t->evict_arg = cfg->evict_arg;
 	t->droppable = cfg->droppable;
+	t->released.prev = t->released.next = &t->released;
+	t->retained.prev = t->retained.next = &t->retained;
+	t->scan = cfg->evict_scan ? cfg->evict_scan : POLICY_DEFAULT_SCAN;
+	t->clock_ms = cfg->clock_ms ? cfg->clock_ms : clock_monotonic_ms;
+	uint32_t pct = cfg->retain_max_pct > 100 ? 100 : cfg->retain_max_pct;
+	t->retain_max = t->capacity / 100 * pct + t->capacity % 100 * pct / 100;
 
 	int rc = alloc_init(&t->alloc, nchunks);
 	if (rc < 0)
@@ -653,8 +853,8 @@ void t1_commit(struct t1 *t, struct t1_block *b)
 	t->pending--;
 	t->blocks++;
 	b->tenant->blocks++;
-	if (in_policy(b))
-		policy_insert(t->policy, &b->pnode);
+	if (linked(b))
+		list_enter(t, b);
 	account(t, b, was);
 }
 
@@ -682,7 +882,9 @@ void t1_touch(struct t1 *t, struct t1_block *b)
 {
 	if (b->accesses < UINT32_MAX)
 		b->accesses++;
-	if (in_policy(b))
+	if (b->hint == T1_HINT_RELEASE) /* in use again: the release no longer holds */
+		hint_move(t, b, T1_HINT_NONE);
+	else if (in_policy(b))
 		policy_access(t->policy, &b->pnode);
 }
 
@@ -715,8 +917,11 @@ void t1_pin(struct t1 *t, struct t1_block *b)
 	if (b->state == BLK_DEAD)
 		return; /* unreachable through t1_find; nothing to protect */
 	bool was = is_evictable(b);
-	if (in_policy(b))
-		policy_remove(t->policy, &b->pnode);
+	if (linked(b))
+		list_leave(t, b);
+	/* In use: whatever the engine said about it before no longer holds. */
+	if (b->state == BLK_COMMITTED)
+		hint_count(t, b, T1_HINT_NONE);
 	if (b->pins++ == 0)
 		t->pinned++;
 	account(t, b, was);
@@ -729,8 +934,8 @@ int t1_unpin(struct t1 *t, struct t1_block *b)
 	bool was = is_evictable(b);
 	if (--b->pins == 0) {
 		t->pinned--;
-		if (in_policy(b))
-			policy_insert(t->policy, &b->pnode);
+		if (linked(b))
+			list_enter(t, b);
 	}
 	account(t, b, was);
 	return 0;
@@ -752,8 +957,24 @@ int t1_delete(struct t1 *t, const struct t1_key *key)
 
 struct t1_block *t1_cold_next(struct t1 *t, struct t1_block *after)
 {
-	struct policy_node *n = policy_next_cold(t->policy, after ? &after->pnode : NULL);
-	return n ? from_pnode_mut(n) : NULL;
+	/* Released blocks, the policy's, then retained ones, as victim() takes them. */
+	struct policy_node *n;
+	enum t1_hint in = after ? after->hint : T1_HINT_RELEASE;
+	if (in == T1_HINT_RELEASE) {
+		n = after ? after->pnode.next : t->released.next;
+		if (n != &t->released)
+			return from_pnode_mut(n);
+		after = NULL;
+		in = T1_HINT_NONE;
+	}
+	if (in == T1_HINT_NONE) {
+		n = policy_next_cold(t->policy, after ? &after->pnode : NULL);
+		if (n)
+			return from_pnode_mut(n);
+		after = NULL;
+	}
+	n = after ? after->pnode.next : t->retained.next;
+	return n != &t->retained ? from_pnode_mut(n) : NULL;
 }
 
 const kvt_key *t1_block_parent(const struct t1_block *b)
@@ -863,6 +1084,12 @@ void t1_get_stats(const struct t1 *t, struct t1_stats *s)
 	s->extents = t->extents;
 	s->chunk_size = t->chunk;
 	s->largest_free_run = alloc_largest_free_run(&t->alloc);
+	s->retained_blocks = t->retained_blocks;
+	s->retained_bytes = t->retained_bytes;
+	s->released_blocks = t->released_blocks;
+	s->retain_expired = t->retain_expired;
+	s->retain_capped = t->retain_capped;
+	s->retain_evicted = t->retain_evicted;
 }
 
 void t1_foreach_tenant(const struct t1 *t, void (*fn)(const struct t1_tenant_stats *, void *),

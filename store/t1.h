@@ -44,6 +44,12 @@ struct t1_config {
 	 * may only take free room drops them instead of waiting for write-backs. May be
 	 * NULL (never). Same rules as on_evict; arg is evict_arg. */
 	bool (*droppable)(const struct t1_block *b, void *arg);
+	/* Eviction hints (t1_set_hint): the share of capacity, in percent, that
+	 * retained blocks may hold at once (0: none; above 100 means 100). */
+	uint32_t retain_max_pct;
+	/* The clock retain deadlines are kept in, milliseconds (NULL: CLOCK_MONOTONIC;
+	 * tests set their own). */
+	uint64_t (*clock_ms)(void);
 };
 
 /* How the arena came out, for the daemon to log and report. */
@@ -135,6 +141,24 @@ int t1_unpin(struct t1 *t, struct t1_block *b);
 /* Delete a committed block. Returns 0, -ENOENT, or -EBUSY (pinned; KVT_EPINNED on the wire). */
 int t1_delete(struct t1 *t, const struct t1_key *key);
 
+/*
+ * Eviction hints, from an engine that knows what the policy cannot: whether a
+ * session is finished or will be back shortly.
+ *   T1_HINT_RETAIN: evicted only after every block without a RETAIN, for
+ *     duration_ms (0: the same as T1_HINT_NONE); then back in the policy as a new
+ *     block. Past retain_max_pct of capacity, the nearest deadlines lose it first.
+ *   T1_HINT_RELEASE: evicted before every block without one; an access (t1_touch)
+ *     clears it.
+ *   T1_HINT_NONE: back to the policy.
+ * A pin ends either hint (the block is in use; its unpin puts it back in the
+ * policy as the most recent). Among
+ * retained or released blocks chain tails go first, as in the policy.
+ * Returns 0, -ENOENT (b is not committed) or -EINVAL (no such hint).
+ */
+enum t1_hint { T1_HINT_NONE = 0, T1_HINT_RETAIN = 1, T1_HINT_RELEASE = 2 };
+int t1_set_hint(struct t1 *t, struct t1_block *b, enum t1_hint hint, uint64_t duration_ms);
+enum t1_hint t1_block_hint(const struct t1_block *b);
+
 /* Block accessors. */
 uint64_t t1_block_len(const struct t1_block *b);
 const kvt_block_desc *t1_block_desc(const struct t1_block *b);
@@ -188,6 +212,12 @@ struct t1_stats {
 	uint64_t chunk_size;
 	uint64_t free_chunks;
 	uint64_t largest_free_run; /* chunks */
+	uint64_t retained_blocks;  /* committed blocks holding T1_HINT_RETAIN */
+	uint64_t retained_bytes;   /* their chunk-rounded bytes */
+	uint64_t released_blocks;  /* committed blocks holding T1_HINT_RELEASE */
+	uint64_t retain_expired;   /* RETAIN hints that ran out */
+	uint64_t retain_capped;    /* RETAIN hints dropped to stay within retain_max_pct */
+	uint64_t retain_evicted;   /* blocks evicted while retained (nothing else could go) */
 };
 /* The arena's whole mapping (for registering it with a DMA engine, e.g.
  * cudaHostRegister). Valid until t1_close. */

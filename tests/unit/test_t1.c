@@ -1011,6 +1011,257 @@ TEST(unlocked_arena_is_faulted_in_by_a_background_thread)
 	arena_unmap(&a);
 }
 
+/* ---- eviction hints ------------------------------------------------------------ */
+
+static uint64_t fake_now;
+static uint64_t fake_clock(void)
+{
+	return fake_now;
+}
+
+static struct t1 *open_hinted(uint64_t chunks, uint32_t retain_pct)
+{
+	struct t1_config cfg = { .capacity = chunks * CHUNK, .chunk_size = CHUNK,
+				 .hugepages = T1_OFF, .mlock = T1_OFF, .policy = T1_POLICY_LRU,
+				 .retain_max_pct = retain_pct, .clock_ms = fake_clock };
+	struct t1 *t = NULL;
+	fake_now = 1000;
+	CHECK_RC(t1_open(&cfg, &t, NULL), 0);
+	return t;
+}
+
+static bool has(struct t1 *t, uint64_t id)
+{
+	struct t1_key k = tkey(1, id);
+	return t1_find(t, &k) != NULL;
+}
+
+static struct t1_block *find(struct t1 *t, uint64_t id)
+{
+	struct t1_key k = tkey(1, id);
+	struct t1_block *b = t1_find(t, &k);
+	CHECK(b != NULL);
+	return b;
+}
+
+TEST(released_blocks_go_first_and_retained_ones_last)
+{
+	struct t1 *t = open_hinted(4, 100);
+	for (uint64_t id = 1; id <= 4; id++)
+		put(t, 1, id, CHUNK);
+	/* LRU order 1 2 3 4. Retain the coldest, release the hottest. */
+	CHECK_RC(t1_set_hint(t, find(t, 1), T1_HINT_RETAIN, 5000), 0);
+	CHECK_RC(t1_set_hint(t, find(t, 4), T1_HINT_RELEASE, 0), 0);
+	CHECK_EQ(stats(t).retained_blocks, 1);
+	CHECK_EQ(stats(t).retained_bytes, CHUNK);
+	CHECK_EQ(stats(t).released_blocks, 1);
+	put(t, 1, 5, CHUNK);
+	CHECK(!has(t, 4)); /* released: first, although the most recent */
+	put(t, 1, 6, CHUNK);
+	CHECK(!has(t, 2));
+	put(t, 1, 7, CHUNK);
+	CHECK(!has(t, 3));
+	put(t, 1, 8, CHUNK);
+	CHECK(!has(t, 5));
+	CHECK(has(t, 1)); /* retained: outlived four evictions while the coldest */
+	CHECK_EQ(stats(t).released_blocks, 0);
+	CHECK_EQ(stats(t).retain_evicted, 0);
+	t1_close(t);
+}
+
+TEST(retain_runs_out_at_its_deadline)
+{
+	struct t1 *t = open_hinted(3, 100);
+	for (uint64_t id = 1; id <= 3; id++)
+		put(t, 1, id, CHUNK);
+	CHECK_RC(t1_set_hint(t, find(t, 1), T1_HINT_RETAIN, 100), 0);
+	fake_now += 99;
+	put(t, 1, 4, CHUNK); /* evicts 2 */
+	CHECK(has(t, 1) && !has(t, 2));
+	CHECK_EQ(t1_block_hint(find(t, 1)), T1_HINT_RETAIN);
+	fake_now += 1;
+	put(t, 1, 5, CHUNK); /* 1 expires first: back in the policy as the newest */
+	CHECK_EQ(stats(t).retain_expired, 1);
+	CHECK_EQ(stats(t).retained_blocks, 0);
+	CHECK_EQ(t1_block_hint(find(t, 1)), T1_HINT_NONE);
+	CHECK(!has(t, 3));
+	put(t, 1, 6, CHUNK);
+	CHECK(!has(t, 4));
+	put(t, 1, 7, CHUNK);
+	CHECK(!has(t, 1)); /* an ordinary block now */
+	t1_close(t);
+}
+
+TEST(retain_zero_or_release_clears_and_renewing_moves_the_deadline)
+{
+	struct t1 *t = open_hinted(4, 100);
+	for (uint64_t id = 1; id <= 4; id++)
+		put(t, 1, id, CHUNK);
+	struct t1_block *b1 = find(t, 1), *b2 = find(t, 2);
+	CHECK_RC(t1_set_hint(t, b1, T1_HINT_RETAIN, 100), 0);
+	CHECK_RC(t1_set_hint(t, b2, T1_HINT_RETAIN, 200), 0);
+	CHECK_RC(t1_set_hint(t, b1, T1_HINT_RETAIN, 300), 0); /* now after 2's */
+	CHECK_EQ(stats(t).retained_blocks, 2);
+	fake_now += 200;
+	put(t, 1, 5, CHUNK); /* 2 expired, 1 has not */
+	CHECK_EQ(t1_block_hint(b1), T1_HINT_RETAIN);
+	CHECK_EQ(stats(t).retain_expired, 1);
+	CHECK_RC(t1_set_hint(t, b1, T1_HINT_RETAIN, 0), 0);
+	CHECK_EQ(t1_block_hint(b1), T1_HINT_NONE);
+	CHECK_EQ(stats(t).retained_blocks, 0);
+	CHECK_EQ(stats(t).retained_bytes, 0);
+	CHECK_RC(t1_set_hint(t, b1, 7, 0), -EINVAL);
+	t1_close(t);
+}
+
+TEST(retain_is_capped_nearest_deadlines_first)
+{
+	struct t1 *t = open_hinted(4, 50); /* two chunks may be retained */
+	for (uint64_t id = 1; id <= 4; id++)
+		put(t, 1, id, CHUNK);
+	CHECK_RC(t1_set_hint(t, find(t, 1), T1_HINT_RETAIN, 300), 0);
+	CHECK_RC(t1_set_hint(t, find(t, 2), T1_HINT_RETAIN, 100), 0);
+	CHECK_RC(t1_set_hint(t, find(t, 3), T1_HINT_RETAIN, 200), 0);
+	CHECK_EQ(stats(t).retained_blocks, 2);
+	CHECK_EQ(stats(t).retain_capped, 1);
+	CHECK_EQ(t1_block_hint(find(t, 2)), T1_HINT_NONE);
+	/* With 0% nothing is ever retained. */
+	struct t1 *z = open_hinted(2, 0);
+	struct t1_block *b = put(z, 1, 1, CHUNK);
+	CHECK_RC(t1_set_hint(z, b, T1_HINT_RETAIN, 100), 0);
+	CHECK_EQ(t1_block_hint(b), T1_HINT_NONE);
+	CHECK_EQ(stats(z).retain_capped, 1);
+	t1_close(z);
+	t1_close(t);
+}
+
+TEST(retained_blocks_still_go_when_nothing_else_can)
+{
+	struct t1 *t = open_hinted(3, 100);
+	for (uint64_t id = 1; id <= 3; id++) {
+		put(t, 1, id, CHUNK);
+		CHECK_RC(t1_set_hint(t, find(t, id), T1_HINT_RETAIN, 1000 - 100 * id), 0);
+	}
+	put(t, 1, 4, CHUNK);
+	CHECK(!has(t, 3)); /* the nearest deadline */
+	CHECK(has(t, 1) && has(t, 2));
+	CHECK_EQ(stats(t).retain_evicted, 1);
+	CHECK_EQ(stats(t).retained_blocks, 2);
+	t1_close(t);
+}
+
+TEST(access_clears_release_and_a_pin_ends_a_retain)
+{
+	struct t1 *t = open_hinted(3, 100);
+	for (uint64_t id = 1; id <= 3; id++)
+		put(t, 1, id, CHUNK);
+	struct t1_block *b3 = find(t, 3), *b1 = find(t, 1);
+	CHECK_RC(t1_set_hint(t, b3, T1_HINT_RELEASE, 0), 0);
+	t1_touch(t, b3);
+	CHECK_EQ(t1_block_hint(b3), T1_HINT_NONE);
+	CHECK_EQ(stats(t).released_blocks, 0);
+	/* A pin ends a retain: the block is in use, and its unpin makes it the most
+	 * recent block of the policy. */
+	CHECK_RC(t1_set_hint(t, b1, T1_HINT_RETAIN, 50), 0);
+	t1_pin(t, b1);
+	CHECK_EQ(t1_block_hint(b1), T1_HINT_NONE);
+	CHECK_EQ(stats(t).retained_blocks, 0);
+	put(t, 1, 4, CHUNK); /* 2 goes: 1 is pinned */
+	CHECK(!has(t, 2) && has(t, 1));
+	CHECK_RC(t1_unpin(t, b1), 0);
+	CHECK_EQ(stats(t).retained_blocks, 0);
+	put(t, 1, 5, CHUNK);
+	CHECK(!has(t, 3) && has(t, 1));
+	/* Deleting hinted blocks leaves the counters at zero. */
+	CHECK_RC(t1_set_hint(t, b1, T1_HINT_RETAIN, 50), 0);
+	CHECK_RC(t1_set_hint(t, find(t, 4), T1_HINT_RELEASE, 0), 0);
+	struct t1_key k1 = tkey(1, 1), k4 = tkey(1, 4);
+	CHECK_RC(t1_delete(t, &k1), 0);
+	CHECK_RC(t1_delete(t, &k4), 0);
+	CHECK_EQ(stats(t).retained_blocks, 0);
+	CHECK_EQ(stats(t).retained_bytes, 0);
+	CHECK_EQ(stats(t).released_blocks, 0);
+	t1_close(t);
+}
+
+TEST(cold_walk_and_random_hints_agree_with_the_counters)
+{
+	/* Random puts, touches, pins, deletes and hints on a 2Q tier: after every step
+	 * the cold walk visits each unpinned committed block exactly once (released,
+	 * then the policy's, then retained), and the hint counters match the blocks. */
+	enum { NB = 48, OPS = 20000 };
+	struct t1_config cfg = { .capacity = 24 * CHUNK, .chunk_size = CHUNK,
+				 .hugepages = T1_OFF, .mlock = T1_OFF, .retain_max_pct = 60,
+				 .clock_ms = fake_clock };
+	struct t1 *t = NULL;
+	fake_now = 0;
+	CHECK_RC(t1_open(&cfg, &t, NULL), 0);
+	uint64_t rng = 777;
+	unsigned pins[NB] = { 0 };
+#define R() (rng = rng * 6364136223846793005ULL + 1442695040888963407ULL, rng >> 33)
+	for (int op = 0; op < OPS; op++) {
+		uint64_t id = 1 + R() % NB;
+		struct t1_key k = tkey(1, id);
+		struct t1_block *b = t1_find(t, &k);
+		unsigned what = (unsigned)(R() % 8);
+		fake_now += R() % 4;
+		if (!b) {
+			if (pins[id - 1])
+				pins[id - 1] = 0; /* evicted while unpinned only */
+			struct t1_block *nb = NULL;
+			int rc = t1_reserve(t, &k, NULL, 1 + R() % (2 * CHUNK), NULL, &nb);
+			CHECK_MSG(rc == 0 || rc == -ENOSPC, "op %d rc %d", op, rc);
+			if (rc == 0)
+				t1_commit(t, nb);
+		} else if (what == 0) {
+			t1_touch(t, b);
+		} else if (what == 1 && pins[id - 1] < 2) {
+			t1_pin(t, b);
+			pins[id - 1]++;
+		} else if (what == 2 && pins[id - 1]) {
+			CHECK_RC(t1_unpin(t, b), 0);
+			pins[id - 1]--;
+		} else if (what == 3 && !pins[id - 1]) {
+			CHECK_RC(t1_delete(t, &k), 0);
+		} else {
+			enum t1_hint h = (enum t1_hint)(R() % 3);
+			CHECK_RC(t1_set_hint(t, b, h, R() % 40), 0);
+		}
+		uint64_t linked = 0, walked = 0, ret = 0, rel = 0, retb = 0;
+		for (uint64_t i = 1; i <= NB; i++) {
+			struct t1_key ki = tkey(1, i);
+			struct t1_block *x = t1_find(t, &ki);
+			if (!x)
+				continue;
+			linked += pins[i - 1] == 0;
+			if (t1_block_hint(x) == T1_HINT_RETAIN) {
+				ret++;
+				retb += (t1_block_len(x) + CHUNK - 1) / CHUNK * CHUNK;
+			}
+			rel += t1_block_hint(x) == T1_HINT_RELEASE;
+		}
+		int phase = 0;
+		for (struct t1_block *x = t1_cold_next(t, NULL); x; x = t1_cold_next(t, x)) {
+			int ph = t1_block_hint(x) == T1_HINT_RELEASE ? 0
+				 : t1_block_hint(x) == T1_HINT_NONE  ? 1
+								     : 2;
+			CHECK_MSG(ph >= phase, "op %d: cold walk out of order", op);
+			phase = ph;
+			walked++;
+			CHECK(walked <= NB);
+		}
+		struct t1_stats s = stats(t);
+		CHECK_MSG(walked == linked, "op %d: walked %llu of %llu", op,
+			  (unsigned long long)walked, (unsigned long long)linked);
+		CHECK_EQ(s.retained_blocks, ret);
+		CHECK_EQ(s.retained_bytes, retb);
+		CHECK_EQ(s.released_blocks, rel);
+		CHECK(s.retained_bytes <= 24 * CHUNK * 60 / 100);
+	}
+#undef R
+	t1_close(t);
+}
+
 TEST_MAIN(index_many_keys_insert_find_remove_and_grow,
 	  index_same_key_under_two_tenants_is_two_entries, index_duplicate_insert_is_eexist, index_seeds_differ_between_tables,
 	  open_rejects_bad_config_and_rounds_capacity, reserve_is_invisible_until_commit,
@@ -1028,4 +1279,9 @@ TEST_MAIN(index_many_keys_insert_find_remove_and_grow,
 	  backed_parent_may_be_evicted_for_its_own_child,
 	  evicting_a_backed_middle_block_releases_every_hold,
 	  droppable_blocks_are_free_room_for_a_clean_reserve,
-	  unlocked_arena_is_faulted_in_by_a_background_thread)
+	  unlocked_arena_is_faulted_in_by_a_background_thread,
+	  released_blocks_go_first_and_retained_ones_last, retain_runs_out_at_its_deadline,
+	  retain_zero_or_release_clears_and_renewing_moves_the_deadline,
+	  retain_is_capped_nearest_deadlines_first, retained_blocks_still_go_when_nothing_else_can,
+	  access_clears_release_and_a_pin_ends_a_retain,
+	  cold_walk_and_random_hints_agree_with_the_counters)
