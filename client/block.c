@@ -335,6 +335,43 @@ KVT_EXPORT int kvt_block_prefetch(kvt_conn *c, const kvt_key *keys, size_t n, ui
 	return kvt_op_run(c, &op);
 }
 
+static int hint_encode(struct kvt_conn *c, struct kvt_op *op, size_t first, size_t count,
+		       uint8_t *out, size_t cap)
+{
+	int pos = kvt_hint_params_encode(op->ctx, out, cap);
+	if (pos < 0)
+		return pos;
+	int rc = keys_encode(c, op, first, count, out + pos, cap - (size_t)pos);
+	return rc < 0 ? rc : pos + rc;
+}
+
+KVT_EXPORT int kvt_block_hint(kvt_conn *c, const kvt_key *keys, size_t n, int hint,
+			      uint32_t duration_ms, int *status)
+{
+	struct kvt_op op;
+	struct kvt_hint_params p = { .duration_ms = duration_ms, .hint = (uint8_t)hint };
+	int rc;
+
+	if (hint < KVT_HINT_NONE || hint > KVT_HINT_RELEASE)
+		return KVT_EINVAL;
+	rc = batch_check(c, keys, n);
+	if (rc || n == 0)
+		return rc;
+	kvt_op_init_batch(c, &op, KVT_OP_HINT, n, KVT_KEY_SIZE, hint_encode, keys_reply,
+			  keys_fail);
+	size_t room = c->info.max_frame > KVT_HDR_SIZE + 8 + KVT_HINT_PARAMS_SIZE
+			      ? (c->info.max_frame - KVT_HDR_SIZE - 8 - KVT_HINT_PARAMS_SIZE) /
+					KVT_KEY_SIZE
+			      : 1;
+	if (room < op.per_req)
+		op.per_req = room ? room : 1;
+	op.body_len = KVT_HINT_PARAMS_SIZE;
+	op.keys = keys;
+	op.status = status;
+	op.ctx = &p;
+	return kvt_op_run(c, &op);
+}
+
 static int keys_call(kvt_conn *c, uint16_t opcode, const kvt_key *keys, size_t n, int *status)
 {
 	struct kvt_op op;

@@ -116,6 +116,8 @@ const char *kvt_op_name(uint16_t opcode)
 		return "GPU_PUT";
 	case KVT_OP_GPU_GET:
 		return "GPU_GET";
+	case KVT_OP_HINT:
+		return "HINT";
 	case KVT_OP_CTX_SAVE:
 		return "CTX_SAVE";
 	case KVT_OP_CTX_LOAD:
@@ -860,6 +862,35 @@ int kvt_prefetch_req_decode(const uint8_t *in, size_t len, uint32_t max_batch,
 	p->deadline_ms = kvt_get32(in);
 	p->tier = in[4];
 	return kvt_batch_decode(in + KVT_PREFETCH_PARAMS_SIZE, len - KVT_PREFETCH_PARAMS_SIZE,
+				KVT_KEY_SIZE, max_batch, b);
+}
+
+/* ---- HINT ---------------------------------------------------------------------- */
+
+int kvt_hint_params_encode(const struct kvt_hint_params *p, uint8_t *out, size_t cap)
+{
+	if (!p || !out)
+		return KVT_EINVAL;
+	if (cap < KVT_HINT_PARAMS_SIZE)
+		return KVT_EMSGSIZE;
+	kvt_put32(out, p->duration_ms);
+	out[4] = p->hint;
+	out[5] = out[6] = out[7] = 0;
+	return KVT_HINT_PARAMS_SIZE;
+}
+
+int kvt_hint_req_decode(const uint8_t *in, size_t len, uint32_t max_batch,
+			struct kvt_hint_params *p, struct kvt_batch *b)
+{
+	if (!in || !p || !b || len < KVT_HINT_PARAMS_SIZE)
+		return KVT_EBADMSG;
+	if (in[5] || in[6] || in[7])
+		return KVT_ERESERVED;
+	if (in[4] > KVT_HINT_RELEASE)
+		return KVT_EBADMSG;
+	p->duration_ms = kvt_get32(in);
+	p->hint = in[4];
+	return kvt_batch_decode(in + KVT_HINT_PARAMS_SIZE, len - KVT_HINT_PARAMS_SIZE,
 				KVT_KEY_SIZE, max_batch, b);
 }
 

@@ -44,6 +44,7 @@ enum kvt_opcode {
 	KVT_OP_GPU_REGION_DESTROY = 14,
 	KVT_OP_GPU_PUT = 15,
 	KVT_OP_GPU_GET = 16,
+	KVT_OP_HINT = 17,
 	KVT_OP_CTX_SAVE = 20,
 	KVT_OP_CTX_LOAD = 21,
 	KVT_OP_CTX_LIST = 22,
@@ -236,6 +237,21 @@ struct kvt_prefetch_params {
 };
 
 int kvt_prefetch_params_encode(const struct kvt_prefetch_params *p, uint8_t *out, size_t cap);
+
+/* HINT request: u32 duration_ms, u8 hint (enum kvt_hint), 3 reserved bytes (0), then
+ * a key batch. Reply: a status reply (per key: 0, or KVT_ENOENT not in host RAM). */
+#define KVT_HINT_PARAMS_SIZE 8
+
+struct kvt_hint_params {
+	uint32_t duration_ms;
+	uint8_t hint;
+};
+
+int kvt_hint_params_encode(const struct kvt_hint_params *p, uint8_t *out, size_t cap);
+/* Checks the parameters (reserved bytes 0: KVT_ERESERVED; hint 0..2: else KVT_EBADMSG)
+ * and decodes the key batch after them like kvt_batch_decode. */
+int kvt_hint_req_decode(const uint8_t *in, size_t len, uint32_t max_batch,
+			struct kvt_hint_params *p, struct kvt_batch *b);
 /* Checks the parameters (reserved bytes 0: KVT_ERESERVED; tier 0..2: else KVT_EBADMSG)
  * and decodes the key batch after them like kvt_batch_decode. */
 int kvt_prefetch_req_decode(const uint8_t *in, size_t len, uint32_t max_batch,

@@ -93,6 +93,8 @@ struct key_def {
 	  "Lock the host tier in RAM: on (required), off, auto (if RLIMIT_MEMLOCK allows).")      \
 	X(host_policy, KK_ENUM, host_policy, ENUM_POLICY, 0, 0, "", "2q",                          \
 	  "Host-tier eviction: 2q (blocks seen once go before blocks seen again) or lru.")        \
+	X(host_retain_share, KK_COUNT, host_retain_share, 0, 100, 0, "", "90",                    \
+	  "Most of the host tier, in percent, that blocks a client retains (HINT) may hold.")     \
 	X(tenant_quota, KK_SIZE, tenant_quota, 0, UINT64_MAX, 0, "", "0",                         \
 	  "Most bytes one tenant may hold in the host tier; 0 = no limit.")                       \
 	X(quota, KK_QUOTA, quotas, 0, 0, 0, "# ", "1000:8GiB",                                    \
@@ -223,6 +225,7 @@ void config_defaults(struct kvtd_config *c)
 	c->host_hugepages = T1_AUTO;
 	c->host_mlock = T1_AUTO;
 	c->host_policy = T1_POLICY_2Q;
+	c->host_retain_share = 90;
 	c->tenant_quota = 0;
 	c->max_connections = 256;
 	c->max_frame = 4 << 20; /* a 256K-token context manifest with token ids fits */

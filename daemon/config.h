@@ -35,6 +35,7 @@ struct kvtd_config {
 	enum t1_mode host_hugepages;
 	enum t1_mode host_mlock;
 	uint32_t host_policy;      /* enum t1_policy */
+	uint32_t host_retain_share; /* percent of host_capacity retained blocks may hold */
 	uint64_t tenant_quota;
 	struct quota_entry *quotas;
 	size_t nquotas;

@@ -1161,6 +1161,36 @@ static void do_prefetch(struct conn *c, const struct kvt_hdr *h, const uint8_t *
 		reply_status(c, h, rc);
 }
 
+/* HINT: the engine's eviction hint for host-tier blocks (t1_set_hint). */
+_Static_assert(KVT_HINT_NONE == (int)T1_HINT_NONE && KVT_HINT_RETAIN == (int)T1_HINT_RETAIN &&
+		       KVT_HINT_RELEASE == (int)T1_HINT_RELEASE,
+	       "wire hints are t1 hints");
+static void do_hint(struct conn *c, const struct kvt_hdr *h, const uint8_t *body)
+{
+	struct kvt_hint_params p;
+	struct kvt_batch bt;
+	int rc = kvt_hint_req_decode(body, h->body_len, c->srv->cfg->max_batch, &p, &bt);
+	if (rc) {
+		reply_status(c, h, rc);
+		return;
+	}
+	int32_t *st = malloc((bt.count ? bt.count : 1) * sizeof(*st));
+	if (!st) {
+		reply_status(c, h, KVT_ENOMEM);
+		return;
+	}
+	for (uint32_t i = 0; i < bt.count; i++) {
+		struct t1_key tk = { .tenant = c->tenant };
+		kvt_key_decode(bt.items + (size_t)i * KVT_KEY_SIZE, &tk.key);
+		struct t1_block *b = t1_find(c->srv->t1, &tk);
+		st[i] = b && t1_set_hint(c->srv->t1, b, (enum t1_hint)p.hint, p.duration_ms) == 0
+				? 0
+				: KVT_ENOENT;
+	}
+	reply_item_status(c, h->opcode, h->request_id, st, bt.count);
+	free(st);
+}
+
 static void do_stats(struct conn *c, const struct kvt_hdr *h, const uint8_t *body)
 {
 	if (h->body_len != KVT_STATS_REQ_SIZE) {
@@ -1217,6 +1247,7 @@ void dispatch_frame(struct conn *c, const struct kvt_hdr *h, const uint8_t *body
 	case KVT_OP_UNPIN: do_key_batch(c, h, body); break;
 	case KVT_OP_STATS: do_stats(c, h, body); break;
 	case KVT_OP_PREFETCH: do_prefetch(c, h, body); break;
+	case KVT_OP_HINT: do_hint(c, h, body); break;
 	default:
 		if (ctxmem_handles(h->opcode))
 			ctxmem_dispatch(c, h, body);

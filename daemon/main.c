@@ -165,6 +165,7 @@ static int open_host_tier(struct server *s)
 		.default_quota = cfg->tenant_quota,
 		.evict_scan = 64,
 		.policy = (enum t1_policy)cfg->host_policy,
+		.retain_max_pct = cfg->host_retain_share,
 		.on_evict = host_on_evict,
 		.evict_arg = s,
 		.droppable = tier2_droppable,

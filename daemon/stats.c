@@ -117,6 +117,12 @@ size_t stats_build(struct conn *c, uint8_t *buf, size_t cap)
 		add_u64(&w, "t1.evictions", ts.evictions);
 		add_u64(&w, "t1.evicted_bytes", ts.evicted_bytes);
 		add_u64(&w, "t1.evictions_nontail", ts.evict_nontail);
+		add_u64(&w, "t1.retained_blocks", ts.retained_blocks);
+		add_u64(&w, "t1.retained_bytes", ts.retained_bytes);
+		add_u64(&w, "t1.released_blocks", ts.released_blocks);
+		add_u64(&w, "t1.retain_expired", ts.retain_expired);
+		add_u64(&w, "t1.retain_capped", ts.retain_capped);
+		add_u64(&w, "t1.retain_evicted", ts.retain_evicted);
 		add_u64(&w, "t1.alloc_failures", ts.alloc_failures);
 		add_u64(&w, "t1.chunk_size", ts.chunk_size);
 		add_u64(&w, "t1.extents", ts.extents);

@@ -380,6 +380,29 @@ int kvt_block_unpin(kvt_conn *c, const kvt_key *keys, size_t n, int *status);
 int kvt_block_prefetch(kvt_conn *c, const kvt_key *keys, size_t n, uint8_t tier,
 		       uint32_t deadline_ms, uint8_t *tiers);
 
+/* Eviction hints: what an engine knows and no eviction rule can see. */
+enum kvt_hint {
+	KVT_HINT_NONE = 0,    /* back to the ordinary eviction order */
+	KVT_HINT_RETAIN = 1,  /* will be read again soon (a tool call in flight):
+			       * evict only after every block without a hint, for
+			       * duration_ms */
+	KVT_HINT_RELEASE = 2, /* finished with (the session ended): evict before
+			       * every block without a hint; reading it again ends this */
+};
+
+/*
+ * Give n host-tier blocks an eviction hint. The hint is about host RAM: a block
+ * only on NVMe is answered KVT_ENOENT (PREFETCH it first). A retained block is
+ * still evicted when nothing else can go, and at most host_retain_share percent of
+ * the tier (kvtierd.conf) holds RETAIN at once: past that the nearest deadlines
+ * lose it first. A new hint replaces the old one; RETAIN with duration_ms 0 is
+ * KVT_HINT_NONE; pinning a block ends its hint. status (may be NULL) gets, per key,
+ * 0 or KVT_ENOENT. Returns 0, KVT_EPARTIAL (see status), KVT_EINVAL (no such hint),
+ * or a request-level error; a daemon older than this call answers KVT_EOPCODE.
+ */
+int kvt_block_hint(kvt_conn *c, const kvt_key *keys, size_t n, int hint, uint32_t duration_ms,
+		   int *status);
+
 /* ------------------------------------------------------------------------ */
 /* Contexts: named, persistent sessions                                      */
 /* ------------------------------------------------------------------------ */

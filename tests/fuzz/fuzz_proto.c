@@ -53,6 +53,7 @@ enum fuzz_dec {
 	FZ_FIELDS_ENTRY,
 	FZ_GPU_REGISTER,
 	FZ_GPU_XFER,
+	FZ_PARAMS_BATCH,
 	FZ_COUNT
 };
 static unsigned long fuzz_ok[FZ_COUNT], fuzz_err[FZ_COUNT];
@@ -667,6 +668,35 @@ static void fuzz_bodies(const uint8_t *in, size_t len)
 	fuzz_gpu_xfer(in, len, false, 2, 4);
 }
 
+/* PREFETCH and HINT requests: 8 bytes of parameters ahead of a key batch. On
+ * success the parameters are in range and re-encode to the input's first 8 bytes,
+ * and the batch lies inside the body. */
+static void fuzz_params_batch(const uint8_t *in, size_t len)
+{
+	struct kvt_prefetch_params pp;
+	struct kvt_hint_params hp;
+	struct kvt_batch b;
+	uint8_t enc[8];
+	int rc = kvt_prefetch_req_decode(in, len, 4096, &pp, &b);
+	fuzz_count(FZ_PARAMS_BATCH, rc);
+	FUZZ_CHECK(fuzz_rc_in(rc, KVT_EBADMSG, KVT_ERESERVED) || rc == KVT_E2BIG);
+	if (rc == 0) {
+		FUZZ_CHECK(pp.tier <= KVT_TIER_NVME);
+		FUZZ_CHECK(kvt_prefetch_params_encode(&pp, enc, sizeof(enc)) == 8);
+		FUZZ_CHECK(memcmp(enc, in, 8) == 0);
+		FUZZ_CHECK(b.items == in + 16 && 16 + (size_t)b.count * KVT_KEY_SIZE == len);
+	}
+	rc = kvt_hint_req_decode(in, len, 4096, &hp, &b);
+	fuzz_count(FZ_PARAMS_BATCH, rc);
+	FUZZ_CHECK(fuzz_rc_in(rc, KVT_EBADMSG, KVT_ERESERVED) || rc == KVT_E2BIG);
+	if (rc == 0) {
+		FUZZ_CHECK(hp.hint <= KVT_HINT_RELEASE);
+		FUZZ_CHECK(kvt_hint_params_encode(&hp, enc, sizeof(enc)) == 8);
+		FUZZ_CHECK(memcmp(enc, in, 8) == 0);
+		FUZZ_CHECK(b.items == in + 16 && 16 + (size_t)b.count * KVT_KEY_SIZE == len);
+	}
+}
+
 /* A frame as a daemon or client would see it: the header, then the body handed
  * to the decoders its opcode selects (request and reply both). */
 static void fuzz_frame(const uint8_t *in, size_t len)
@@ -708,6 +738,12 @@ static void fuzz_frame(const uint8_t *in, size_t len)
 		break;
 	case KVT_OP_STATS:
 		fuzz_stats_rep(body, blen);
+		break;
+	case KVT_OP_PREFETCH:
+	case KVT_OP_HINT:
+		fuzz_params_batch(body, blen);
+		fuzz_lookup_rep(body, blen);
+		fuzz_status_rep(body, blen);
 		break;
 	case KVT_OP_NOTICE:
 		fuzz_notice(body, blen);

@@ -1,8 +1,8 @@
 /*
  * itest_evict.c - the host tier under memory pressure: eviction makes room,
  * chains lose their tails before their heads (LOOKUP keeps returning a prefix),
- * pinned blocks survive, ENOSPC when nothing can be evicted, and pins vanish with
- * the connection that held them.
+ * pinned blocks survive, ENOSPC when nothing can be evicted, pins vanish with
+ * the connection that held them, and eviction hints (HINT) reorder eviction.
  */
 #include <stdint.h>
 #include <string.h>
@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "harness.h"
+#include "proto.h"
 #include "kvtier.h"
 #include "test.h"
 
@@ -328,6 +329,160 @@ TEST(pins_belong_to_their_connection)
 	kvtd_stop_clean(&d);
 }
 
+/* Keys [0, n) of namespace ns: how many are present. */
+static int count_present(kvt_conn *c, uint32_t ns, int n)
+{
+	int got = 0;
+	for (int i = 0; i < n; i++)
+		got += present(c, test_key(ns, (uint64_t)i));
+	return got;
+}
+
+/* Plain LRU under the hints, so that which ordinary block goes is plain too. */
+#define HINT_CONF TIER_CONF "host_policy = lru\n"
+
+TEST(retained_blocks_outlive_pressure_and_released_ones_go_first)
+{
+	enum { R = 16, L = 8 };
+	struct kvtd d;
+	kvtd_start(&d, HINT_CONF);
+	kvt_conn *c = kvtd_connect(&d, 30000);
+	kvt_region *r = kvtd_region(c, (R + 1) * BLK);
+	uint8_t *base = kvt_region_base(r);
+	pattern(base, (R + 1) * BLK, 11);
+	/* R blocks to retain, then L to release, then filler up to the brim. */
+	kvt_key keep[R], done[L];
+	for (int i = 0; i < R; i++) {
+		keep[i] = test_key(20, (uint64_t)i);
+		CHECK_RC(put_one(c, r, keep[i], NULL, (uint64_t)i * BLK, BLK), 0);
+	}
+	for (int i = 0; i < L; i++) {
+		done[i] = test_key(21, (uint64_t)i);
+		CHECK_RC(put_one(c, r, done[i], NULL, (uint64_t)R * BLK, BLK), 0);
+	}
+	for (int i = 0; i < TIER_BLOCKS - R - L; i++)
+		CHECK_RC(put_one(c, r, test_key(22, (uint64_t)i), NULL, (uint64_t)R * BLK, BLK), 0);
+	int st[R];
+	CHECK_RC(kvt_block_hint(c, keep, R, KVT_HINT_RETAIN, 600000, st), 0);
+	CHECK_RC(kvt_block_hint(c, done, L, KVT_HINT_RELEASE, 0, st), 0);
+	CHECK_EQ(kvtd_stat(c, "t1.retained_blocks"), R);
+	CHECK_EQ(kvtd_stat(c, "t1.retained_bytes"), R * BLK);
+	CHECK_EQ(kvtd_stat(c, "t1.released_blocks"), L);
+	/* The released blocks are the newest but go first. */
+	for (int i = 0; i < L; i++)
+		CHECK_RC(put_one(c, r, test_key(23, (uint64_t)i), NULL, (uint64_t)R * BLK, BLK), 0);
+	CHECK_EQ(count_present(c, 21, L), 0);
+	CHECK_EQ(kvtd_stat(c, "t1.evictions"), L);
+	/* Four tiers' worth of new blocks later, the retained (and oldest) ones are
+	 * all still there, byte for byte. */
+	for (int i = 0; i < 4 * TIER_BLOCKS; i++)
+		CHECK_RC(put_one(c, r, test_key(24, (uint64_t)i), NULL, (uint64_t)R * BLK, BLK), 0);
+	CHECK_EQ(count_present(c, 22, TIER_BLOCKS - R - L), 0);
+	kvt_region *dst = kvtd_region(c, BLK);
+	for (int i = 0; i < R; i++)
+		check_block(c, dst, 0, keep[i], base + (size_t)i * BLK, BLK);
+	CHECK_EQ(kvtd_stat(c, "t1.retain_evicted"), 0);
+	/* Cleared, they are ordinary blocks and go under pressure. */
+	CHECK_RC(kvt_block_hint(c, keep, R, KVT_HINT_NONE, 0, st), 0);
+	CHECK_EQ(kvtd_stat(c, "t1.retained_blocks"), 0);
+	for (int i = 0; i < 2 * TIER_BLOCKS; i++)
+		CHECK_RC(put_one(c, r, test_key(25, (uint64_t)i), NULL, (uint64_t)R * BLK, BLK), 0);
+	CHECK_EQ(count_present(c, 20, R), 0);
+	/* A key the tier does not hold is ENOENT, and the others still apply. */
+	kvt_key two[2] = { test_key(25, 2 * TIER_BLOCKS - 1), test_key(99, 1) };
+	CHECK_RC(kvt_block_hint(c, two, 2, KVT_HINT_RETAIN, 1000, st), KVT_EPARTIAL);
+	CHECK_RC(st[0], 0);
+	CHECK_RC(st[1], KVT_ENOENT);
+	CHECK_RC(kvt_block_hint(c, two, 2, 3, 1000, st), KVT_EINVAL);
+	CHECK_RC(kvt_region_destroy(dst), 0);
+	CHECK_RC(kvt_region_destroy(r), 0);
+	kvt_conn_close(c);
+	kvtd_stop_clean(&d);
+}
+
+TEST(retain_share_and_deadline_bound_what_retain_keeps)
+{
+	/* host_retain_share = 25: 16 of the 64 blocks may be retained. Retaining 32
+	 * keeps the 16 with the farthest deadlines; a short retain runs out. */
+	struct kvtd d;
+	kvtd_start(&d, HINT_CONF "host_retain_share = 25\n");
+	kvt_conn *c = kvtd_connect(&d, 30000);
+	kvt_region *r = kvtd_region(c, BLK);
+	pattern(kvt_region_base(r), BLK, 12);
+	kvt_key k[32];
+	for (int i = 0; i < 32; i++) {
+		k[i] = test_key(30, (uint64_t)i);
+		CHECK_RC(put_one(c, r, k[i], NULL, 0, BLK), 0);
+	}
+	CHECK_RC(kvt_block_hint(c, k, 16, KVT_HINT_RETAIN, 600000, NULL), 0);
+	CHECK_RC(kvt_block_hint(c, k + 16, 16, KVT_HINT_RETAIN, 900000, NULL), 0);
+	CHECK_EQ(kvtd_stat(c, "t1.retained_blocks"), 16);
+	CHECK_EQ(kvtd_stat(c, "t1.retain_capped"), 16);
+	for (int i = 0; i < 4 * TIER_BLOCKS; i++)
+		CHECK_RC(put_one(c, r, test_key(31, (uint64_t)i), NULL, 0, BLK), 0);
+	CHECK_EQ(count_present(c, 30, 16), 0);
+	for (int i = 16; i < 32; i++)
+		CHECK(present(c, k[i]));
+	/* 50 ms of retention is over well before the next hundred PUTs finish being
+	 * needed: it expires, and the blocks go like any other. */
+	CHECK_RC(kvt_block_hint(c, k + 16, 16, KVT_HINT_RETAIN, 50, NULL), 0);
+	test_sleep_ms(100);
+	for (int i = 0; i < 2 * TIER_BLOCKS; i++)
+		CHECK_RC(put_one(c, r, test_key(32, (uint64_t)i), NULL, 0, BLK), 0);
+	CHECK(kvtd_stat(c, "t1.retain_expired") >= 16);
+	CHECK_EQ(count_present(c, 30, 32), 0);
+	CHECK_RC(kvt_region_destroy(r), 0);
+	kvt_conn_close(c);
+	kvtd_stop_clean(&d);
+}
+
+TEST(hint_with_bad_parameters_is_refused)
+{
+	struct kvtd d;
+	kvtd_start(&d, TIER_CONF);
+	int s = raw_connect(d.sock);
+	raw_hello(s);
+	uint8_t body[KVT_HINT_PARAMS_SIZE + 8 + KVT_KEY_SIZE];
+	memset(body, 0, sizeof(body));
+	kvt_put32(body + KVT_HINT_PARAMS_SIZE, 1); /* one key */
+	body[6] = 1;                               /* reserved byte set */
+	struct kvt_hdr h;
+	uint8_t rep[64];
+	CHECK_RC(raw_send_frame(s, KVT_OP_HINT, 0, 7, body, sizeof(body)), 0);
+	CHECK_RC(raw_recv_frame(s, &h, rep, sizeof(rep), 10000), 0);
+	CHECK_EQ(h.request_id, 7);
+	CHECK_RC(h.status, KVT_ERESERVED);
+	body[6] = 0;
+	body[4] = KVT_HINT_RELEASE + 1; /* no such hint */
+	CHECK_RC(raw_send_frame(s, KVT_OP_HINT, 0, 8, body, sizeof(body)), 0);
+	CHECK_RC(raw_recv_frame(s, &h, rep, sizeof(rep), 10000), 0);
+	CHECK_RC(h.status, KVT_EBADMSG);
+	/* Short: parameters only, and a batch that claims more keys than it has. */
+	CHECK_RC(raw_send_frame(s, KVT_OP_HINT, 0, 9, body, 4), 0);
+	CHECK_RC(raw_recv_frame(s, &h, rep, sizeof(rep), 10000), 0);
+	CHECK_RC(h.status, KVT_EBADMSG);
+	body[4] = KVT_HINT_RETAIN;
+	kvt_put32(body + KVT_HINT_PARAMS_SIZE, 2);
+	CHECK_RC(raw_send_frame(s, KVT_OP_HINT, 0, 10, body, sizeof(body)), 0);
+	CHECK_RC(raw_recv_frame(s, &h, rep, sizeof(rep), 10000), 0);
+	CHECK_RC(h.status, KVT_EBADMSG);
+	/* Well formed, for a key nobody stored: answered per key. */
+	kvt_put32(body + KVT_HINT_PARAMS_SIZE, 1);
+	CHECK_RC(raw_send_frame(s, KVT_OP_HINT, 0, 11, body, sizeof(body)), 0);
+	CHECK_RC(raw_recv_frame(s, &h, rep, sizeof(rep), 10000), 0);
+	CHECK_RC(h.status, 0);
+	CHECK_EQ(h.body_len, 12);
+	CHECK_RC((int32_t)kvt_get32(rep + 8), KVT_ENOENT);
+	/* The connection is still fine. */
+	CHECK_RC(raw_send_frame(s, KVT_OP_PING, 0, 12, NULL, 0), 0);
+	CHECK_RC(raw_recv_frame(s, &h, rep, sizeof(rep), 10000), 0);
+	CHECK_RC(h.status, 0);
+	close(s);
+	kvtd_stop_clean(&d);
+}
+
 TEST_MAIN(filling_past_capacity_evicts_old_blocks, chain_loses_its_tail_before_its_head,
 	  pinned_blocks_survive_pressure, everything_pinned_is_enospc,
-	  pins_are_dropped_when_their_connection_closes, pins_belong_to_their_connection)
+	  pins_are_dropped_when_their_connection_closes, pins_belong_to_their_connection,
+	  retained_blocks_outlive_pressure_and_released_ones_go_first,
+	  retain_share_and_deadline_bound_what_retain_keeps, hint_with_bad_parameters_is_refused)

@@ -24,7 +24,7 @@
  * implementation's table fails the tests that use this list. */
 static const char *const all_keys[] = {
 	"socket", "socket_mode", "data_dir", "host_capacity", "host_chunk",
-	"host_hugepages", "host_mlock", "host_policy", "tenant_quota", "quota", "uid_map",
+	"host_hugepages", "host_mlock", "host_policy", "host_retain_share", "tenant_quota", "quota", "uid_map",
 	"max_connections", "max_frame", "max_inflight", "max_batch", "max_regions",
 	"max_region_size", "max_block_size", "idle_timeout", "handshake_timeout",
 	"frame_timeout", "workers", "log_level", "nvme_capacity", "nvme_segment_size",
@@ -63,6 +63,7 @@ static const char *config_diff(const struct kvtd_config *a, const struct kvtd_co
 	SAME_(host_hugepages);
 	SAME_(host_mlock);
 	SAME_(host_policy);
+	SAME_(host_retain_share);
 	SAME_(tenant_quota);
 	SAME_(max_connections);
 	SAME_(max_frame);

@@ -352,7 +352,7 @@ TEST(op_names)
 		{ KVT_OP_GPU_REGION_REGISTER, "GPU_REGION_REGISTER" },
 		{ KVT_OP_GPU_REGION_DESTROY, "GPU_REGION_DESTROY" },
 		{ KVT_OP_GPU_PUT, "GPU_PUT" }, { KVT_OP_GPU_GET, "GPU_GET" },
-		{ 0, "UNKNOWN" }, { 17, "UNKNOWN" },
+		{ KVT_OP_HINT, "HINT" }, { 0, "UNKNOWN" }, { 18, "UNKNOWN" },
 		{ 254, "UNKNOWN" },	     { 0xffff, "UNKNOWN" },
 	};
 	for (size_t i = 0; i < sizeof(ops) / sizeof(ops[0]); i++)
@@ -1952,6 +1952,10 @@ static size_t build_seeds(struct seed *s)
 	len = kvt_lookup_rep_encode(2, tiers, body, sizeof(body));
 	add_frame(&s[n++], KVT_OP_LOOKUP, true, body, (size_t)len);
 	add_frame(&s[n++], KVT_OP_DELETE, false, body, build_keys(body, sizeof(body), 2));
+	struct kvt_hint_params hint = { .duration_ms = 30000, .hint = KVT_HINT_RETAIN };
+	CHECK_EQ(kvt_hint_params_encode(&hint, body, sizeof(body)), KVT_HINT_PARAMS_SIZE);
+	add_frame(&s[n++], KVT_OP_HINT, false, body,
+		  KVT_HINT_PARAMS_SIZE + build_keys(body + 8, sizeof(body) - 8, 2));
 	len = kvt_status_rep_encode(st, 3, body, sizeof(body));
 	add_frame(&s[n++], KVT_OP_PIN, true, body, (size_t)len);
 	add_frame(&s[n++], KVT_OP_STATS, true, body, build_stats(body, sizeof(body)));
@@ -2130,6 +2134,7 @@ TEST(mutation_loop)
 		"unregister_req", "batch_put", "batch_get", "batch_keys", "put_item",
 		"get_item",  "status_rep", "get_rep",	"lookup_rep", "stats_rep",
 		"notice",    "fields",	  "fields_entry", "gpu_register", "gpu_xfer",
+		"params_batch",
 	};
 	for (int d = 0; d < FZ_COUNT; d++) {
 		test_log("%-15s accepted %8lu refused %8lu", names[d], fuzz_ok[d], fuzz_err[d]);
@@ -2177,6 +2182,33 @@ TEST(prefetch_round_trip_and_malformed)
 	CHECK_EQ(kvt_prefetch_rep_encode(tiers, 3, rep, 10), KVT_EMSGSIZE);
 }
 
+TEST(hint_round_trip_and_malformed)
+{
+	uint8_t buf[KVT_HINT_PARAMS_SIZE + 8 + KVT_KEY_SIZE];
+	struct kvt_hint_params p = { .duration_ms = 60000, .hint = KVT_HINT_RETAIN }, q;
+	CHECK_EQ(kvt_hint_params_encode(&p, buf, sizeof(buf)), KVT_HINT_PARAMS_SIZE);
+	CHECK_EQ(kvt_hint_params_encode(&p, buf, KVT_HINT_PARAMS_SIZE - 1), KVT_EMSGSIZE);
+	CHECK_EQ(kvt_batch_prefix_encode(1, buf + 8, sizeof(buf) - 8), 8);
+	memset(buf + 16, 0xcd, KVT_KEY_SIZE);
+	struct kvt_batch b;
+	CHECK_RC(kvt_hint_req_decode(buf, sizeof(buf), 16, &q, &b), 0);
+	CHECK_EQ(q.duration_ms, 60000);
+	CHECK_EQ(q.hint, KVT_HINT_RETAIN);
+	CHECK_EQ(b.count, 1);
+	CHECK(b.items == buf + 16);
+	for (size_t n = 0; n < sizeof(buf); n++)
+		CHECK(kvt_hint_req_decode(buf, n, 16, &q, &b) < 0);
+	buf[7] = 1;
+	CHECK_RC(kvt_hint_req_decode(buf, sizeof(buf), 16, &q, &b), KVT_ERESERVED);
+	buf[7] = 0;
+	buf[4] = KVT_HINT_RELEASE + 1;
+	CHECK_RC(kvt_hint_req_decode(buf, sizeof(buf), 16, &q, &b), KVT_EBADMSG);
+	buf[4] = KVT_HINT_RELEASE;
+	CHECK_RC(kvt_hint_req_decode(buf, sizeof(buf), 16, &q, &b), 0);
+	CHECK_EQ(q.hint, KVT_HINT_RELEASE);
+	CHECK(strcmp(kvt_op_name(KVT_OP_HINT), "HINT") == 0);
+}
+
 TEST_MAIN(gpu_register_roundtrip, gpu_register_malformed, gpu_xfer_roundtrip, gpu_xfer_malformed,
 	  hdr_roundtrip, hdr_bytes_are_little_endian, hdr_bad_magic_still_fills_header,
 	  hdr_bad_version, hdr_reserved_nonzero, hdr_body_len_over_max,
@@ -2188,4 +2220,5 @@ TEST_MAIN(gpu_register_roundtrip, gpu_register_malformed, gpu_xfer_roundtrip, gp
 	  lookup_rep_roundtrip, lookup_rep_malformed, stats_roundtrip, stats_writer_limits,
 	  stats_malformed, notice_roundtrip, notice_malformed,
 	  encoders_leave_short_buffers_alone, mutation_loop, prefetch_round_trip_and_malformed,
+	  hint_round_trip_and_malformed,
 	  fields_roundtrip, fields_malformed, fields_tags, fields_getters, fields_writer)
