@@ -63,6 +63,7 @@ struct opts {
 	double point_seconds;   /* a point stops after this long */
 	double speed;           /* > 0: keep the trace's timing, this many times faster */
 	size_t max_requests;    /* 0: the whole trace */
+	double hint_seconds;    /* > 0: send the engine hints the trace implies (HINT) */
 	double frac[MAX_POINTS];
 	char frac_label[MAX_POINTS][16];
 	unsigned nfracs;
@@ -540,11 +541,13 @@ struct point {
 	/* kvtier, counted by the bench */
 	uint64_t requests, blocks, hit_host, hit_nvme, hit_other, get_lost;
 	uint64_t got_blocks, put_blocks, put_nospc, put_busy;
+	uint64_t hinted; /* keys sent in HINT requests */
 	double wall_s;
 	uint64_t lat_p50_us, lat_p99_us;
 	/* kvtier, the daemon's own counters */
 	bool have_stats;
 	uint64_t t1_capacity, t1_bytes_in, t1_bytes_out, t1_evictions, t1_evictions_nontail;
+	uint64_t t1_retain_capped, t1_retain_evicted, t1_retain_expired;
 	uint64_t t2[16];  /* the daemon's t2_names counters */
 	bool have_t2[16];
 	/* the LRU simulation over the same requests */
@@ -575,7 +578,46 @@ struct replayer {
 	kvt_get_item *gets;
 	kvt_put_item *puts;
 	uint64_t *lat_ns;
+	const uint8_t *hints; /* per request: the HINT to send after it, or NULL */
 };
+
+/*
+ * The hints an engine or agent framework would send, taken from the trace's
+ * future: after request r, its blocks are retained if the next request of its
+ * session (same first block) comes within `seconds` of trace time, released if
+ * none ever comes, and left alone otherwise. The retain lasts far longer than
+ * any replay (the next request's hint replaces it), so the daemon's clock,
+ * which runs faster than the trace's here, plays no part.
+ */
+#define HINT_RETAIN_MS 3600000u
+#define HINT_SKIP 0xff
+
+static uint8_t *hints_from_trace(const struct trace *t, size_t nreq, double seconds)
+{
+	uint8_t *h = malloc(nreq ? nreq : 1);
+	size_t *last = malloc((t->nunique ? t->nunique : 1) * sizeof(*last));
+	if (!h || !last) {
+		free(h);
+		free(last);
+		return NULL;
+	}
+	for (size_t i = 0; i < t->nunique; i++)
+		last[i] = SIZE_MAX;
+	for (size_t r = 0; r < nreq; r++)
+		h[r] = t->req[r].n ? KVT_HINT_RELEASE : HINT_SKIP;
+	for (size_t r = 0; r < nreq; r++) {
+		if (!t->req[r].n)
+			continue;
+		uint32_t s = t->id[t->req[r].first];
+		size_t p = last[s];
+		if (p != SIZE_MAX)
+			h[p] = t->req[r].ts_ms - t->req[p].ts_ms <= seconds * 1000 ? KVT_HINT_RETAIN
+										: HINT_SKIP;
+		last[s] = r;
+	}
+	free(last);
+	return h;
+}
 
 static uint8_t *slot_ptr(const struct replayer *rp, size_t s)
 {
@@ -761,6 +803,20 @@ static int replay_request(struct replayer *rp, const struct trace *t, size_t r, 
 		}
 		at += m;
 	}
+	if (rp->hints && rp->hints[r] != HINT_SKIP) {
+		for (at = 0; at < n;) {
+			size_t m = min_sz(n - at, rp->batch);
+			/* KVT_EPARTIAL: blocks the host tier does not hold (on NVMe, or
+			 * not stored for want of room) take no hint. */
+			rc = kvt_block_hint(rp->c, keys + at, m, rp->hints[r], HINT_RETAIN_MS, NULL);
+			if (rc && rc != KVT_EPARTIAL) {
+				fprintf(stderr, "bench_replay: HINT: %s\n", kvt_strerror(rc));
+				return rc;
+			}
+			pt->hinted += m;
+			at += m;
+		}
+	}
 	pt->requests++;
 	pt->blocks += n;
 	return 0;
@@ -777,6 +833,9 @@ static void read_stats(kvt_conn *c, struct point *pt)
 	kvt_stats_find(st, "t1.bytes_out", &pt->t1_bytes_out);
 	kvt_stats_find(st, "t1.evictions", &pt->t1_evictions);
 	kvt_stats_find(st, "t1.evictions_nontail", &pt->t1_evictions_nontail);
+	kvt_stats_find(st, "t1.retain_capped", &pt->t1_retain_capped);
+	kvt_stats_find(st, "t1.retain_evicted", &pt->t1_retain_evicted);
+	kvt_stats_find(st, "t1.retain_expired", &pt->t1_retain_expired);
 	for (size_t i = 0; i < NT2; i++)
 		pt->have_t2[i] = kvt_stats_find(st, t2_names[i][0], &pt->t2[i]);
 	kvt_stats_free(st);
@@ -825,11 +884,13 @@ static void replayer_free(struct replayer *rp)
 }
 
 /* One capacity point on a fresh daemon. */
+static const uint8_t *g_hints; /* -H: per request, the HINT to send after it */
+
 static int run_point(const struct opts *o, const struct trace *t, size_t nreq, struct point *pt,
 		     struct run_info *ri)
 {
 	struct bench_daemon d;
-	struct replayer rp = { 0 };
+	struct replayer rp = { .hints = g_hints };
 	uint64_t t0, limit = (uint64_t)(o->point_seconds * 1e9);
 	int rc, src;
 
@@ -1209,7 +1270,7 @@ static void usage(FILE *f)
 {
 	fprintf(f,
 		"usage: bench_replay [-t TRACE] [-d KVTIERD] [-b BLOCK] [-c FRACS] [-N FACTOR]\n"
-		"                    [-T SECONDS] [-S SPEEDUP] [-n REQUESTS] [-O KEY=VALUE]...\n"
+		"                    [-T SECONDS] [-S SPEEDUP] [-n REQUESTS] [-H SECONDS] [-O KEY=VALUE]...\n"
 		"                    [-o FILE] [-p PLOTDATA] [-g PNG] [-G SCRIPT]\n"
 		"  -t TRACE     Mooncake JSONL trace (default %s)\n"
 		"  -d KVTIERD   daemon binary to start (default %s/kvtierd)\n"
@@ -1223,6 +1284,9 @@ static void usage(FILE *f)
 		"  -S SPEEDUP   keep the trace's arrival times, SPEEDUP times faster (default 0:\n"
 		"               as fast as the daemon answers)\n"
 		"  -n REQUESTS  replay only the first REQUESTS requests (default: all)\n"
+		"  -H SECONDS   send the eviction hints an engine that knows the sessions would:\n"
+		"               after each request, RETAIN its blocks if the trace continues its\n"
+		"               session within SECONDS, RELEASE them if it never does\n"
 		"  -O KEY=VALUE one more kvtierd setting for every point, after the bench's own\n"
 		"               (repeatable; e.g. -O nvme_codec=bf16)\n"
 		"  -o FILE      also write the results to FILE\n"
@@ -1266,7 +1330,7 @@ int main(int argc, char **argv)
 	char bstr[32], bigstr[32], pace[96];
 
 	parse_fracs(&o, "1/16,1/8,1/4,1/2");
-	while ((opt = getopt(argc, argv, "t:d:b:c:N:T:S:n:O:o:p:g:G:h")) != -1) {
+	while ((opt = getopt(argc, argv, "t:d:b:c:N:T:S:n:H:O:o:p:g:G:h")) != -1) {
 		char *end;
 
 		switch (opt) {
@@ -1303,6 +1367,11 @@ int main(int argc, char **argv)
 		case 'n':
 			o.max_requests = strtoull(optarg, &end, 10);
 			if (*end || o.max_requests == 0)
+				goto bad_arg;
+			break;
+		case 'H':
+			o.hint_seconds = strtod(optarg, &end);
+			if (*end || !(o.hint_seconds > 0))
 				goto bad_arg;
 			break;
 		case 'O':
@@ -1350,6 +1419,15 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	nreq = o.max_requests && o.max_requests < t.nreq ? o.max_requests : t.nreq;
+	if (o.hint_seconds > 0) {
+		uint8_t *h = hints_from_trace(&t, nreq, o.hint_seconds);
+		if (!h) {
+			fprintf(stderr, "bench_replay: out of memory for the hints\n");
+			trace_free(&t);
+			return 1;
+		}
+		g_hints = h;
+	}
 	for (size_t r = 0; r < nreq; r++)
 		total_blocks += t.req[r].n;
 	/* The most any cache could hit: every block but its first appearance. */
@@ -1534,6 +1612,16 @@ int main(int argc, char **argv)
 		     "         PUT the rest with parent keys. Hit = block in the leading run "
 		     "LOOKUP found, per the tier LOOKUP named.\n"
 		     "         Each point stops after %.0f s (-T).\n", pace, o.point_seconds);
+	if (g_hints)
+		bench_printf(&out, "hints:   -H %.0f: after each request, one HINT for its blocks: RETAIN "
+			     "if the trace's next request of the same session (same first block)\n"
+			     "         comes within %.0f s of trace time, RELEASE if none comes, "
+			     "nothing otherwise. The hints come from the trace's future: they stand\n"
+			     "         in for an engine or agent framework that knows a session will be "
+			     "back (a tool call in flight) or is over. Retains last %u s of wall time\n"
+			     "         (the session's next hint replaces them); host_retain_share as "
+			     "the daemon's default unless -O sets it.\n",
+			     o.hint_seconds, o.hint_seconds, HINT_RETAIN_MS / 1000);
 	bench_printf(&out, "baseline: plain LRU over the same block ids, simulated here: host "
 		     "LRU of H blocks; with NVMe a second LRU of N blocks,\n"
 		     "         'exclusive': host evictions go to the NVMe MRU end, an NVMe hit "
@@ -1548,6 +1636,20 @@ int main(int argc, char **argv)
 
 	bench_printf(&out, "## prefix hit ratio (hit blocks / blocks asked)\n");
 	print_hit_table(&out, pts, npts);
+	if (g_hints) {
+		bench_printf(&out, "\n## hints (keys sent in HINT requests; the daemon's "
+			     "t1.retain_capped, t1.retain_evicted, t1.retain_expired)\n");
+		bench_printf(&out, "%-5s %6s %10s %10s %10s %10s\n", "host", "nvme", "hinted",
+			     "capped", "evicted", "expired");
+		for (unsigned i = 0; i < npts; i++)
+			if (pts[i].ran)
+				bench_printf(&out, "%-5s %6llu %10llu %10llu %10llu %10llu\n",
+					     pts[i].label, (unsigned long long)pts[i].nvme_blocks,
+					     (unsigned long long)pts[i].hinted,
+					     (unsigned long long)pts[i].t1_retain_capped,
+					     (unsigned long long)pts[i].t1_retain_evicted,
+					     (unsigned long long)pts[i].t1_retain_expired);
+	}
 	bench_printf(&out, "\n## traffic and the daemon's counters (GET/PUT = bytes this bench "
 		     "moved; t1.out/t1.in, t1.evict = the daemon's STATS; ENOSPC/EBUSY = PUT "
 		     "items refused so;\n##   p50/p99 = time per request: LOOKUP + GET + PUT)\n");
@@ -1603,6 +1705,7 @@ out_file:
 		ret = 1;
 	}
 out_trace:
+	free((void *)g_hints);
 	trace_free(&t);
 	free(base_words);
 	return ret;
