@@ -1183,9 +1183,9 @@ static void do_hint(struct conn *c, const struct kvt_hdr *h, const uint8_t *body
 		struct t1_key tk = { .tenant = c->tenant };
 		kvt_key_decode(bt.items + (size_t)i * KVT_KEY_SIZE, &tk.key);
 		struct t1_block *b = t1_find(c->srv->t1, &tk);
-		st[i] = b && t1_set_hint(c->srv->t1, b, (enum t1_hint)p.hint, p.duration_ms) == 0
-				? 0
-				: KVT_ENOENT;
+		int hr = b ? t1_set_hint(c->srv->t1, b, (enum t1_hint)p.hint, p.duration_ms)
+			   : -ENOENT;
+		st[i] = hr == 0 ? 0 : hr == -EBUSY ? KVT_EPINNED : KVT_ENOENT;
 	}
 	reply_item_status(c, h->opcode, h->request_id, st, bt.count);
 	free(st);

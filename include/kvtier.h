@@ -396,8 +396,8 @@ enum kvt_hint {
  * still evicted when nothing else can go, and at most host_retain_share percent of
  * the tier (kvtierd.conf) holds RETAIN at once: past that the nearest deadlines
  * lose it first. A new hint replaces the old one; RETAIN with duration_ms 0 is
- * KVT_HINT_NONE; pinning a block ends its hint. status (may be NULL) gets, per key,
- * 0 or KVT_ENOENT. Returns 0, KVT_EPARTIAL (see status), KVT_EINVAL (no such hint),
+ * KVT_HINT_NONE; pinning a block ends its hint, and a pinned block takes none.
+ * status (may be NULL) gets, per key, 0, KVT_ENOENT or KVT_EPINNED. Returns 0, KVT_EPARTIAL (see status), KVT_EINVAL (no such hint),
  * or a request-level error; a daemon older than this call answers KVT_EOPCODE.
  */
 int kvt_block_hint(kvt_conn *c, const kvt_key *keys, size_t n, int hint, uint32_t duration_ms,

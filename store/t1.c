@@ -214,10 +214,15 @@ static void node_insert_before(struct policy_node *at, struct policy_node *n)
 }
 
 /* Retained blocks by deadline, nearest first. Deadlines mostly arrive in order
- * (one duration per client), so the walk from the far end is short. */
+ * (one duration per client), so the walk from the far end is short; one nearer
+ * than every other goes straight to the front. */
 static void retained_insert(struct t1 *t, struct t1_block *b)
 {
 	struct policy_node *at = &t->retained;
+	if (at->next != at && from_pnode(at->next)->retain_until > b->retain_until) {
+		node_insert_before(at->next, &b->pnode);
+		return;
+	}
 	while (at->prev != &t->retained &&
 	       from_pnode(at->prev)->retain_until > b->retain_until)
 		at = at->prev;
@@ -308,6 +313,8 @@ int t1_set_hint(struct t1 *t, struct t1_block *b, enum t1_hint hint, uint64_t du
 		return -ENOENT;
 	if (hint > T1_HINT_RELEASE)
 		return -EINVAL;
+	if (b->pins)
+		return -EBUSY; /* in use: a pin outranks any hint, and ends it */
 	if (hint == T1_HINT_RETAIN && duration_ms == 0)
 		hint = T1_HINT_NONE;
 	if (hint != T1_HINT_RETAIN) {

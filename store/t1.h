@@ -147,13 +147,16 @@ int t1_delete(struct t1 *t, const struct t1_key *key);
  *   T1_HINT_RETAIN: evicted only after every block without a RETAIN, for
  *     duration_ms (0: the same as T1_HINT_NONE); then back in the policy as a new
  *     block. Past retain_max_pct of capacity, the nearest deadlines lose it first.
- *   T1_HINT_RELEASE: evicted before every block without one; an access (t1_touch)
- *     clears it.
+ *   T1_HINT_RELEASE: evicted before every block without one, a released chain
+ *     from its tail; a released block other (unreleased) blocks hang off goes as
+ *     well, cutting them off: release only what nothing else builds on. An
+ *     access (t1_touch) clears it.
  *   T1_HINT_NONE: back to the policy.
  * A pin ends either hint (the block is in use; its unpin puts it back in the
  * policy as the most recent). Among
  * retained or released blocks chain tails go first, as in the policy.
- * Returns 0, -ENOENT (b is not committed) or -EINVAL (no such hint).
+ * Returns 0, -ENOENT (b is not committed), -EBUSY (b is pinned: nothing changes)
+ * or -EINVAL (no such hint).
  */
 enum t1_hint { T1_HINT_NONE = 0, T1_HINT_RETAIN = 1, T1_HINT_RELEASE = 2 };
 int t1_set_hint(struct t1 *t, struct t1_block *b, enum t1_hint hint, uint64_t duration_ms);

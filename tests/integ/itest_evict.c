@@ -394,6 +394,12 @@ TEST(retained_blocks_outlive_pressure_and_released_ones_go_first)
 	CHECK_RC(st[0], 0);
 	CHECK_RC(st[1], KVT_ENOENT);
 	CHECK_RC(kvt_block_hint(c, two, 2, 3, 1000, st), KVT_EINVAL);
+	/* A pinned block takes no hint. */
+	CHECK_RC(kvt_block_pin(c, two, 1, NULL), 0);
+	CHECK_RC(kvt_block_hint(c, two, 1, KVT_HINT_RELEASE, 0, st), KVT_EPARTIAL);
+	CHECK_RC(st[0], KVT_EPINNED);
+	CHECK_EQ(kvtd_stat(c, "t1.released_blocks"), 0);
+	CHECK_RC(kvt_block_unpin(c, two, 1, NULL), 0);
 	CHECK_RC(kvt_region_destroy(dst), 0);
 	CHECK_RC(kvt_region_destroy(r), 0);
 	kvt_conn_close(c);

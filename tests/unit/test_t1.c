@@ -1111,6 +1111,40 @@ TEST(retain_zero_or_release_clears_and_renewing_moves_the_deadline)
 	CHECK_EQ(stats(t).retained_blocks, 0);
 	CHECK_EQ(stats(t).retained_bytes, 0);
 	CHECK_RC(t1_set_hint(t, b1, 7, 0), -EINVAL);
+	CHECK_RC(t1_set_hint(t, b1, T1_HINT_RELEASE, 0), 0);
+	CHECK_EQ(stats(t).released_blocks, 1);
+	CHECK_RC(t1_set_hint(t, b1, T1_HINT_NONE, 0), 0);
+	CHECK_EQ(stats(t).released_blocks, 0);
+	CHECK_EQ(t1_block_hint(b1), T1_HINT_NONE);
+	/* A pinned block takes no hint, and keeps none past its unpin. */
+	t1_pin(t, b1);
+	CHECK_RC(t1_set_hint(t, b1, T1_HINT_RETAIN, 100), -EBUSY);
+	CHECK_RC(t1_set_hint(t, b1, T1_HINT_RELEASE, 0), -EBUSY);
+	CHECK_EQ(t1_block_hint(b1), T1_HINT_NONE);
+	CHECK_EQ(stats(t).retained_bytes, 0);
+	CHECK_RC(t1_unpin(t, b1), 0);
+	CHECK_EQ(t1_block_hint(b1), T1_HINT_NONE);
+	t1_close(t);
+}
+
+TEST(a_released_chain_shortens_from_its_tail)
+{
+	/* Chain 1 -> 2 -> 3 released head first, beside ordinary 4: the evictions
+	 * take 3, then 2, then 1, and only then 4. */
+	struct t1 *t = open_hinted(4, 100);
+	put(t, 1, 1, CHUNK);
+	put_child(t, 1, 2, 1);
+	put_child(t, 1, 3, 2);
+	put(t, 1, 4, CHUNK);
+	for (uint64_t id = 1; id <= 3; id++)
+		CHECK_RC(t1_set_hint(t, find(t, id), T1_HINT_RELEASE, 0), 0);
+	put(t, 1, 5, CHUNK);
+	CHECK(!has(t, 3) && has(t, 2) && has(t, 1));
+	put(t, 1, 6, CHUNK);
+	CHECK(!has(t, 2) && has(t, 1));
+	put(t, 1, 7, CHUNK);
+	CHECK(!has(t, 1) && has(t, 4));
+	CHECK_EQ(stats(t).evict_nontail, 0);
 	t1_close(t);
 }
 
@@ -1206,8 +1240,7 @@ TEST(cold_walk_and_random_hints_agree_with_the_counters)
 		unsigned what = (unsigned)(R() % 8);
 		fake_now += R() % 4;
 		if (!b) {
-			if (pins[id - 1])
-				pins[id - 1] = 0; /* evicted while unpinned only */
+			CHECK_MSG(pins[id - 1] == 0, "op %d: a pinned block went", op);
 			struct t1_block *nb = NULL;
 			int rc = t1_reserve(t, &k, NULL, 1 + R() % (2 * CHUNK), NULL, &nb);
 			CHECK_MSG(rc == 0 || rc == -ENOSPC, "op %d rc %d", op, rc);
@@ -1225,7 +1258,7 @@ TEST(cold_walk_and_random_hints_agree_with_the_counters)
 			CHECK_RC(t1_delete(t, &k), 0);
 		} else {
 			enum t1_hint h = (enum t1_hint)(R() % 3);
-			CHECK_RC(t1_set_hint(t, b, h, R() % 40), 0);
+			CHECK_RC(t1_set_hint(t, b, h, R() % 40), pins[id - 1] ? -EBUSY : 0);
 		}
 		uint64_t linked = 0, walked = 0, ret = 0, rel = 0, retb = 0;
 		for (uint64_t i = 1; i <= NB; i++) {
@@ -1284,4 +1317,5 @@ TEST_MAIN(index_many_keys_insert_find_remove_and_grow,
 	  retain_zero_or_release_clears_and_renewing_moves_the_deadline,
 	  retain_is_capped_nearest_deadlines_first, retained_blocks_still_go_when_nothing_else_can,
 	  access_clears_release_and_a_pin_ends_a_retain,
+	  a_released_chain_shortens_from_its_tail,
 	  cold_walk_and_random_hints_agree_with_the_counters)
