@@ -415,7 +415,7 @@ static void print_gpu(const kvt_stats *s)
 static void print_text(const char *sock, kvt_conn *c, const kvt_stats *s, const struct rates *r)
 {
 	const kvt_server_info *si = kvt_conn_server(c);
-	char b1[32], b2[32], b3[32], b4[32], b5[32];
+	char b1[32], b2[32], b3[32], b4[32], b5[32], b6[32];
 	uint64_t v, cap = 0, used = 0, freeb = 0, hits = 0, misses = 0;
 	bool have_cap, have_used, have_free, have_hits, have_misses;
 	const char *t;
@@ -497,6 +497,17 @@ static void print_text(const char *sock, kvt_conn *c, const kvt_stats *s, const 
 		const char *pol = text(s, "t1.policy");
 		printf("                hugepages %s  mlock %s  eviction %s\n", t ? t : "-",
 		       num(s, "t1.mlocked", &v) ? (v ? "yes" : "no") : "-", pol ? pol : "-");
+		/* Engine hints (HINT): what is retained or released now, and how often
+		 * a retain was cut short. */
+		if (num(s, "t1.retained_blocks", &v))
+			printf("                hints: retained %s (%s)  released %s  expired %s"
+			       "  capped %s  evicted while retained %s\n",
+			       count_of(s, "t1.retained_blocks", b1, sizeof(b1)),
+			       size_of(s, "t1.retained_bytes", b2, sizeof(b2)),
+			       count_of(s, "t1.released_blocks", b3, sizeof(b3)),
+			       count_of(s, "t1.retain_expired", b4, sizeof(b4)),
+			       count_of(s, "t1.retain_capped", b5, sizeof(b5)),
+			       count_of(s, "t1.retain_evicted", b6, sizeof(b6)));
 	}
 	print_t2(s);
 

@@ -972,19 +972,6 @@ TEST(tenants_never_see_each_others_contexts)
 
 /* ---- memstat ------------------------------------------------------------------ */
 
-/* Run a command and capture its standard output; returns its exit status. */
-static int run_capture(const char *cmd, char *out, size_t cap)
-{
-	test_log("$ %s", cmd);
-	FILE *p = popen(cmd, "r");
-	CHECK(p != NULL);
-	size_t len = 0, r;
-	while (len < cap - 1 && (r = fread(out + len, 1, cap - 1 - len, p)) > 0)
-		len += r;
-	out[len] = 0;
-	int st = pclose(p);
-	return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
-}
 
 TEST(memstat_shows_contexts_and_records_per_tenant)
 {

@@ -995,26 +995,6 @@ TEST(a_context_larger_than_the_host_tier_restores_after_a_restart)
 
 /* ---- the example engine ------------------------------------------------------------ */
 
-static int run_capture(const char *cmd, char *out, size_t cap)
-{
-	test_log("$ %s", cmd);
-	FILE *p = popen(cmd, "r");
-	CHECK(p != NULL);
-	size_t len = 0, r;
-	while (len < cap - 1 && (r = fread(out + len, 1, cap - 1 - len, p)) > 0)
-		len += r;
-	out[len] = 0;
-	int st = pclose(p);
-	for (char *l = out, *nl; *l; l = nl + 1) {
-		nl = strchr(l, '\n');
-		if (!nl) {
-			test_log("| %s", l);
-			break;
-		}
-		test_log("| %.*s", (int)(nl - l), l);
-	}
-	return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
-}
 
 /* kvtier-engine --save, a restart, --restore: every byte verified by the engine,
  * which also refuses a shape that disagrees with the saved one. */

@@ -613,29 +613,7 @@ TEST(auto_backend_falls_back_to_threads_and_says_why)
 
 /* ---- memstat ---------------------------------------------------------------------- */
 
-/* Run a command and capture its standard output (up to cap - 1 bytes); returns its
- * exit status. */
-static int run_capture(const char *cmd, char *out, size_t cap)
-{
-	test_log("$ %s", cmd);
-	FILE *p = popen(cmd, "r");
-	CHECK(p);
-	size_t len = 0, r;
-	while (len < cap - 1 && (r = fread(out + len, 1, cap - 1 - len, p)) > 0)
-		len += r;
-	out[len] = 0;
-	int st = pclose(p);
-	return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
-}
 
-static void log_lines(const char *text)
-{
-	char *copy = strdup(text), *save = NULL;
-	CHECK(copy);
-	for (char *l = strtok_r(copy, "\n", &save); l; l = strtok_r(NULL, "\n", &save))
-		test_log("| %s", l);
-	free(copy);
-}
 
 /*
  * memstat shows a T2 section from the t2.* entries: capacity, used, blocks,
@@ -655,7 +633,6 @@ TEST(memstat_shows_the_nvme_tier)
 	kvtd_start(&d, NULL);
 	snprintf(cmd, sizeof(cmd), "%s -s %s", kvtd_bin("memstat"), d.sock);
 	CHECK_EQ(run_capture(cmd, out, sizeof(out)), 0);
-	log_lines(out);
 	CHECK_MSG(strstr(out, "NVMe (T2) off"), "memstat does not say the NVMe tier is off");
 	snprintf(cmd, sizeof(cmd), "%s -s %s --json", kvtd_bin("memstat"), d.sock);
 	CHECK_EQ(run_capture(cmd, out, sizeof(out)), 0);
@@ -671,7 +648,6 @@ TEST(memstat_shows_the_nvme_tier)
 
 	snprintf(cmd, sizeof(cmd), "%s -s %s", kvtd_bin("memstat"), d.sock);
 	CHECK_EQ(run_capture(cmd, out, sizeof(out)), 0);
-	log_lines(out);
 	const char *t2 = strstr(out, "T2 NVMe");
 	CHECK_MSG(t2, "memstat has no T2 NVMe section");
 	CHECK_MSG(strstr(t2, "capacity 1.0 GiB"), "T2 capacity missing");
@@ -690,7 +666,6 @@ TEST(memstat_shows_the_nvme_tier)
 	/* Two samples: the second has T2 rates. */
 	snprintf(cmd, sizeof(cmd), "%s -s %s -w 0.2 -n 2", kvtd_bin("memstat"), d.sock);
 	CHECK_EQ(run_capture(cmd, out, sizeof(out)), 0);
-	log_lines(out);
 	CHECK_MSG(strstr(out, "T2 rates"), "memstat -w shows no T2 rates");
 	snprintf(cmd, sizeof(cmd), "%s -s %s -w 0.2 -n 2 --json", kvtd_bin("memstat"), d.sock);
 	CHECK_EQ(run_capture(cmd, out, sizeof(out)), 0);

@@ -716,3 +716,24 @@ void as_nobody(const struct kvtd *d, void (*fn)(const struct kvtd *d))
 	CHECK_MSG(WIFEXITED(st) && WEXITSTATUS(st) == 0,
 		  "the uid %u client failed (wait status %#x)", NOBODY, st);
 }
+
+int run_capture(const char *cmd, char *out, size_t cap)
+{
+	test_log("$ %s", cmd);
+	FILE *p = popen(cmd, "r");
+	CHECK(p != NULL);
+	size_t len = 0, r;
+	while (len < cap - 1 && (r = fread(out + len, 1, cap - 1 - len, p)) > 0)
+		len += r;
+	out[len] = 0;
+	int st = pclose(p);
+	for (char *l = out, *nl; *l; l = nl + 1) {
+		nl = strchr(l, '\n');
+		if (!nl) {
+			test_log("| %s", l);
+			break;
+		}
+		test_log("| %.*s", (int)(nl - l), l);
+	}
+	return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+}

@@ -145,4 +145,9 @@ void as_nobody(const struct kvtd *d, void (*fn)(const struct kvtd *d));
 /* Number of open file descriptors of process pid (for leak checks). */
 int proc_fd_count(pid_t pid);
 
+/* Run a shell command, capture its standard output (at most cap - 1 bytes, NUL
+ * terminated) and log the command and each line; returns its exit status (128 if
+ * it did not exit). */
+int run_capture(const char *cmd, char *out, size_t cap);
+
 #endif /* KVT_HARNESS_H */
