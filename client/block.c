@@ -4,6 +4,7 @@
  * batches and decodes per-item results back into the caller's arrays.
  */
 #include <stdlib.h>
+#include <string.h>
 
 #include "client.h"
 #include "export.h"
@@ -286,15 +287,29 @@ KVT_EXPORT int kvt_block_lookup(kvt_conn *c, const kvt_key *keys, size_t n, size
 	return rc;
 }
 
-static int prefetch_encode(struct kvt_conn *c, struct kvt_op *op, size_t first, size_t count,
-			   uint8_t *out, size_t cap)
+/* PREFETCH and HINT: 8 bytes of parameters, encoded once into op->ctx, ahead of
+ * each frame's key batch. */
+static int params_keys_encode(struct kvt_conn *c, struct kvt_op *op, size_t first, size_t count,
+			      uint8_t *out, size_t cap)
 {
-	const struct kvt_prefetch_params *p = op->ctx;
-	int pos = kvt_prefetch_params_encode(p, out, cap);
-	if (pos < 0)
-		return pos;
-	int rc = keys_encode(c, op, first, count, out + pos, cap - (size_t)pos);
-	return rc < 0 ? rc : pos + rc;
+	if (cap < op->body_len)
+		return KVT_EMSGSIZE;
+	memcpy(out, op->ctx, op->body_len);
+	int rc = keys_encode(c, op, first, count, out + op->body_len, cap - op->body_len);
+	return rc < 0 ? rc : (int)op->body_len + rc;
+}
+
+/* The parameters take len bytes of each frame ahead of the key batch. */
+static void params_keys_room(const struct kvt_conn *c, struct kvt_op *op, uint8_t *params,
+			     size_t len)
+{
+	size_t room = c->info.max_frame > KVT_HDR_SIZE + 8 + len
+			      ? (c->info.max_frame - KVT_HDR_SIZE - 8 - len) / KVT_KEY_SIZE
+			      : 1;
+	if (room < op->per_req)
+		op->per_req = room ? room : 1;
+	op->body_len = len;
+	op->ctx = params;
 }
 
 static int prefetch_reply(struct kvt_conn *c, struct kvt_op *op, const struct kvt_req *rq,
@@ -312,6 +327,7 @@ KVT_EXPORT int kvt_block_prefetch(kvt_conn *c, const kvt_key *keys, size_t n, ui
 {
 	struct kvt_op op;
 	struct kvt_prefetch_params p = { .deadline_ms = deadline_ms, .tier = tier };
+	uint8_t params[KVT_PREFETCH_PARAMS_SIZE];
 	int rc;
 
 	if (tier > KVT_TIER_NVME)
@@ -319,30 +335,14 @@ KVT_EXPORT int kvt_block_prefetch(kvt_conn *c, const kvt_key *keys, size_t n, ui
 	rc = batch_check(c, keys, n);
 	if (rc || n == 0)
 		return rc;
-	kvt_op_init_batch(c, &op, KVT_OP_PREFETCH, n, KVT_KEY_SIZE, prefetch_encode,
+	if (kvt_prefetch_params_encode(&p, params, sizeof(params)) != sizeof(params))
+		return KVT_EINVAL;
+	kvt_op_init_batch(c, &op, KVT_OP_PREFETCH, n, KVT_KEY_SIZE, params_keys_encode,
 			  prefetch_reply, NULL);
-	/* The parameters take 8 bytes of each frame ahead of the key batch. */
-	size_t room = c->info.max_frame > KVT_HDR_SIZE + 8 + KVT_PREFETCH_PARAMS_SIZE
-			      ? (c->info.max_frame - KVT_HDR_SIZE - 8 - KVT_PREFETCH_PARAMS_SIZE) /
-					KVT_KEY_SIZE
-			      : 1;
-	if (room < op.per_req)
-		op.per_req = room ? room : 1;
-	op.body_len = KVT_PREFETCH_PARAMS_SIZE;
+	params_keys_room(c, &op, params, sizeof(params));
 	op.keys = keys;
 	op.tiers = tiers;
-	op.ctx = &p;
 	return kvt_op_run(c, &op);
-}
-
-static int hint_encode(struct kvt_conn *c, struct kvt_op *op, size_t first, size_t count,
-		       uint8_t *out, size_t cap)
-{
-	int pos = kvt_hint_params_encode(op->ctx, out, cap);
-	if (pos < 0)
-		return pos;
-	int rc = keys_encode(c, op, first, count, out + pos, cap - (size_t)pos);
-	return rc < 0 ? rc : pos + rc;
 }
 
 KVT_EXPORT int kvt_block_hint(kvt_conn *c, const kvt_key *keys, size_t n, int hint,
@@ -350,6 +350,7 @@ KVT_EXPORT int kvt_block_hint(kvt_conn *c, const kvt_key *keys, size_t n, int hi
 {
 	struct kvt_op op;
 	struct kvt_hint_params p = { .duration_ms = duration_ms, .hint = (uint8_t)hint };
+	uint8_t params[KVT_HINT_PARAMS_SIZE];
 	int rc;
 
 	if (hint < KVT_HINT_NONE || hint > KVT_HINT_RELEASE)
@@ -357,18 +358,13 @@ KVT_EXPORT int kvt_block_hint(kvt_conn *c, const kvt_key *keys, size_t n, int hi
 	rc = batch_check(c, keys, n);
 	if (rc || n == 0)
 		return rc;
-	kvt_op_init_batch(c, &op, KVT_OP_HINT, n, KVT_KEY_SIZE, hint_encode, keys_reply,
+	if (kvt_hint_params_encode(&p, params, sizeof(params)) != sizeof(params))
+		return KVT_EINVAL;
+	kvt_op_init_batch(c, &op, KVT_OP_HINT, n, KVT_KEY_SIZE, params_keys_encode, keys_reply,
 			  keys_fail);
-	size_t room = c->info.max_frame > KVT_HDR_SIZE + 8 + KVT_HINT_PARAMS_SIZE
-			      ? (c->info.max_frame - KVT_HDR_SIZE - 8 - KVT_HINT_PARAMS_SIZE) /
-					KVT_KEY_SIZE
-			      : 1;
-	if (room < op.per_req)
-		op.per_req = room ? room : 1;
-	op.body_len = KVT_HINT_PARAMS_SIZE;
+	params_keys_room(c, &op, params, sizeof(params));
 	op.keys = keys;
 	op.status = status;
-	op.ctx = &p;
 	return kvt_op_run(c, &op);
 }
 

@@ -69,7 +69,7 @@ struct kvt_op {
 	bool partial;               /* some item failed */
 	size_t item_size;           /* wire bytes per item; 0 for single requests */
 	size_t body_len;            /* single requests: body length; batches: bytes before
-				     * the batch prefix (PREFETCH's parameters) */
+				     * the batch prefix (PREFETCH and HINT parameters) */
 	bool heap;                  /* allocated by *_start, freed by kvt_wait/close */
 	kvt_encode_fn encode;
 	kvt_reply_fn reply;

@@ -836,62 +836,67 @@ int kvt_notice_decode(const uint8_t *in, size_t len, const char **msg, uint16_t 
 	return 0;
 }
 
-/* ---- PREFETCH ---------------------------------------------------------------- */
+/* ---- PREFETCH and HINT ------------------------------------------------------------ */
+
+/* Both requests put 8 bytes ahead of a key batch: u32 value, u8 selector (at most
+ * sel_max), 3 reserved bytes. */
+#define KEY_PARAMS_SIZE 8
+
+static int key_params_encode(uint32_t value, uint8_t sel, uint8_t *out, size_t cap)
+{
+	if (!out)
+		return KVT_EINVAL;
+	if (cap < KEY_PARAMS_SIZE)
+		return KVT_EMSGSIZE;
+	kvt_put32(out, value);
+	out[4] = sel;
+	out[5] = out[6] = out[7] = 0;
+	return KEY_PARAMS_SIZE;
+}
+
+static int key_params_decode(const uint8_t *in, size_t len, uint32_t max_batch, uint8_t sel_max,
+			     uint32_t *value, uint8_t *sel, struct kvt_batch *b)
+{
+	if (!in || !b || len < KEY_PARAMS_SIZE)
+		return KVT_EBADMSG;
+	if (in[5] || in[6] || in[7])
+		return KVT_ERESERVED;
+	if (in[4] > sel_max)
+		return KVT_EBADMSG;
+	*value = kvt_get32(in);
+	*sel = in[4];
+	return kvt_batch_decode(in + KEY_PARAMS_SIZE, len - KEY_PARAMS_SIZE, KVT_KEY_SIZE,
+				max_batch, b);
+}
+
+_Static_assert(KVT_PREFETCH_PARAMS_SIZE == KEY_PARAMS_SIZE &&
+		       KVT_HINT_PARAMS_SIZE == KEY_PARAMS_SIZE,
+	       "one parameter layout");
 
 int kvt_prefetch_params_encode(const struct kvt_prefetch_params *p, uint8_t *out, size_t cap)
 {
-	if (!p || !out)
-		return KVT_EINVAL;
-	if (cap < KVT_PREFETCH_PARAMS_SIZE)
-		return KVT_EMSGSIZE;
-	kvt_put32(out, p->deadline_ms);
-	out[4] = p->tier;
-	out[5] = out[6] = out[7] = 0;
-	return KVT_PREFETCH_PARAMS_SIZE;
+	return p ? key_params_encode(p->deadline_ms, p->tier, out, cap) : KVT_EINVAL;
 }
 
 int kvt_prefetch_req_decode(const uint8_t *in, size_t len, uint32_t max_batch,
 			    struct kvt_prefetch_params *p, struct kvt_batch *b)
 {
-	if (!in || !p || !b || len < KVT_PREFETCH_PARAMS_SIZE)
+	if (!p)
 		return KVT_EBADMSG;
-	if (in[5] || in[6] || in[7])
-		return KVT_ERESERVED;
-	if (in[4] > KVT_TIER_NVME)
-		return KVT_EBADMSG;
-	p->deadline_ms = kvt_get32(in);
-	p->tier = in[4];
-	return kvt_batch_decode(in + KVT_PREFETCH_PARAMS_SIZE, len - KVT_PREFETCH_PARAMS_SIZE,
-				KVT_KEY_SIZE, max_batch, b);
+	return key_params_decode(in, len, max_batch, KVT_TIER_NVME, &p->deadline_ms, &p->tier, b);
 }
-
-/* ---- HINT ---------------------------------------------------------------------- */
 
 int kvt_hint_params_encode(const struct kvt_hint_params *p, uint8_t *out, size_t cap)
 {
-	if (!p || !out)
-		return KVT_EINVAL;
-	if (cap < KVT_HINT_PARAMS_SIZE)
-		return KVT_EMSGSIZE;
-	kvt_put32(out, p->duration_ms);
-	out[4] = p->hint;
-	out[5] = out[6] = out[7] = 0;
-	return KVT_HINT_PARAMS_SIZE;
+	return p ? key_params_encode(p->duration_ms, p->hint, out, cap) : KVT_EINVAL;
 }
 
 int kvt_hint_req_decode(const uint8_t *in, size_t len, uint32_t max_batch,
 			struct kvt_hint_params *p, struct kvt_batch *b)
 {
-	if (!in || !p || !b || len < KVT_HINT_PARAMS_SIZE)
+	if (!p)
 		return KVT_EBADMSG;
-	if (in[5] || in[6] || in[7])
-		return KVT_ERESERVED;
-	if (in[4] > KVT_HINT_RELEASE)
-		return KVT_EBADMSG;
-	p->duration_ms = kvt_get32(in);
-	p->hint = in[4];
-	return kvt_batch_decode(in + KVT_HINT_PARAMS_SIZE, len - KVT_HINT_PARAMS_SIZE,
-				KVT_KEY_SIZE, max_batch, b);
+	return key_params_decode(in, len, max_batch, KVT_HINT_RELEASE, &p->duration_ms, &p->hint, b);
 }
 
 size_t kvt_prefetch_rep_size(uint32_t count)

@@ -900,26 +900,38 @@ static int key_op(struct conn *c, uint16_t op, const kvt_key *key)
 	return 0;
 }
 
-static void do_key_batch(struct conn *c, const struct kvt_hdr *h, const uint8_t *body)
+/* Answer a batch of keys with one status each, as fn says. */
+static void reply_per_key(struct conn *c, const struct kvt_hdr *h, const struct kvt_batch *bt,
+			  int32_t (*fn)(struct conn *c, const kvt_key *key, const void *arg),
+			  const void *arg)
 {
-	struct kvt_batch bt;
-	int rc = kvt_batch_decode(body, h->body_len, KVT_KEY_SIZE, c->srv->cfg->max_batch, &bt);
-	if (rc) {
-		reply_status(c, h, rc);
-		return;
-	}
-	int32_t *st = malloc((bt.count ? bt.count : 1) * sizeof(*st));
+	int32_t *st = malloc((bt->count ? bt->count : 1) * sizeof(*st));
 	if (!st) {
 		reply_status(c, h, KVT_ENOMEM);
 		return;
 	}
-	for (uint32_t i = 0; i < bt.count; i++) {
+	for (uint32_t i = 0; i < bt->count; i++) {
 		kvt_key k;
-		kvt_key_decode(bt.items + (size_t)i * KVT_KEY_SIZE, &k);
-		st[i] = key_op(c, h->opcode, &k);
+		kvt_key_decode(bt->items + (size_t)i * KVT_KEY_SIZE, &k);
+		st[i] = fn(c, &k, arg);
 	}
-	reply_item_status(c, h->opcode, h->request_id, st, bt.count);
+	reply_item_status(c, h->opcode, h->request_id, st, bt->count);
 	free(st);
+}
+
+static int32_t key_batch_op(struct conn *c, const kvt_key *key, const void *arg)
+{
+	return key_op(c, *(const uint16_t *)arg, key);
+}
+
+static void do_key_batch(struct conn *c, const struct kvt_hdr *h, const uint8_t *body)
+{
+	struct kvt_batch bt;
+	int rc = kvt_batch_decode(body, h->body_len, KVT_KEY_SIZE, c->srv->cfg->max_batch, &bt);
+	if (rc)
+		reply_status(c, h, rc);
+	else
+		reply_per_key(c, h, &bt, key_batch_op, &h->opcode);
 }
 
 /* ---- PREFETCH -------------------------------------------------------------------- */
@@ -1165,30 +1177,27 @@ static void do_prefetch(struct conn *c, const struct kvt_hdr *h, const uint8_t *
 _Static_assert(KVT_HINT_NONE == (int)T1_HINT_NONE && KVT_HINT_RETAIN == (int)T1_HINT_RETAIN &&
 		       KVT_HINT_RELEASE == (int)T1_HINT_RELEASE,
 	       "wire hints are t1 hints");
+
+static int32_t hint_op(struct conn *c, const kvt_key *key, const void *arg)
+{
+	const struct kvt_hint_params *p = arg;
+	struct t1_key tk = { .tenant = c->tenant, .key = *key };
+	struct t1_block *b = t1_find(c->srv->t1, &tk);
+	if (!b)
+		return KVT_ENOENT;
+	int rc = t1_set_hint(c->srv->t1, b, (enum t1_hint)p->hint, p->duration_ms);
+	return rc == 0 ? 0 : rc == -EBUSY ? KVT_EPINNED : KVT_ENOENT;
+}
+
 static void do_hint(struct conn *c, const struct kvt_hdr *h, const uint8_t *body)
 {
 	struct kvt_hint_params p;
 	struct kvt_batch bt;
 	int rc = kvt_hint_req_decode(body, h->body_len, c->srv->cfg->max_batch, &p, &bt);
-	if (rc) {
+	if (rc)
 		reply_status(c, h, rc);
-		return;
-	}
-	int32_t *st = malloc((bt.count ? bt.count : 1) * sizeof(*st));
-	if (!st) {
-		reply_status(c, h, KVT_ENOMEM);
-		return;
-	}
-	for (uint32_t i = 0; i < bt.count; i++) {
-		struct t1_key tk = { .tenant = c->tenant };
-		kvt_key_decode(bt.items + (size_t)i * KVT_KEY_SIZE, &tk.key);
-		struct t1_block *b = t1_find(c->srv->t1, &tk);
-		int hr = b ? t1_set_hint(c->srv->t1, b, (enum t1_hint)p.hint, p.duration_ms)
-			   : -ENOENT;
-		st[i] = hr == 0 ? 0 : hr == -EBUSY ? KVT_EPINNED : KVT_ENOENT;
-	}
-	reply_item_status(c, h->opcode, h->request_id, st, bt.count);
-	free(st);
+	else
+		reply_per_key(c, h, &bt, hint_op, &p);
 }
 
 static void do_stats(struct conn *c, const struct kvt_hdr *h, const uint8_t *body)

@@ -322,14 +322,10 @@ int t1_set_hint(struct t1 *t, struct t1_block *b, enum t1_hint hint, uint64_t du
 			hint_move(t, b, hint);
 		return 0;
 	}
+	/* A new deadline re-sorts the block even when it was retained already. */
 	uint64_t now = t->clock_ms();
-	bool in = linked(b);
-	if (in)
-		list_leave(t, b);
-	hint_count(t, b, T1_HINT_RETAIN);
 	b->retain_until = duration_ms > UINT64_MAX - now ? UINT64_MAX : now + duration_ms;
-	if (in)
-		list_enter(t, b);
+	hint_move(t, b, T1_HINT_RETAIN);
 	retain_cap(t);
 	return 0;
 }

@@ -2198,6 +2198,8 @@ TEST(hint_round_trip_and_malformed)
 	CHECK(b.items == buf + 16);
 	for (size_t n = 0; n < sizeof(buf); n++)
 		CHECK(kvt_hint_req_decode(buf, n, 16, &q, &b) < 0);
+	CHECK_RC(kvt_hint_req_decode(buf, sizeof(buf), 0, &q, &b), KVT_E2BIG); /* over max_batch */
+	CHECK_RC(kvt_hint_req_decode(buf, sizeof(buf), 16, NULL, &b), KVT_EBADMSG);
 	buf[7] = 1;
 	CHECK_RC(kvt_hint_req_decode(buf, sizeof(buf), 16, &q, &b), KVT_ERESERVED);
 	buf[7] = 0;
