@@ -133,7 +133,9 @@ void meta_rec_free(struct meta_rec *r);
 /* Insert or replace; the input is copied; created_ms is kept from an existing record
  * (a new one takes r->created_ms, or now if 0; updated_ms is r->updated_ms, or now).
  * Validation before queueing: -EINVAL (names, NaN/Inf), -EMSGSIZE (value > value_max),
- * -ERANGE (dim differs from the namespace's fixed dimension). done runs when durable. */
+ * -ERANGE (dim differs from the namespace's fixed dimension), -EIO (the store has
+ * failed; done is not called). done runs when durable, or with -EIO when the commit
+ * fails. */
 int meta_rec_put(struct meta *m, const struct meta_rec *r, meta_done_fn done, void *arg);
 int meta_rec_get(struct meta *m, uint32_t tenant, const char *ns, size_t ns_len,
 		 const char *key, size_t key_len, struct meta_rec **out);
